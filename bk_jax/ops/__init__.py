@@ -1,0 +1,5 @@
+"""Pure, jit-able BK operators: resolvents, semiseparable Woodbury, Birman-Schwinger monitors."""
+
+from bk_jax.ops import birman_schwinger, resolvent, scan, semiseparable
+
+__all__ = ["birman_schwinger", "resolvent", "scan", "semiseparable"]
