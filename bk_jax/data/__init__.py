@@ -1,0 +1,22 @@
+"""bk_jax data layer: corpora, tokenizers, synthetic tasks and grain pipelines.
+
+See README.md ("Data") for datasets, cache layout and token ids.
+"""
+
+from bk_jax.data.config import (DATASETS, SPLITS, SYNTHETIC_TASKS, TOKENIZERS,
+                                default_data_config, default_synthetic_config)
+from bk_jax.data.corpus import Corpus, load_corpus, vocab_size
+from bk_jax.data.errors import DataError, cli_errors
+from bk_jax.data.pipeline import (batch_size_for, make_iterator, make_train_dataset,
+                                  steps_per_epoch, stream_tokens)
+from bk_jax.data.synthetic import check_sample, make_synthetic_batch
+from bk_jax.data.tokenizers import (BPETokenizer, ByteTokenizer, Tokenizer, WordTokenizer,
+                                    load_tokenizer)
+
+__all__ = [
+    "BPETokenizer", "ByteTokenizer", "Corpus", "DATASETS", "DataError", "SPLITS",
+    "SYNTHETIC_TASKS", "TOKENIZERS", "Tokenizer", "WordTokenizer", "batch_size_for",
+    "check_sample", "cli_errors", "default_data_config", "default_synthetic_config",
+    "load_corpus", "load_tokenizer", "make_iterator", "make_synthetic_batch",
+    "make_train_dataset", "steps_per_epoch", "stream_tokens", "vocab_size",
+]
