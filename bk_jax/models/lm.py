@@ -1,0 +1,163 @@
+"""Language model shell shared by every kind: embedding -> blocks -> RMSNorm -> head.
+
+No position table: ResNet-BK and Mamba carry position through their recurrences, the
+Transformer through RoPE on absolute positions; the optional prime-bump bias (ResNet-BK) is a
+function of the absolute position. Nothing is sized by the sequence length.
+
+Blocks share one interface: ``block(x, carry, pos, bias) -> (x, carry, aux)`` and
+``block.init_carry(batch) -> carry``. With `scan_layers` the block parameters are stacked along a
+leading layer axis (logical name None) and the stack runs under `nnx.scan`; otherwise blocks are
+a Python list. The streaming cache has the same layout either way:
+
+    {"layers": per-layer carries stacked on a leading (n_layers,) axis, "pos": int32 scalar}
+
+`remat` wraps each block call: "none", "full" (save nothing), "dots" (save matmul outputs
+without batch dimensions, `jax.checkpoint_policies.dots_with_no_batch_dims_saveable`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bk_jax.models.bk import BKBlock, prime_bump_potential
+from bk_jax.models.layers import RMSNorm, dense, embedding, to_dtype
+from bk_jax.models.mamba import MambaBlock
+from bk_jax.models.transformer import TransformerBlock
+
+# How per-layer aux statistics combine into one model-level value.
+_AUX_REDUCE = {
+    "aux_loss": jnp.sum,
+    "moe/expert_load": functools.partial(jnp.mean, axis=0),
+    "moe/routing_entropy": jnp.mean,
+    "bk/schatten_s1": jnp.mean,
+    "bk/schatten_s2": jnp.mean,
+    "bk/condition_number": jnp.max,
+    "bk/precision_flags": jnp.sum,
+    "bk/precision_upgrades": jnp.sum,
+}
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _make_block(cfg: Any, rngs: nnx.Rngs) -> nnx.Module:
+  dt, pdt = to_dtype(cfg.dtype), to_dtype(cfg.param_dtype)
+  if cfg.kind == "resnet_bk":
+    return BKBlock(cfg, rngs=rngs, dtype=dt, param_dtype=pdt)
+  if cfg.kind == "mamba":
+    m = cfg.mamba
+    return MambaBlock(cfg.d_model, d_state=m.d_state, d_conv=m.d_conv, expand=m.expand,
+                      chunk=m.chunk, n_layers=cfg.n_layers, rngs=rngs, dtype=dt, param_dtype=pdt)
+  t = cfg.transformer
+  return TransformerBlock(cfg.d_model, t.n_heads, cfg.d_ff, block_size=t.block_size,
+                          cache_window=t.cache_window, n_layers=cfg.n_layers, rngs=rngs,
+                          dtype=dt, param_dtype=pdt)
+
+
+class LanguageModel(nnx.Module):
+  """Causal LM over int tokens for every model kind (see the module docstring).
+
+  Args (constructor):
+    cfg: a validated model ConfigDict.
+    rngs: parameter RNG streams.
+  """
+
+  def __init__(self, cfg: Any, *, rngs: nnx.Rngs):
+    dt, pdt = to_dtype(cfg.dtype), to_dtype(cfg.param_dtype)
+    self.kind, self.n_layers, self.scan_layers = cfg.kind, cfg.n_layers, cfg.scan_layers
+    self.prime_bump_scale = cfg.prime_bump_scale if cfg.prime_bump else None
+    self.remat_policy = _REMAT_POLICIES.get(cfg.remat)  # None for "none"
+    self.embed = embedding(cfg.vocab_size, cfg.d_model, rngs=rngs, dtype=dt, param_dtype=pdt)
+    if cfg.scan_layers:
+      @nnx.split_rngs(splits=cfg.n_layers)
+      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
+      def make_stack(r):
+        return _make_block(cfg, r)
+      self.blocks = make_stack(rngs)
+    else:
+      self.blocks = nnx.List([_make_block(cfg, rngs) for _ in range(cfg.n_layers)])
+    self.final_norm = RMSNorm(cfg.d_model, param_dtype=pdt)
+    # small head: logits ~ N(0, 0.01) at init, so the initial loss is ~log(vocab)
+    self.head = dense(cfg.d_model, cfg.vocab_size, ("embed", "vocab"), scale=0.01, rngs=rngs,
+                      dtype=dt, param_dtype=pdt)
+
+  def _first_block(self) -> nnx.Module:
+    # init_carry only reads static attributes, which a stacked module shares across layers
+    return self.blocks if self.scan_layers else self.blocks[0]
+
+  def init_cache(self, batch_size: int) -> dict[str, Any]:
+    """Streaming state for a fresh sequence.
+
+    Args:
+      batch_size: B.
+
+    Returns:
+      {"layers": carries with a leading (n_layers,) axis, "pos": int32 scalar 0}; the shapes
+      never change as tokens are consumed.
+    """
+    one = self._first_block().init_carry(batch_size)
+    layers = jax.tree.map(lambda a: jnp.broadcast_to(a, (self.n_layers,) + a.shape), one)
+    return {"layers": layers, "pos": jnp.zeros((), jnp.int32)}
+
+  def _run_blocks(self, x, carries, pos, bias):
+    """Runs every block; returns (x, stacked new carries, stacked per-layer aux)."""
+
+    def call(block, x, carry):
+      return block(x, carry, pos, bias)
+
+    if self.remat_policy is not None:
+      call = nnx.remat(call, policy=self.remat_policy)
+    if self.scan_layers:
+      @nnx.scan(in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0, 0))
+      def scan_fn(block, x, carry):
+        return call(block, x, carry)
+      return scan_fn(self.blocks, x, carries)
+    new_carries, auxes = [], []
+    for i, block in enumerate(self.blocks):
+      carry = None if carries is None else jax.tree.map(lambda a: a[i], carries)
+      x, carry, aux = call(block, x, carry)
+      new_carries.append(carry)
+      auxes.append(aux)
+    stack = lambda *xs: jnp.stack(xs)
+    return x, jax.tree.map(stack, *new_carries), jax.tree.map(stack, *auxes)
+
+  def __call__(self, tokens: jax.Array, cache: dict[str, Any] | None = None,
+               return_aux: bool = False):
+    """Next-token logits.
+
+    Args:
+      tokens: int32 (B, N).
+      cache: streaming state from `init_cache` or a previous call; None for a fresh sequence
+        without returning state (the training path).
+      return_aux: also return the aux dict.
+
+    Returns:
+      logits float32 (B, N, vocab); plus the new cache when `cache` is given; plus aux when
+      `return_aux`: {"aux_loss": scalar (already weighted), and when enabled "moe/expert_load"
+      (E,), "moe/routing_entropy", "bk/schatten_s1", "bk/schatten_s2",
+      "bk/condition_number", "bk/precision_flags", "bk/precision_upgrades"}.
+    """
+    if tokens.ndim != 2:
+      raise ValueError(f"tokens must be (batch, length); got shape {tokens.shape}")
+    n = tokens.shape[1]
+    pos = jnp.zeros((), jnp.int32) if cache is None else cache["pos"]
+    bias = None
+    if self.prime_bump_scale is not None:
+      bias = prime_bump_potential(pos + jnp.arange(n, dtype=jnp.int32), self.prime_bump_scale)
+    x = self.embed(tokens)
+    carries = None if cache is None else cache["layers"]
+    x, new_carries, aux = self._run_blocks(x, carries, pos, bias)
+    logits = self.head(self.final_norm(x)).astype(jnp.float32)
+    out = (logits,)
+    if cache is not None:
+      out += ({"layers": new_carries, "pos": pos + n},)
+    if return_aux:
+      out += ({k: _AUX_REDUCE[k](v) for k, v in aux.items()},)
+    return out[0] if len(out) == 1 else out
