@@ -140,9 +140,10 @@ def make_train_dataset(data_cfg, seq_len: int, batch_size: int, *, seed: int,
     num = max(0, len(tokens) - 1) // n
     if num // process_count < b:
         need = b * process_count * n + 1
+        hint = "raise data.data_limit" if data_cfg.data_limit else "use a larger corpus"
         raise DataError(f"{data_cfg.dataset} {split} split has {len(tokens)} tokens; seq_len {n} "
                         f"x batch {b} x {process_count} process(es) needs at least {need} tokens "
-                        f"(use a larger corpus, a smaller batch or raise data.data_limit)")
+                        f"({hint} or a smaller batch)")
     if not isinstance(tokens, np.memmap):  # only an empty split is not memmapped
         raise DataError(f"{split} split is empty")
     window = _Window(Path(tokens.filename), tokens.dtype.name, len(tokens), n)

@@ -113,7 +113,7 @@ class WordTokenizer:
                 cur = []
             elif i not in (self.pad_id, self.bos_id):
                 cur.append(self.itos[i])
-        return "\n".join(lines + ([" ".join(cur)] if cur else []))
+        return "".join(ln + "\n" for ln in lines) + " ".join(cur)
 
     def save(self, directory: Path) -> None:
         (directory / "word_vocab.json").write_text(json.dumps(self.itos[len(self.specials):]))
@@ -196,17 +196,15 @@ class BPETokenizer:
 
     def decode(self, ids: np.ndarray) -> str:
         """Args: ids (T,). Returns: text, EOS rendered as a newline."""
-        ids = np.asarray(ids).tolist()
         lines, cur = [], []
-        for i in ids:
+        for i in np.asarray(ids).tolist():
             if i == self.eos_id:
                 lines.append(cur)
                 cur = []
             elif i not in (self.pad_id, self.bos_id):
                 cur.append(i)
-        if cur:
-            lines.append(cur)
-        return "\n".join(self.sp.decode(lines)) if lines else ""
+        text = "".join(ln + "\n" for ln in self.sp.decode(lines)) if lines else ""
+        return text + (self.sp.decode(cur) if cur else "")
 
     def save(self, directory: Path) -> None:
         (directory / "bpe.model").write_bytes(self.model_proto)
