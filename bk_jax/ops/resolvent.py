@@ -109,7 +109,12 @@ def _forward_associative(a, t2, g_prev):
   p00, p01, p10, p11 = lax.associative_scan(_mobius_combine, mats, axis=a.ndim - 2)
   # Start vector (g_prev, 1): g_prev = 0 gives g_0 = 1/a_0.
   gp = g_prev[..., None, :]
-  g = (p00 * gp + p01) / (p10 * gp + p11)
+  ratio = (p00 * gp + p01) / (p10 * gp + p11)
+  # Finish with one exact step of the recurrence from the previous position's value: the ratio
+  # of two rounded products can lose the tiny Im g of a huge |a| (Im g = eta |g|^2), while
+  # 1/(a_i - t^2 g_{i-1}) keeps Im g > 0 and |g| <= 1/eta to rounding.
+  g_shift = jnp.concatenate([gp, ratio[..., :-1, :]], axis=-2)
+  g = 1.0 / (a - t2 * g_shift)
   return g, g[..., -1, :]
 
 

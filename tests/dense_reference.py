@@ -1,0 +1,69 @@
+"""Dense float64 numpy references built straight from the definitions (invert the matrices)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def tridiagonal(v: np.ndarray, t: float) -> np.ndarray:
+  """H = H0 + diag(v) with H0 = tridiag(t, -2, t), for one head: v (N,) -> (N, N)."""
+  n = v.shape[0]
+  return np.diag(v - 2.0) + t * (np.eye(n, k=1) + np.eye(n, k=-1))
+
+
+def prefix_resolvents(h: np.ndarray, z: complex) -> list[np.ndarray]:
+  """[(H_{0..i} - z)^{-1} for i in range(N)]."""
+  n = h.shape[0]
+  return [np.linalg.inv(h[: i + 1, : i + 1] - z * np.eye(i + 1)) for i in range(n)]
+
+
+def causal_diag(v: np.ndarray, t: np.ndarray, z: np.ndarray, u=None, s=None) -> np.ndarray:
+  """g[..., i, h] = [(H_{0..i} - z)^{-1}]_{ii}; H gets + U diag(s) U^T when u, s are given."""
+  v = np.asarray(v, np.float64)
+  out = np.zeros(v.shape, np.complex128)
+  for idx in np.ndindex(*v.shape[:-2]):
+    for h in range(v.shape[-1]):
+      mat = tridiagonal(v[idx][:, h], t[h])
+      if u is not None:
+        uh = u[idx][:, h, :]
+        mat = mat + uh @ np.diag(s[h]) @ uh.T
+      for i, r in enumerate(prefix_resolvents(mat, z[h])):
+        out[idx + (i, h)] = r[i, i]
+  return out
+
+
+def causal_diag_grad_v(v: np.ndarray, t: np.ndarray, z: np.ndarray, weights: np.ndarray) -> np.ndarray:
+  """d/dv_j of sum_i Re(weights_i g_i), from dg_i/dv_j = -(G^{(i)}_{ij})^2 (j <= i). v (N, H)."""
+  n, heads = v.shape
+  grad = np.zeros((n, heads))
+  for h in range(heads):
+    for i, r in enumerate(prefix_resolvents(tridiagonal(v[:, h], t[h]), z[h])):
+      grad[: i + 1, h] += np.real(weights[i, h] * -(r[i, : i + 1] ** 2))
+  return grad
+
+
+def full_diag(v: np.ndarray, t: np.ndarray, z: np.ndarray) -> np.ndarray:
+  out = np.zeros(v.shape, np.complex128)
+  for idx in np.ndindex(*v.shape[:-2]):
+    for h in range(v.shape[-1]):
+      mat = tridiagonal(v[idx][:, h], t[h])
+      out[idx + (slice(None), h)] = np.diag(np.linalg.inv(mat - z[h] * np.eye(mat.shape[0])))
+  return out
+
+
+def free_resolvent(n: int, t: float, z: complex, pad: int = 1500) -> np.ndarray:
+  """Free-lattice resolvent block R0 on n sites, from the inverse of a long finite lattice.
+
+  Independent of the closed form used by bk_jax: the centre block of a (2 pad + n) lattice
+  converges to the infinite-lattice kernel exponentially fast in pad.
+  """
+  size = 2 * pad + n
+  h0 = tridiagonal(np.zeros(size), t)
+  r = np.linalg.inv(h0 - z * np.eye(size))
+  return r[pad : pad + n, pad : pad + n]
+
+
+def birman_schwinger(v: np.ndarray, t: float, z: complex) -> np.ndarray:
+  """K = |V|^{1/2} R0 |V|^{1/2} for one head: v (N,) -> (N, N)."""
+  sq = np.sqrt(np.abs(v))
+  return sq[:, None] * free_resolvent(v.shape[0], t, z) * sq[None, :]
