@@ -1,0 +1,87 @@
+"""Orbax checkpoints: periodic ones under save_dir/checkpoints/<step>, named ones
+(checkpoint_seq{N}_final, checkpoint_final) directly under save_dir.
+
+Every checkpoint is a Composite of
+  state: the TrainState (params, optimizer state, step, lr scale, monitors),
+  data:  the grain iterator state (data position),
+  meta:  JSON: schedule position, config, gradient statistics, spike counts, per-length
+         results and status, metrics history, recoveries.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+def _save_args(state, data_iter, meta) -> ocp.args.Composite:
+  items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+  if data_iter is not None:
+    items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+  return ocp.args.Composite(**items)
+
+
+def _restore_args(abstract_state, data_iter) -> ocp.args.Composite:
+  items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+  if data_iter is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+  return ocp.args.Composite(**items)
+
+
+def abstract_like(state, shardings) -> Any:
+  """ShapeDtypeStructs with the target shardings: restore lands on the current mesh."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+
+
+class Checkpoints:
+  """Periodic (CheckpointManager, keep-N) and named checkpoints of one run directory."""
+
+  def __init__(self, save_dir: str, *, keep: int):
+    self.save_dir = os.path.abspath(save_dir)
+    self.manager = ocp.CheckpointManager(
+        os.path.join(self.save_dir, "checkpoints"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True),
+        item_names=("state", "data", "meta"))
+    self._named = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_iter, meta: dict, *, force: bool = False) -> bool:
+    """Asynchronous periodic save; returns False when `step` is already saved."""
+    if step in self.manager.all_steps():
+      return False
+    return bool(self.manager.save(step, args=_save_args(state, data_iter, meta), force=force))
+
+  def save_named(self, name: str, state, data_iter, meta: dict) -> str:
+    """Synchronous save to save_dir/<name> (overwrites)."""
+    path = os.path.join(self.save_dir, name)
+    self._named.save(path, args=_save_args(state, data_iter, meta), force=True)
+    return path
+
+  def restore(self, step: int, abstract_state, data_iter) -> tuple[Any, dict]:
+    """Restores state (onto `abstract_state`'s shardings), data position (in place) and meta."""
+    self.manager.wait_until_finished()
+    r = self.manager.restore(step, args=_restore_args(abstract_state, data_iter))
+    return r["state"], dict(r["meta"])
+
+  def restore_meta(self, step: int) -> dict:
+    self.manager.wait_until_finished()
+    r = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(r["meta"])
+
+  def restore_named(self, path: str, abstract_state) -> tuple[Any, dict]:
+    r = self._named.restore(path, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    return r["state"], dict(r["meta"])
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,360 @@
+"""The training loop: single length or the multi-length schedule, with checkpoints, recovery,
+TensorBoard, the console and the results file. Entry point: `run(config)`.
+
+Host syncs happen only on log steps, epoch ends and checkpoint steps; the metrics of a log step
+are fetched after the next step has been dispatched, so the device keeps running.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from bk_jax.train import results as results_lib
+from bk_jax.train.checkpoint import Checkpoints, abstract_like
+from bk_jax.train.config_validation import ConfigError, validate_config
+from bk_jax.train.logging import Console, TensorBoard, memory_gb
+from bk_jax.train.monitors import MonitorState, WindowStats
+from bk_jax.train.schedule import LengthPlan, learning_rate_schedule, plan_lengths
+from bk_jax.train.state import (batch_sharding, create_train_state, data_parallel_size, make_mesh,
+                                state_shardings)
+from bk_jax.train.step import jit_train_step, make_optimizer, make_train_step
+
+_PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "tpu": "tpu"}
+
+
+def select_device(device: str) -> None:
+  """Applies config.device before the first computation; ConfigError if JAX runs elsewhere."""
+  if device == "auto":
+    return
+  want = _PLATFORMS[device]
+  try:
+    jax.config.update("jax_platforms", want)
+  except Exception:  # noqa: BLE001 - backend already initialised: checked below
+    pass
+  got = jax.default_backend()
+  if (want == "cuda" and got != "gpu") or (want != "cuda" and got != want):
+    raise ConfigError(f"device={device!r} requested but JAX runs on {got!r}")
+
+
+def prepare(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, Any, list[LengthPlan]]:
+  """Validates, fixes vocab_size from the data and plans the lengths; no compile happens here.
+
+  Raises ConfigError or bk_jax.data.DataError (both ValueErrors with one-line messages).
+  """
+  from bk_jax import data as bk_data
+
+  validate_config(config)
+  select_device(config.device)
+  cfg = ml_collections.ConfigDict(config.to_dict())  # private, unlocked copy
+  cfg.model.vocab_size = int(bk_data.vocab_size(cfg.data))
+  mesh = make_mesh(cfg.mesh)
+  plans = plan_lengths(cfg, process_count=jax.process_count(), batch_divisor=data_parallel_size(mesh))
+  return cfg, mesh, plans
+
+
+class _Stop(Exception):
+  pass
+
+
+class Trainer:
+  """Owns the state of one run; `run()` trains every planned length and writes the outputs."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, on_step: Callable[[int], None] | None = None):
+    from bk_jax import data as bk_data
+    from bk_jax.models import build_model
+
+    self.bk_data = bk_data
+    self.cfg, self.mesh, self.plans = prepare(config)
+    cfg = self.cfg
+    self.on_step = on_step
+    self.save_dir = os.path.abspath(cfg.save_dir)
+    os.makedirs(self.save_dir, exist_ok=True)
+    self.console = Console(cfg.logging.console, cfg.logging.progress_bar)
+    self.total_steps = sum(p.steps for p in self.plans)
+    self.lr_fn = learning_rate_schedule(cfg.train, self.total_steps)
+    self.tx = make_optimizer(cfg.train)
+    model = build_model(cfg.model, rngs=nnx.Rngs(cfg.seed))
+    self.n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    self.graphdef, state = create_train_state(model, self.tx)
+    self.shardings = state_shardings(state, self.mesh)
+    self.state = jax.device_put(state, self.shardings)
+    self.abstract = abstract_like(self.state, self.shardings)
+    self.batch_sharding = batch_sharding(self.mesh)
+    self.ckpt = Checkpoints(self.save_dir, keep=cfg.checkpoint.keep)
+    self.tb = TensorBoard(self.save_dir, cfg.logging.tensorboard)
+    self.memory_kind = memory_gb()[2]
+    self.meta = dict(position=[0, 0], metrics_history=[], results_by_length={},
+                     gradient_statistics={}, length_summary={}, status={}, recoveries=[],
+                     retries={}, config=cfg.to_dict())
+    self.iterator = None
+    self._pending = None
+    self._diverged = False
+    self._gstep = 0
+    self._rep = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    self._stop_signal = threading.Event()
+
+  # ---------------------------------------------------------------- data and checkpoints
+  def _make_iterator(self, li: int):
+    p = self.plans[li]
+    ds = self.bk_data.make_train_dataset(self.cfg.data, p.seq_len, p.batch_size, seed=self.cfg.seed,
+                                         process_index=jax.process_index(),
+                                         process_count=jax.process_count())
+    return self.bk_data.make_iterator(ds, self.cfg.data)
+
+  def _save(self, *, force: bool = False) -> None:
+    step = int(self.state.step)
+    self.ckpt.save(step, self.state, self.iterator, self.meta, force=force)
+
+  def _restore(self, step: int) -> None:
+    """Restores state, data position and meta from periodic checkpoint `step`."""
+    keep = {k: self.meta[k] for k in ("recoveries", "retries", "status")}
+    meta = self.ckpt.restore_meta(step)
+    li = meta["position"][0]
+    self.iterator = self._make_iterator(li) if li < len(self.plans) else None
+    self.state, self.meta = self.ckpt.restore(step, self.abstract, self.iterator)
+    if keep["recoveries"] or keep["retries"]:
+      self.meta.update(keep)
+
+  def _monitors(self) -> MonitorState:
+    return jax.device_get(self.state.monitors)
+
+  # ---------------------------------------------------------------- logging
+  def _flush(self) -> None:
+    """Host-syncs the pending log step (if any) and logs it."""
+    if self._pending is None:
+      return
+    metrics, info = self._pending
+    self._pending = None
+    m = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+    alloc, reserved, _ = memory_gb()
+    f = lambda k, d=0.0: float(m[k]) if k in m else d
+    rec = dict(step=info["step"], epoch=info["epoch"], seq_len=info["seq_len"], loss=f("loss"),
+               perplexity=f("perplexity"), gradient_norm=f("grad_norm"),
+               learning_rate=f("learning_rate"), step_time=info["step_time"],
+               memory_allocated_gb=alloc, memory_reserved_gb=reserved,
+               is_nan=bool(m["is_nan"]), is_inf=bool(m["is_inf"]), is_spike=bool(m["is_spike"]),
+               spike_ratio=f("spike_ratio"), mean_schatten_s1=f("bk/schatten_s1"),
+               mean_schatten_s2=f("bk/schatten_s2"), max_condition_number=f("bk/condition_number"))
+    self.meta["metrics_history"].append(rec)
+    extra = {"skipped_steps": float(m["length_skipped"]), "aux_loss": f("aux_loss")}
+    if "bk/precision_upgrades" in m:
+      extra["precision_upgrades"] = f("bk/precision_upgrades")
+    if "moe/routing_entropy" in m:
+      extra["router/entropy"] = f("moe/routing_entropy")
+    if "moe/expert_load" in m:
+      for e, v in enumerate(np.ravel(m["moe/expert_load"])):
+        extra[f"router/load_e{e}"] = float(v)
+    self.tb.log_step(rec, int(m["length_spikes"]), info["tokens_per_s"], extra)
+    self.console.step_line(rec)
+    self._diverged = bool(m["diverged"])
+
+  # ---------------------------------------------------------------- one length
+  def _epoch_result(self, epoch: int, plan: LengthPlan, epoch_time: float) -> None:
+    mon = self._monitors()
+    ep, ln = mon.epoch.summary(), mon.length.summary()
+    avg = ep["avg_loss"]
+    r = dict(avg_loss=avg, perplexity=math.exp(min(avg, 20.0)) if math.isfinite(avg) else float("nan"),
+             epoch_time=epoch_time, spike_count=ln["spike_count"],
+             grad_norm_mean=ln["grad_norm"]["mean"], grad_norm_std=ln["grad_norm"]["std"],
+             epoch=epoch, steps=ep["steps"], epoch_spike_count=ep["spike_count"],
+             epoch_grad_norm_mean=ep["grad_norm"]["mean"], epoch_grad_norm_std=ep["grad_norm"]["std"],
+             skipped_steps=ep["skipped_steps"])
+    self.meta["results_by_length"].setdefault(str(plan.seq_len), []).append(r)
+    self.console.epoch_summary(epoch, plan.seq_len, r)
+    self.state = self.state.replace(
+        monitors=self.state.monitors.replace(epoch=jax.device_put(WindowStats.zeros(), self._rep)))
+
+  def _run_length(self, li: int) -> str:
+    """Trains length li from meta position; returns "done", "recover" or raises _Stop."""
+    cfg, plan = self.cfg, self.plans[li]
+    key = str(plan.seq_len)
+    sil = self.meta["position"][1]
+    if sil == 0:
+      self.state = self.state.replace(monitors=jax.device_put(MonitorState.zeros(), self._rep))
+      self.meta["results_by_length"][key] = []
+      self._save()  # the length's start is a good checkpoint for recovery
+    poison = plan.seq_len in tuple(int(n) for n in cfg.debug.nonfinite_grad_seq_lens)
+    step_fn = jit_train_step(make_train_step(self.graphdef, self.tx, self.lr_fn, cfg,
+                                             inject_nonfinite_all=poison), self.state, self.mesh)
+    self.console.print(f"\nEpoch {plan.epoch_of(sil)} | Sequence Length: {plan.seq_len}\n" + "-" * 60)
+    self.console.start_bar(plan.steps, sil, f"N={plan.seq_len}")
+    tokens = plan.batch_size * plan.seq_len * jax.process_count()
+    self._diverged = False
+    t_last = t_epoch = t_log = time.perf_counter()
+    n_log = 0
+    while sil < plan.steps:
+      batch = jax.device_put(next(self.iterator), self.batch_sharding)
+      self.state, metrics = step_fn(self.state, batch)
+      sil += 1
+      self.meta["position"] = [li, sil]
+      self._flush()  # previous log step, fetched while this step runs
+      now = time.perf_counter()
+      step_time, t_last = now - t_last, now
+      n_log += 1
+      gstep = self._gstep = self._gstep + 1
+      epoch = plan.epoch_of(sil - 1)
+      epoch_end = plan.epoch_end(sil - 1)
+      if gstep % cfg.train.log_interval == 0 or epoch_end:
+        tps = tokens * n_log / max(now - t_log, 1e-9)
+        t_log, n_log = now, 0
+        self._pending = (metrics, dict(step=gstep, epoch=epoch, seq_len=plan.seq_len,
+                                       step_time=step_time, tokens_per_s=tps))
+        self.console.update_bar(0, tps, None)
+      self.console.update_bar(1, tokens / max(step_time, 1e-9), None)
+      if self.on_step is not None:
+        self.on_step(gstep)
+      if epoch_end:
+        self._flush()
+        self._epoch_result(epoch, plan, time.perf_counter() - t_epoch)
+        t_epoch = time.perf_counter()
+        if sil < plan.steps:
+          self.console.print(f"\nEpoch {epoch + 1} | Sequence Length: {plan.seq_len}\n" + "-" * 60)
+      if self._diverged:
+        self.console.close_bar()
+        return "recover"
+      if gstep % cfg.checkpoint.every_steps == 0:
+        self._flush()
+        mon = self._monitors()
+        if int(mon.bad_streak) == 0 and not bool(mon.diverged):
+          self._save()
+      if self._stop_signal.is_set():
+        raise _Stop()
+    self._flush()
+    self.console.close_bar()
+    if self._diverged or bool(self._monitors().diverged):
+      return "recover"
+    return "done"
+
+  def _finish_length(self, li: int, status: str) -> None:
+    plan = self.plans[li]
+    key = str(plan.seq_len)
+    summ = self._monitors().length.summary()
+    self.meta["gradient_statistics"][key] = {k: summ["grad_norm"][k] for k in ("mean", "std", "min", "max")}
+    self.meta["length_summary"][key] = dict(
+        steps=summ["steps"], spike_count=summ["spike_count"], skipped_steps=summ["skipped_steps"],
+        nan_steps=summ["nan_steps"], inf_steps=summ["inf_steps"],
+        precision_upgrades=summ["precision_upgrades"], grad_norm_count=summ["grad_norm"]["count"],
+        batch_size=plan.batch_size, planned_steps=plan.steps)
+    self.meta["status"][key] = status
+    self.meta["position"] = [li + 1, 0]
+    planned = sum(p.steps for p in self.plans[: li + 1])
+    if int(self.state.step) != planned:  # a DIVERGED length: keep the schedule position honest
+      self.state = self.state.replace(step=jax.device_put(jnp.int32(planned), self._rep))
+    self._gstep = planned
+    self.iterator = self._make_iterator(li + 1) if li + 1 < len(self.plans) else None
+    self._save()
+    self.ckpt.save_named(f"checkpoint_seq{plan.seq_len}_final", self.state, self.iterator, self.meta)
+    self.console.print(f"Checkpoint saved: {os.path.join(self.save_dir, f'checkpoint_seq{plan.seq_len}_final')}")
+
+  def _recover(self, li: int) -> bool:
+    """Restores the last good checkpoint with a lower rate; False when retries are used up."""
+    t, key = self.cfg.train, str(self.plans[li].seq_len)
+    tries = self.meta["retries"].get(key, 0) + 1
+    self.meta["retries"][key] = tries
+    bad_step = self._gstep
+    step = self.ckpt.latest_step()
+    self._restore(step)
+    self._gstep = int(self.state.step)
+    scale = float(t.recovery_lr_scale) ** min(tries, int(t.max_recoveries))
+    self.meta["recoveries"].append(dict(seq_len=int(key), detected_at_step=bad_step, restored_step=step,
+                                        attempt=tries, lr_scale=scale,
+                                        gave_up=tries > int(t.max_recoveries)))
+    if tries > int(t.max_recoveries):
+      self.console.print(f"\nN={key}: DIVERGED after {tries - 1} recovery attempt(s); moving on")
+      return False
+    self.console.print(f"\nN={key}: divergence detected at step {bad_step}; restored step {step}, "
+                       f"learning rate x{scale:g} (attempt {tries}/{t.max_recoveries})")
+    self.state = self.state.replace(lr_scale=jax.device_put(jnp.float32(scale), self._rep))
+    return True
+
+  # ---------------------------------------------------------------- the run
+  def _resume(self) -> None:
+    step = self.ckpt.latest_step()
+    if not self.cfg.checkpoint.resume or step is None:
+      return
+    self._restore(step)
+    li, sil = self.meta["position"]
+    n = self.plans[li].seq_len if li < len(self.plans) else "-"
+    self.console.print(f"Resumed from {self.save_dir} at step {step} (length index {li}, N={n}, "
+                       f"step {sil} of the length)")
+
+  def run(self) -> dict:
+    cfg = self.cfg
+    self.console.print(f"bk-jax training | backend {jax.default_backend()} x{jax.device_count()} | "
+                       f"model {cfg.model.kind} ({self.n_params:,} parameters) | lengths "
+                       f"{[p.seq_len for p in self.plans]} | {self.total_steps} steps | {self.save_dir}")
+    self._resume()
+    self._gstep = int(self.state.step)
+    old_handler = self._install_sigterm()
+    interrupted = False
+    try:
+      while self.meta["position"][0] < len(self.plans):
+        li = self.meta["position"][0]
+        if self.iterator is None:
+          self.iterator = self._make_iterator(li)
+        outcome = self._run_length(li)
+        if outcome == "done":
+          self._finish_length(li, "trained")
+        elif not self._recover(li):
+          self._finish_length(li, "DIVERGED")
+    except _Stop:
+      interrupted = True
+      self._flush()
+      self.console.close_bar()
+      self._save(force=True)
+      self.console.print(f"\nSIGTERM: checkpoint saved at step {int(self.state.step)}; rerun to resume")
+    finally:
+      self._restore_sigterm(old_handler)
+    if not interrupted:
+      self.ckpt.save_named("checkpoint_final", self.state, self.iterator, self.meta)
+    self.ckpt.close()
+    self.tb.close()
+    res = self._results(interrupted)
+    path = results_lib.write_results(self.save_dir, res)
+    if not interrupted:
+      self.console.final_tables(self.meta["results_by_length"], self.meta["status"],
+                                self.meta["gradient_statistics"])
+    self.console.print(f"\nResults saved: {path}")
+    return res
+
+  def _results(self, interrupted: bool) -> dict:
+    m = self.meta
+    return results_lib.build_results(
+        args=self.cfg.to_dict(), results_by_length=m["results_by_length"],
+        metrics_history=m["metrics_history"], gradient_statistics=m["gradient_statistics"],
+        status=m["status"], memory_kind=self.memory_kind,
+        extra=dict(length_summary=m["length_summary"], recoveries=m["recoveries"],
+                   total_steps=int(self.state.step), planned_steps=self.total_steps,
+                   interrupted=interrupted, n_params=self.n_params,
+                   backend=jax.default_backend()))
+
+  def _install_sigterm(self):
+    if threading.current_thread() is not threading.main_thread():
+      return None
+    return signal.signal(signal.SIGTERM, lambda *_: self._stop_signal.set())
+
+  def _restore_sigterm(self, old) -> None:
+    if old is not None:
+      signal.signal(signal.SIGTERM, old)
+
+
+def run(config: ml_collections.ConfigDict, *, on_step: Callable[[int], None] | None = None) -> dict:
+  """Trains (or, with config.eval.eval_only, evaluates) as configured; returns the results dict.
+
+  Raises ConfigError / bk_jax.data.DataError (one-line ValueErrors) before any compile.
+  """
+  if config.eval.eval_only:
+    from bk_jax.train.evaluate import run_eval
+    return run_eval(config)
+  return Trainer(config, on_step=on_step).run()

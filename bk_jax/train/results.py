@@ -1,0 +1,45 @@
+"""The results file `save_dir/long_context_results.json` (reference schema plus status)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+#: Keys of one metrics_history entry, in the reference order.
+HISTORY_KEYS = ("step", "epoch", "seq_len", "loss", "perplexity", "gradient_norm", "learning_rate",
+                "step_time", "memory_allocated_gb", "memory_reserved_gb", "is_nan", "is_inf",
+                "is_spike", "spike_ratio", "mean_schatten_s1", "mean_schatten_s2",
+                "max_condition_number")
+#: Keys of one per-epoch entry of results_by_length.
+EPOCH_KEYS = ("avg_loss", "perplexity", "epoch_time", "spike_count", "grad_norm_mean", "grad_norm_std")
+#: Keys of one gradient_statistics entry.
+GRAD_KEYS = ("mean", "std", "min", "max")
+
+
+def _clean(x):
+  """JSON-safe: non-finite floats become strings ("nan", "inf") instead of invalid JSON."""
+  if isinstance(x, float) and not math.isfinite(x):
+    return str(x)
+  if isinstance(x, dict):
+    return {str(k): _clean(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_clean(v) for v in x]
+  return x
+
+
+def build_results(*, args: dict, results_by_length: dict, metrics_history: list,
+                  gradient_statistics: dict, status: dict, memory_kind: str, extra: dict) -> dict:
+  return _clean(dict(args=args, results_by_length=results_by_length, metrics_history=metrics_history,
+                     gradient_statistics=gradient_statistics, status=status,
+                     memory_kind=memory_kind, **extra))
+
+
+def write_results(save_dir: str, results: dict) -> str:
+  """Atomic write (tmp + rename) of the results JSON; returns its path."""
+  path = os.path.join(save_dir, "long_context_results.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(results, f, indent=2)
+  os.replace(tmp, path)
+  return path

@@ -1,0 +1,105 @@
+"""The optimizer and the pure, jitted train step with the monitors folded in."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from bk_jax.train import monitors as mon_lib
+from bk_jax.train.state import TrainState, batch_sharding, state_shardings
+
+
+def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """clip_by_global_norm -> adamw at unit learning rate (the step multiplies by the schedule).
+
+  adamw(lr) == lr * adamw(1): keeping the rate outside lets divergence recovery lower it
+  (TrainState.lr_scale) without rebuilding the optimizer. Weight decay skips vectors/scalars.
+  """
+  parts = []
+  if train_cfg.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(float(train_cfg.grad_clip)))
+  parts.append(optax.adamw(1.0, b1=float(train_cfg.adam_b1), b2=float(train_cfg.adam_b2),
+                           eps=float(train_cfg.adam_eps), weight_decay=float(train_cfg.weight_decay),
+                           mask=lambda p: jax.tree.map(lambda x: jnp.ndim(x) >= 2, p)))
+  return optax.chain(*parts)
+
+
+def masked_cross_entropy(logits, targets, mask):
+  """Mask-weighted mean token cross entropy (float32)."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  mask = mask.astype(jnp.float32)
+  return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _select(pred, new, old):
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, lr_schedule: Callable,
+                    config: ml_collections.ConfigDict, *, inject_nonfinite_all: bool = False):
+  """Returns the pure `train_step(state, batch) -> (state, metrics)`.
+
+  batch: dict(inputs int32 (B, N), targets int32 (B, N), mask float32 (B, N)).
+  metrics (device scalars): loss (mask-weighted CE), total_loss (+ model aux loss), perplexity,
+  grad_norm (pre-clip), learning_rate, finite, is_nan, is_inf, is_spike, spike_ratio, bad,
+  plus every model aux figure ("bk/...", "moe/...").
+  A non-finite loss or gradient leaves params and optimizer state unchanged (counted in
+  monitors.*.skipped).
+  """
+  t = config.train
+  bad_steps = tuple(int(s) for s in config.debug.nonfinite_grad_steps)
+
+  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params, state.model_state)
+      logits, aux = model(batch["inputs"], return_aux=True)
+      ce = masked_cross_entropy(logits, batch["targets"], batch["mask"])
+      new_model_state = nnx.state(model, nnx.Not(nnx.Param))
+      return ce + aux["aux_loss"], (ce, aux, new_model_state)
+
+    (total, (ce, aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if inject_nonfinite_all or bad_steps:
+      poison = jnp.asarray(inject_nonfinite_all) | jnp.isin(state.step, jnp.asarray(bad_steps or (-1,)))
+      grads = jax.tree.map(lambda g: g * jnp.where(poison, jnp.nan, 1.0).astype(g.dtype), grads)
+    grad_norm = optax.global_norm(grads)
+    lr = lr_schedule(state.step) * state.lr_scale
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u: lr * u, updates)  # adamw(1.0) already negates
+    params = optax.apply_updates(state.params, updates)
+    upgrades = aux.get("bk/precision_upgrades", 0)
+    monitors, flags = mon_lib.update_monitors(
+        state.monitors, loss=ce, grad_norm=jnp.where(jnp.isfinite(total), grad_norm, total),
+        upgrades=upgrades, spike_factor=float(t.spike_factor),
+        divergence_factor=float(t.divergence_factor), patience=int(t.divergence_patience))
+    ok = flags["finite"]
+    new_state = state.replace(
+        params=_select(ok, params, state.params),
+        opt_state=_select(ok, opt_state, state.opt_state),
+        model_state=model_state,
+        step=state.step + 1,
+        monitors=monitors,
+    )
+    metrics = dict(loss=ce, total_loss=total, perplexity=jnp.exp(jnp.minimum(ce, 20.0)),
+                   grad_norm=grad_norm, learning_rate=lr, **flags,
+                   length_spikes=monitors.length.spikes, length_skipped=monitors.length.skipped,
+                   diverged=monitors.diverged)
+    for k, v in aux.items():
+      if k != "aux_loss":
+        metrics[k] = v
+    metrics["aux_loss"] = aux["aux_loss"]
+    return new_state, metrics
+
+  return train_step
+
+
+def jit_train_step(train_step, state: TrainState, mesh) -> Callable:
+  """jax.jit with explicit in/out shardings and the state donated."""
+  s_sh = state_shardings(state, mesh)
+  return jax.jit(train_step, in_shardings=(s_sh, batch_sharding(mesh)),
+                 out_shardings=(s_sh, None), donate_argnums=0)

@@ -1,0 +1,81 @@
+"""Base training configuration: every default lives here; the other files override it.
+
+Usage::
+
+    python scripts/train.py --config configs/seq32k.py --config.train.lr=1e-4
+
+Every field is read by code (see the comments for where).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from bk_jax.data.config import default_data_config
+from bk_jax.models.config import default_model_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 42  # model init, data order (bk_jax.train.loop)
+  c.save_dir = "runs/default"  # checkpoints, results JSON, TensorBoard events
+  c.device = "auto"  # "auto" | "cpu" | "gpu" | "cuda" | "tpu": JAX platform (bk_jax.train.loop)
+
+  c.model = default_model_config()  # bk_jax.models (vocab_size is set from the data)
+  c.data = default_data_config()  # bk_jax.data
+
+  t = c.train = ml_collections.ConfigDict()
+  t.seq_len = 2048  # single-length training
+  t.multi_length = False  # train every length of sequence_lengths, in order
+  t.sequence_lengths = (128, 512, 2048, 8192, 32768, 131072)
+  t.batch_size = 8  # sequences per batch (when tokens_per_batch == 0)
+  t.tokens_per_batch = 0  # > 0: batch size = tokens_per_batch // seq_len for every length
+  t.epochs = 3  # passes over the training split per length (when steps_per_length == 0)
+  t.steps_per_length = 0  # > 0: train exactly this many steps per length instead of epochs
+  t.lr = 1e-3  # peak learning rate
+  t.min_lr_ratio = 0.1  # cosine decays to lr * min_lr_ratio
+  t.warmup_steps = 100  # linear warm-up (clipped to the planned steps)
+  t.weight_decay = 0.01  # AdamW decay on parameters with ndim >= 2
+  t.grad_clip = 1.0  # global-norm clipping (0 disables)
+  t.adam_b1 = 0.9
+  t.adam_b2 = 0.95
+  t.adam_eps = 1e-8
+  t.log_interval = 10  # steps between host syncs (console, TensorBoard, metrics_history)
+  t.spike_factor = 2.0  # spike iff loss > spike_factor x previous finite loss
+  # Divergence: `divergence_patience` consecutive steps with a non-finite loss/gradient or a loss
+  # above divergence_factor x best loss of the length -> restore the last good checkpoint and
+  # multiply the learning rate by recovery_lr_scale; after max_recoveries the length is DIVERGED.
+  t.divergence_factor = 4.0
+  t.divergence_patience = 20
+  t.max_recoveries = 2
+  t.recovery_lr_scale = 0.5
+
+  k = c.checkpoint = ml_collections.ConfigDict()
+  k.every_steps = 500  # periodic checkpoints (plus one at every length boundary and the end)
+  k.keep = 3  # periodic checkpoints kept (named *_final checkpoints are always kept)
+  k.resume = True  # resume from the latest checkpoint in save_dir
+
+  lg = c.logging = ml_collections.ConfigDict()
+  lg.tensorboard = True  # event files under save_dir/tensorboard
+  lg.progress_bar = True  # tqdm bar with tokens/s
+  lg.console = True  # step lines, epoch summaries, the final tables
+
+  e = c.eval = ml_collections.ConfigDict()
+  e.eval_only = False  # evaluate the latest checkpoint instead of training
+  e.streaming = False  # bk_jax.eval.streaming (chunked with carried state)
+  e.eval_tokens = 1_000_000  # tokens to evaluate
+  e.chunk_size = 4096  # streaming chunk length
+  e.split = "valid"  # data split to evaluate
+
+  m = c.mesh = ml_collections.ConfigDict()
+  m.data = -1  # -1: all devices left over by the other axes
+  m.fsdp = 1
+  m.tensor = 1
+  m.sequence = 1
+
+  # Fault injection for tests and drills: gradients are multiplied by NaN at these global steps
+  # (0-based) and at every step of these sequence lengths.
+  d = c.debug = ml_collections.ConfigDict()
+  d.nonfinite_grad_steps = ()
+  d.nonfinite_grad_seq_lens = ()
+  return c
