@@ -60,7 +60,8 @@ def main() -> None:
     if "corpus" in report:
         c = report["corpus"]
         print(f"{args.dataset}/{args.tokenizer}: {c['train_tokens']:,} train tokens; "
-              f"first run (tokenize) {c['tokenize_s']:.2f} s, cached load {1e3 * c['cached_load_s']:.1f} ms")
+              f"first run (tokenize) {c['tokenize_s']:.2f} s, "
+              f"cached load {1e3 * c['cached_load_s']:.1f} ms")
     print(f"{'N':>8} {'batch':>5} {'sync tok/s':>13} {'ms/batch':>9} {'startup ms':>10} "
           f"{'prefetch tok/s':>15} "
           f"{'toy step tok/s':>15} {'ms/step':>8} {'ratio':>6}")

@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _text(n_lines: int = 400, seed: int = 0) -> str:
     rng = np.random.default_rng(seed)
-    words = ["the", "king", "queen", "of", "and", "to", "a", "ROMEO:", "Juliet", "thou", "é", "漢"]
+    words = ["the", "king", "queen", "of", "and", "to", "a", "ROMEO:", "Juliet", "thou",
+             "é", "漢"]
     return "".join(" ".join(rng.choice(words, size=rng.integers(1, 9))) + "\n"
                    for _ in range(n_lines))
 

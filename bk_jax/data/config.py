@@ -51,7 +51,8 @@ def default_data_config() -> ml_collections.ConfigDict:
         tokenizer: one of :data:`TOKENIZERS` ("byte" = 256 bytes + BOS/EOS/PAD).
         vocab_size: vocabulary cap for "word" and "bpe" (specials included); ignored by "byte".
         data_limit: 0 = no cap; otherwise every split is truncated to its first ``data_limit``
-          tokens (applied while tokenizing, so it is part of the cache key).
+          tokens (applied while tokenizing, so it is part of the cache key; word/BPE
+          vocabularies are still learned from the whole train split).
         cache_dir: token cache root; "" means ``$BK_JAX_CACHE`` or ``~/.cache/bk_jax``.
         split_fractions: (train, valid, test) fractions for "pystdlib" (per file, by a stable
           hash of its path) and "text" (contiguous cut of every file); wikitext has fixed splits.

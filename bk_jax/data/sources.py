@@ -25,7 +25,8 @@ PYSTDLIB_EXCLUDE = frozenset({"site-packages", "dist-packages", "test", "tests",
 #: Read granularity; documents larger than this are delivered in line-aligned pieces.
 PIECE_BYTES = 1 << 22
 
-_WIKITEXT_DIRS = {"wikitext2": ("wikitext-2", "wikitext-2-raw", "wikitext-2-v1", "wikitext-2-raw-v1"),
+_WIKITEXT_DIRS = {"wikitext2": ("wikitext-2", "wikitext-2-raw", "wikitext-2-v1",
+                                "wikitext-2-raw-v1"),
                   "wikitext103": ("wikitext-103", "wikitext-103-raw", "wikitext-103-v1",
                                   "wikitext-103-raw-v1")}
 

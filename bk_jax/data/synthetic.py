@@ -72,7 +72,8 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, 1)
 
 
-def generate(tc, rng: np.random.Generator, batch: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+def generate(tc, rng: np.random.Generator, batch: int,
+             seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Generates ``batch`` samples of the configured task.
 
     Args:
@@ -113,8 +114,6 @@ def generate(tc, rng: np.random.Generator, batch: int, seq_len: int) -> tuple[np
         mask[rows, q] = 1.0
     else:  # selective_copying
         m, noise, marker = int(tc.num_memorize), v - 2, v - 1
-        if v < 3:
-            raise DataError("selective_copying needs vocab_size >= 3")
         c = n - m
         pos = np.sort(_top_k(rng.random((b, c)), m), axis=1)
         toks = rng.integers(0, v - 2, size=(b, m), dtype=np.int32)
