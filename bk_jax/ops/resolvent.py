@@ -50,33 +50,44 @@ def complex_dtype_for(v: jax.Array) -> jnp.dtype:
 
 
 def _prepare(v, hopping, z, carry):
-  """Casts inputs to one complex dtype; returns (a, t2, carry) with a = v - 2 - z."""
+  """Casts inputs; returns (v, shift, t2, g_prev) with a_i = v_i - shift, shift = 2 + z.
+
+  v stays real: the complex a_i is formed inside each step, so no complex (N, H) copy of the
+  input is materialised (half the memory traffic of the forward pass, one g-sized buffer less
+  in the backward pass).
+  """
   cdt = complex_dtype_for(v)
   rdt = jnp.float64 if cdt == jnp.complex128 else jnp.float32
   hopping = jnp.asarray(hopping, rdt)
-  z = jnp.asarray(z, cdt)
-  a = v.astype(cdt) - 2.0 - z
+  shift = 2.0 + jnp.asarray(z, cdt)
   t2 = (hopping * hopping).astype(cdt)
+  batch_heads = v.shape[:-2] + v.shape[-1:]
   if carry is None:
-    carry = jnp.zeros(a.shape[:-2] + a.shape[-1:], cdt)
+    carry = jnp.zeros(batch_heads, cdt)
   else:
-    carry = jnp.broadcast_to(jnp.asarray(carry, cdt), a.shape[:-2] + a.shape[-1:])
-  return a, t2, carry
+    carry = jnp.broadcast_to(jnp.asarray(carry, cdt), batch_heads)
+  return v.astype(rdt), shift, t2, carry
 
 
 # ----------------------------------------------------------------------------------------
-# Forward evaluation strategies. All take a (..., N, H), t2 (H,), g_prev (..., H) complex.
+# Forward evaluation strategies. All take v (..., N, H) real, shift and t2 (H,) complex,
+# g_prev (..., H) complex, and return (g (..., N, H), g_last (..., H)).
 # ----------------------------------------------------------------------------------------
 
 
-def _forward_scan(a, t2, g_prev, unroll: int = 8):
-  """Sequential recurrence; the time axis is moved to the front for lax.scan."""
+def _step_fn(shift, t2):
+  """One step of g_i = 1 / (v_i - shift - t^2 g_{i-1}) in lax.scan form."""
 
-  def step(g, a_i):
-    g = 1.0 / (a_i - t2 * g)
+  def step(g, v_i):
+    g = 1.0 / ((v_i - shift) - t2 * g)
     return g, g
 
-  g_last, g = lax.scan(step, g_prev, jnp.moveaxis(a, -2, 0), unroll=unroll)
+  return step
+
+
+def _forward_scan(v, shift, t2, g_prev, unroll: int = 8):
+  """Sequential recurrence; the time axis is moved to the front for lax.scan."""
+  g_last, g = lax.scan(_step_fn(shift, t2), g_prev, jnp.moveaxis(v, -2, 0), unroll=unroll)
   return jnp.moveaxis(g, 0, -2), g_last
 
 
@@ -101,8 +112,9 @@ def _mobius_combine(earlier, later):
   return c00 / scale, c01 / scale, c10 / scale, c11 / scale
 
 
-def _forward_associative(a, t2, g_prev):
+def _forward_associative(v, shift, t2, g_prev):
   """(p_i, q_i) = M_i (p_{i-1}, q_{i-1}), M_i = [[0, 1], [-t^2, a_i]], g_i = p_i / q_i."""
+  a = v - shift
   zero = jnp.zeros_like(a)
   one = jnp.ones_like(a)
   mats = (zero, one, jnp.broadcast_to(-t2, a.shape), a)
@@ -118,14 +130,9 @@ def _forward_associative(a, t2, g_prev):
   return g, g[..., -1, :]
 
 
-def _forward_chunked(a, t2, g_prev, chunk: int):
+def _forward_chunked(v, shift, t2, g_prev, chunk: int):
   """Scan over checkpointed chunks; differentiated by autodiff (no custom VJP)."""
-
-  def step(g, a_i):
-    g = 1.0 / (a_i - t2 * g)
-    return g, g
-
-  g_last, g = checkpointed_scan(step, g_prev, jnp.moveaxis(a, -2, 0), chunk=chunk)
+  g_last, g = checkpointed_scan(_step_fn(shift, t2), g_prev, jnp.moveaxis(v, -2, 0), chunk=chunk)
   return jnp.moveaxis(g, 0, -2), g_last
 
 
@@ -134,39 +141,58 @@ def _forward_chunked(a, t2, g_prev, chunk: int):
 # ----------------------------------------------------------------------------------------
 
 
-def _reverse_linear_scan(coef, rhs, associative: bool):
-  """Solves lam_i = rhs_i + coef_i * lam_{i+1} (lam_N = 0) along axis -2."""
+def _adjoint_associative(g, g_bar, t2, g_prev):
+  """Adjoint via a log-depth scan: lam_i = gbar_i + t^2 g_{i+1}^2 lam_{i+1}, lam_N = 0."""
+
+  def combine(right, left):  # affine maps x -> c x + r, composed from the right
+    c_r, r_r = right
+    c_l, r_l = left
+    return c_l * c_r, r_l + c_l * r_r
+
+  g2 = g * g
+  coef = jnp.concatenate([t2 * g2[..., 1:, :], jnp.zeros_like(g2[..., :1, :])], axis=-2)
+  _, lam = lax.associative_scan(combine, (coef, g_bar), reverse=True, axis=g.ndim - 2)
+  a_bar = -g2 * lam  # dg_i/da_i = -g_i^2
+  g_shift = jnp.concatenate([g_prev[..., None, :], g[..., :-1, :]], axis=-2)
+  t2_bar = jnp.sum(g2 * g_shift * lam, axis=-2)  # dg_i/d(t^2) = g_i^2 g_{i-1}
+  shift_bar = jnp.sum(g2 * lam, axis=-2)  # a = v - shift
+  return jnp.real(a_bar), shift_bar, t2_bar, lam[..., 0, :]
+
+
+def _adjoint_sequential(g, g_bar, t2):
+  """The same adjoint as one fused reverse lax.scan (no g-sized temporaries besides v_bar).
+
+  Step i (running from N-1 down to 0) knows g_i, gbar_i and, in its carry, g_{i+1} and
+  lam_{i+1}; the t^2 term of position i+1 (g_{i+1}^2 g_i lam_{i+1}) is added here because it
+  needs g_i. The term of position 0 needs g_{-1} and is added by the caller.
+  """
+  batch_heads = g.shape[:-2] + g.shape[-1:]
+  zeros = jnp.zeros(batch_heads, g.dtype)
+
+  def step(carry, inputs):
+    lam_next, g_next, t2_acc, shift_acc = carry
+    g_i, gbar_i = inputs
+    g_next2 = g_next * g_next
+    lam = gbar_i + t2 * g_next2 * lam_next
+    g2 = g_i * g_i
+    t2_acc = t2_acc + g_next2 * g_i * lam_next
+    shift_acc = shift_acc + g2 * lam
+    return (lam, g_i, t2_acc, shift_acc), jnp.real(-g2 * lam)
+
+  xs = (jnp.moveaxis(g, -2, 0), jnp.moveaxis(g_bar, -2, 0))
+  (lam0, _, t2_acc, shift_acc), v_bar = lax.scan(step, (zeros,) * 4, xs, reverse=True, unroll=8)
+  return jnp.moveaxis(v_bar, 0, -2), shift_acc, t2_acc, lam0
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _causal_exact(v, shift, t2, g_prev, associative: bool):
   if associative:
-    # Affine maps x -> c*x + r compose associatively; scan them from the right.
-    def combine(right, left):
-      c_r, r_r = right
-      c_l, r_l = left
-      return c_l * c_r, r_l + c_l * r_r
-
-    _, lam = lax.associative_scan(combine, (coef, rhs), reverse=True, axis=coef.ndim - 2)
-    return lam
-
-  def step(lam_next, inputs):
-    c, r = inputs
-    lam = r + c * lam_next
-    return lam, lam
-
-  zeros = jnp.zeros(rhs.shape[:-2] + rhs.shape[-1:], rhs.dtype)
-  _, lam = lax.scan(
-      step, zeros, (jnp.moveaxis(coef, -2, 0), jnp.moveaxis(rhs, -2, 0)), reverse=True, unroll=8
-  )
-  return jnp.moveaxis(lam, 0, -2)
+    return _forward_associative(v, shift, t2, g_prev)
+  return _forward_scan(v, shift, t2, g_prev)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _causal_exact(a, t2, g_prev, associative: bool):
-  if associative:
-    return _forward_associative(a, t2, g_prev)
-  return _forward_scan(a, t2, g_prev)
-
-
-def _causal_exact_fwd(a, t2, g_prev, associative):
-  g, g_last = _causal_exact(a, t2, g_prev, associative)
+def _causal_exact_fwd(v, shift, t2, g_prev, associative):
+  g, g_last = _causal_exact(v, shift, t2, g_prev, associative)
   return (g, g_last), (g, t2, g_prev)
 
 
@@ -175,16 +201,21 @@ def _causal_exact_bwd(associative, res, cts):
   g_bar, g_last_bar = cts
   # The carry output is g_{N-1}; its cotangent joins g_bar at the last position.
   g_bar = g_bar.at[..., -1, :].add(g_last_bar)
-  g2 = g * g
-  # dg_i/dg_{i-1} = t^2 g_i^2, so lam_i = gbar_i + t^2 g_{i+1}^2 lam_{i+1}.
-  coef = jnp.concatenate([t2 * g2[..., 1:, :], jnp.zeros_like(g2[..., :1, :])], axis=-2)
-  lam = _reverse_linear_scan(coef, g_bar, associative)
-  a_bar = -g2 * lam  # dg_i/da_i = -g_i^2
-  g_shift = jnp.concatenate([g_prev[..., None, :], g[..., :-1, :]], axis=-2)
-  t2_bar = g2 * g_shift * lam  # dg_i/d(t^2) = g_i^2 g_{i-1}
-  t2_bar = t2_bar.reshape((-1, t2_bar.shape[-1])).sum(0)
-  g_prev_bar = t2 * g2[..., 0, :] * lam[..., 0, :]
-  return a_bar, t2_bar, g_prev_bar
+  if associative:
+    v_bar, shift_bar, t2_bar, lam0 = _adjoint_associative(g, g_bar, t2, g_prev)
+  else:
+    v_bar, shift_bar, t2_bar, lam0 = _adjoint_sequential(g, g_bar, t2)
+    t2_bar = t2_bar + g[..., 0, :] ** 2 * g_prev * lam0  # position 0's t^2 term
+  g0_sq = g[..., 0, :] ** 2
+  g_prev_bar = t2 * g0_sq * lam0  # dg_0/dg_{-1} = t^2 g_0^2
+  heads = g.shape[-1]
+  # shift and t2 are per-head parameters shared over the batch dims: sum their cotangents.
+  return (
+      v_bar,
+      shift_bar.reshape((-1, heads)).sum(0),
+      t2_bar.reshape((-1, heads)).sum(0),
+      g_prev_bar,
+  )
 
 
 _causal_exact.defvjp(_causal_exact_fwd, _causal_exact_bwd)
@@ -219,10 +250,14 @@ def causal_diag(
     raise ValueError(f"v must have shape (..., N, H); got {v.shape}")
   if v.shape[-2] == 0:
     raise ValueError("v has an empty sequence axis (N = 0)")
-  a, t2, g_prev = _prepare(v, hopping, z, carry)
+  from bk_jax.ops import sharded_scan  # lazy: sharded_scan calls back into this function
+  if (mesh := sharded_scan.sequence_mesh_for(v)) is not None:  # mesh "sequence" axis > 1
+    return sharded_scan.sequence_parallel_causal_diag(
+        v, hopping=hopping, z=z, carry=carry, mesh=mesh, method=method, chunk_size=chunk_size)
+  v, shift, t2, g_prev = _prepare(v, hopping, z, carry)
   if method == "chunked":
-    return _forward_chunked(a, t2, g_prev, chunk_size)
-  return _causal_exact(a, t2, g_prev, method == "associative")
+    return _forward_chunked(v, shift, t2, g_prev, chunk_size)
+  return _causal_exact(v, shift, t2, g_prev, method == "associative")
 
 
 def full_diag(v: jax.Array, *, hopping: jax.Array, z: jax.Array, method: Method = "scan"):
@@ -243,8 +278,8 @@ def full_diag(v: jax.Array, *, hopping: jax.Array, z: jax.Array, method: Method 
   g_left, _ = causal_diag(v, hopping=hopping, z=z, method=method)
   g_right, _ = causal_diag(jnp.flip(v, -2), hopping=hopping, z=z, method=method)
   g_right = jnp.flip(g_right, -2)
-  a, t2, _ = _prepare(v, hopping, z, None)
+  v, shift, t2, _ = _prepare(v, hopping, z, None)
   zeros = jnp.zeros_like(g_left[..., :1, :])
   left = jnp.concatenate([zeros, g_left[..., :-1, :]], axis=-2)
   right = jnp.concatenate([g_right[..., 1:, :], zeros], axis=-2)
-  return 1.0 / (a - t2 * left - t2 * right)
+  return 1.0 / ((v[..., :, :] - shift) - t2 * left - t2 * right)

@@ -1,0 +1,158 @@
+"""Sequence-parallel causal resolvent: the sequence axis split over a mesh axis (DESIGN §2.2).
+
+With the sequence cut into S contiguous shards, shard s needs only one number from the shards
+before it: g at the last position of shard s-1 (its incoming state). The recurrence is a
+projective (Möbius) map, g_i = p_i / q_i with (p_i, q_i)ᵀ = M_i (p_{i-1}, q_{i-1})ᵀ and
+M_i = [[0, 1], [-t², a_i]], so a shard's effect on any incoming state is the 2×2 product of its
+matrices. Inside `jax.shard_map` (manual over the sequence axis only; batch and head axes stay
+under automatic partitioning):
+
+1. reduce: every shard multiplies its own matrices (log-depth pairwise products, each divided by
+   its largest entry, so no overflow at any length) into one normalised 2×2 product per
+   (batch, head);
+2. exclusive combine: the S products are all-gathered (4·S complex numbers per batch and head)
+   and each shard applies the products of the shards before it to the start vector
+   (carry, 1), which gives its incoming g (shard 0 gets the carry itself);
+3. local pass: the ordinary `resolvent.causal_diag` (scan / associative / chunked, with its exact
+   custom VJP) runs on the shard from that incoming g.
+
+The returned carry (g at the very last position; the last shard's local carry) continues the
+stream across calls exactly as in the unsharded op.
+
+Gradients are exact: reverse-mode differentiates through the shard_map (the all_gather transposes
+to a reduce-scatter, the local pass uses the resolvent's custom VJP, whose g_prev cotangent flows
+back into the combine). The reduction is `jax.checkpoint`-ed, so the only residuals kept per
+shard are the local g (as in the unsharded op) and the 2×2 products; the reduction is recomputed
+in the backward pass. The normalising scales are stop-gradient: g = p/q does not depend on them,
+so treating them as constants gives the exact derivative.
+
+`resolvent.causal_diag` dispatches here automatically when it is traced under a mesh
+(`jax.set_mesh` / `jax.sharding.use_abstract_mesh`) whose "sequence" axis has more than one
+device and the sequence length divides evenly (see `sequence_mesh_for`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import PartitionSpec as P
+
+SEQUENCE_AXIS = "sequence"
+
+
+def sequence_mesh_for(v: jax.Array, axis: str = SEQUENCE_AXIS):
+  """The context mesh when `v`'s sequence axis should run sequence-parallel, else None.
+
+  True when a mesh is set, it has `axis` with more than one device, that axis is not already
+  manual (i.e. we are not inside this module's own shard_map) and N divides by its size.
+  Otherwise the caller runs the ordinary op (automatic partitioning gathers the sequence).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or axis not in mesh.axis_names:
+    return None
+  size = mesh.shape[axis]
+  if size <= 1 or axis in mesh.manual_axes:
+    return None
+  if v.ndim < 2 or v.shape[-2] % size:
+    return None
+  return mesh
+
+
+def _combine(earlier, later):
+  """later @ earlier for 2×2 matrices stored as 4 arrays, divided by the largest |entry|."""
+  a00, a01, a10, a11 = earlier
+  b00, b01, b10, b11 = later
+  c = (b00 * a00 + b01 * a10, b00 * a01 + b01 * a11,
+       b10 * a00 + b11 * a10, b10 * a01 + b11 * a11)
+  scale = lax.stop_gradient(jnp.maximum(jnp.maximum(jnp.abs(c[0]), jnp.abs(c[1])),
+                                        jnp.maximum(jnp.abs(c[2]), jnp.abs(c[3]))))
+  return tuple(x / scale for x in c)
+
+
+@jax.checkpoint
+def _shard_product(v, shift, t2):
+  """Normalised product M_{n-1} ... M_0 of one shard: 4 arrays (..., H). v (..., n, H) real."""
+  a = v - shift
+  mats = (jnp.zeros_like(a), jnp.ones_like(a), jnp.broadcast_to(-t2, a.shape), a)
+  while mats[0].shape[-2] > 1:
+    n = mats[0].shape[-2]
+    if n % 2:  # pad with the identity at the end: later @ ... unchanged
+      eye = (1.0, 0.0, 0.0, 1.0)
+      mats = tuple(jnp.concatenate([m, jnp.full_like(m[..., :1, :], e)], axis=-2)
+                   for m, e in zip(mats, eye))
+    mats = _combine(tuple(m[..., 0::2, :] for m in mats), tuple(m[..., 1::2, :] for m in mats))
+  return tuple(m[..., 0, :] for m in mats)
+
+
+def _incoming_state(prods, g0, axis: str, size: int):
+  """Exclusive combine: g entering this shard from the all-gathered per-shard products.
+
+  prods: 4 arrays (S, ..., H) (shard-major); g0: (..., H) the carry entering shard 0.
+  """
+  p, q = g0, jnp.ones_like(g0)
+  states = []
+  for k in range(size):  # S is a small static mesh size
+    states.append(p / q)
+    m00, m01, m10, m11 = (m[k] for m in prods)
+    p, q = m00 * p + m01 * q, m10 * p + m11 * q
+    scale = lax.stop_gradient(jnp.maximum(jnp.abs(p), jnp.abs(q)))
+    p, q = p / scale, q / scale
+  states = jnp.stack(states)
+  # shard 0 gets the carry exactly (no p/q rounding)
+  states = states.at[0].set(g0)
+  return states[lax.axis_index(axis)]
+
+
+def sequence_parallel_causal_diag(v, *, hopping, z, carry=None, mesh=None,
+                                  axis: str = SEQUENCE_AXIS, method: str = "scan",
+                                  chunk_size: int | None = None):
+  """`resolvent.causal_diag` with the sequence axis (-2) of v split over mesh axis `axis`.
+
+  Args:
+    v: real potentials (..., N, H); N must divide by the size of `axis`.
+    hopping: (H,) > 0.  z: (H,) complex, Im z > 0.
+    carry: (..., H) complex g before position 0 (None: fresh sequence).
+    mesh: a Mesh or AbstractMesh with `axis`; None takes the context mesh (jax.set_mesh).
+    axis: the mesh axis the sequence is split over.
+    method, chunk_size: the local pass's strategy (see resolvent.causal_diag).
+
+  Returns:
+    (g, carry) exactly as resolvent.causal_diag: g (..., N, H) complex, sharded like v along
+    the sequence; carry (..., H) = g[..., -1, :].
+  """
+  from bk_jax.ops import resolvent  # the local pass; lazy import (resolvent dispatches here)
+
+  mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+  size = mesh.shape[axis]
+  if v.ndim < 2 or v.shape[-2] % size:
+    raise ValueError(f"sequence length {v.shape[-2] if v.ndim >= 2 else None} of v {v.shape} "
+                     f"does not divide by mesh axis {axis!r} of size {size}")
+  cdt = resolvent.complex_dtype_for(v)
+  rdt = jnp.float64 if cdt == jnp.complex128 else jnp.float32
+  v = v.astype(rdt)
+  hopping = jnp.asarray(hopping, rdt)
+  z = jnp.asarray(z, cdt)
+  heads_shape = v.shape[:-2] + v.shape[-1:]
+  carry = (jnp.zeros(heads_shape, cdt) if carry is None
+           else jnp.broadcast_to(jnp.asarray(carry, cdt), heads_shape))
+  kw = dict(method=method) if chunk_size is None else dict(method=method, chunk_size=chunk_size)
+
+  def local(v_s, hop, z_s, g0):
+    shift = 2.0 + z_s
+    t2 = (hop * hop).astype(cdt)
+    prod = _shard_product(v_s, shift, t2)
+    prods = tuple(lax.all_gather(m, axis, axis=0) for m in prod)
+    g_in = _incoming_state(prods, g0, axis, size)
+    g, g_last = resolvent.causal_diag(v_s, hopping=hop, z=z_s, carry=g_in, **kw)
+    return g, g_last[None]
+
+  # check_vma=False: the local pass's custom VJP builds its reverse-scan carries without
+  # varying-axis annotations. Nothing here relies on psum's transpose: the carry leaves the
+  # shard_map as one row per shard and the last row is taken outside.
+  lead = (None,) * (v.ndim - 2)
+  seq_spec = P(*lead, axis, None)
+  f = jax.shard_map(local, mesh=mesh, in_specs=(seq_spec, P(), P(), P()),
+                    out_specs=(seq_spec, P(axis)), axis_names={axis}, check_vma=False)
+  g, lasts = f(v, hopping, z, carry)
+  return g, lasts[-1]

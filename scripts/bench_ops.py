@@ -1,0 +1,126 @@
+"""Benchmark the BK resolvent methods: ns per element, XLA temp memory, and a bandwidth roofline.
+
+    python scripts/bench_ops.py                   # full grid (a few minutes on 2 CPU cores)
+    python scripts/bench_ops.py --quick           # tiny grid (seconds), used by the test suite
+
+For every method in bk_jax.ops.resolvent.METHODS, sequence length N and head count H it times
+the jitted forward pass and forward+backward (gradient of a scalar loss w.r.t. v), reports the
+median over repeats in ns per (position, head) element, XLA's temporary-memory estimate of the
+compiled program, and the ratio to a memory-bandwidth roofline measured in the same run: a numpy
+copy of the bytes the op must touch (float32 v in, complex64 g out: 12 bytes per element).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bk_jax.ops import resolvent
+
+BYTES_PER_ELEMENT = 4 + 8  # float32 v read, complex64 g written
+
+
+def _median_seconds(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def roofline_ns_per_element(n_elements: int, repeats: int) -> float:
+  """ns/element of a numpy copy moving the same bytes (the memory-bandwidth floor)."""
+  src = np.ones(n_elements * BYTES_PER_ELEMENT // 4, np.float32)
+  dst = np.empty_like(src)
+  np.copyto(dst, src)
+  return _median_seconds(lambda: np.copyto(dst, src), repeats) / n_elements * 1e9
+
+
+def bench_one(method: str, n: int, heads: int, backward: bool, repeats: int) -> dict:
+  rng = np.random.default_rng(0)
+  v = jnp.asarray(rng.normal(size=(n, heads)), jnp.float32)
+  hopping = jnp.ones((heads,), jnp.float32)
+  z = jnp.asarray(np.linspace(-3.5, -0.5, heads) + 1j * np.geomspace(0.1, 1.0, heads), jnp.complex64)
+
+  def forward(v_):
+    return resolvent.causal_diag(v_, hopping=hopping, z=z, method=method)[0]
+
+  def loss(v_):
+    return jnp.sum(jnp.abs(forward(v_)) ** 2)
+
+  fn = jax.jit(jax.grad(loss) if backward else forward)
+  compiled = fn.lower(v).compile()
+  mem = compiled.memory_analysis()
+  temp_bytes = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
+  jax.block_until_ready(compiled(v))  # warm-up
+  seconds = _median_seconds(lambda: compiled(v), repeats)
+  g_bytes = n * heads * 8
+  return {
+      "method": method,
+      "N": n,
+      "H": heads,
+      "pass": "fwd+bwd" if backward else "fwd",
+      "ns_per_element": seconds / (n * heads) * 1e9,
+      "temp_bytes": temp_bytes,
+      "temp_over_g": None if temp_bytes is None else temp_bytes / g_bytes,
+  }
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="tiny grid for smoke tests")
+  parser.add_argument("--methods", default=",".join(resolvent.METHODS))
+  parser.add_argument("--lengths", default="1024,8192,65536,131072")
+  parser.add_argument("--heads", default="16,256")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--out", default="results/bench_ops.json")
+  args = parser.parse_args(argv)
+  if args.quick:
+    args.lengths, args.heads, args.repeats = "256,1024", "4", 2
+  methods = [m for m in args.methods.split(",") if m]
+  for m in methods:
+    if m not in resolvent.METHODS:
+      print(f"error: unknown method {m!r}; choose from {resolvent.METHODS}", file=sys.stderr)
+      return 2
+  lengths = [int(x) for x in args.lengths.split(",")]
+  heads_list = [int(x) for x in args.heads.split(",")]
+
+  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}, "
+        f"{os.cpu_count()} host cores; medians of {args.repeats} repeats", flush=True)
+  header = f"{'method':>12} {'N':>7} {'H':>4} {'pass':>8} {'ns/elem':>9} {'roofline':>9} {'ratio':>7} {'temp MiB':>9} {'temp/g':>7}"
+  print(header)
+  print("-" * len(header))
+  rows = []
+  for n in lengths:
+    for heads in heads_list:
+      roof = roofline_ns_per_element(n * heads, args.repeats)
+      for method in methods:
+        for backward in (False, True):
+          row = bench_one(method, n, heads, backward, args.repeats)
+          row["roofline_ns_per_element"] = roof
+          row["ratio_to_roofline"] = row["ns_per_element"] / roof
+          rows.append(row)
+          temp = "n/a" if row["temp_bytes"] is None else f"{row['temp_bytes'] / 2**20:9.1f}"
+          ratio_g = "n/a" if row["temp_over_g"] is None else f"{row['temp_over_g']:7.2f}"
+          print(f"{method:>12} {n:>7} {heads:>4} {row['pass']:>8} {row['ns_per_element']:9.2f} "
+                f"{roof:9.2f} {row['ratio_to_roofline']:7.1f} {temp:>9} {ratio_g:>7}", flush=True)
+  if args.out:
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+      json.dump({"jax": jax.__version__, "device": jax.devices()[0].device_kind,
+                 "repeats": args.repeats, "rows": rows}, f, indent=1)
+    print(f"wrote {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
