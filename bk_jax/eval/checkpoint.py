@@ -1,0 +1,217 @@
+"""Loading a trainer checkpoint (parameters + its config) for evaluation.
+
+Layout written by `bk_jax.train.checkpoint.Checkpoints` (read-only here):
+
+    save_dir/checkpoints/<step>/{state,data,meta}   periodic (CheckpointManager)
+    save_dir/<name>/{state,data,meta}              named: checkpoint_seq{N}_final, checkpoint_final
+
+`state` is the TrainState pytree (params, model_state, opt_state, ...); `meta` is JSON holding
+the run's full config under "config". Only params and model_state are restored (orbax partial
+restore), so evaluation does not depend on the optimizer that trained the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+
+from bk_jax.train.config_validation import ConfigError
+
+
+class EvalError(ConfigError):
+  """A one-line evaluation error (missing checkpoint, config mismatch, ...); scripts exit 2."""
+
+
+#: Model fields that fix the parameter shapes/structure: they must match the checkpoint.
+ARCH_FIELDS = ("kind", "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "use_semiseparable",
+               "semiseparable_rank", "use_scattering_router", "num_experts", "router", "top_k",
+               "scan_layers", "prime_bump", "prime_bump_scale", "param_dtype",
+               "mamba.d_state", "mamba.d_conv", "mamba.expand", "transformer.n_heads")
+#: Data fields that fix the token ids the model was trained on.
+DATA_FIELDS = ("tokenizer",)
+
+
+@dataclasses.dataclass
+class LoadedCheckpoint:
+  model: nnx.Module
+  config: ml_collections.ConfigDict  # the checkpoint's config with the caller's eval/data choices
+  meta: dict
+  path: str
+  name: str  # "checkpoint_final", "checkpoint_seq8192_final", "checkpoints/1200", ...
+
+
+def _committed(path: str) -> bool:
+  return os.path.isdir(os.path.join(path, "state")) and os.path.isdir(os.path.join(path, "meta"))
+
+
+def list_checkpoints(save_dir: str) -> list[str]:
+  """Every committed checkpoint directory of a run: named ones, then periodic ones by step."""
+  save_dir = os.path.abspath(save_dir)
+  out = []
+  if os.path.isdir(save_dir):
+    out += [os.path.join(save_dir, d) for d in sorted(os.listdir(save_dir))
+            if d.startswith("checkpoint") and _committed(os.path.join(save_dir, d))]
+  per = os.path.join(save_dir, "checkpoints")
+  if os.path.isdir(per):
+    steps = sorted(int(d) for d in os.listdir(per) if d.isdigit() and _committed(os.path.join(per, d)))
+    out += [os.path.join(per, str(s)) for s in steps]
+  return out
+
+
+def per_length_checkpoints(save_dir: str) -> list[tuple[int, str]]:
+  """[(N, path)] of the checkpoint_seq{N}_final checkpoints of a multi-length run, by N."""
+  found = []
+  for p in list_checkpoints(save_dir):
+    m = re.fullmatch(r"checkpoint_seq(\d+)_final", os.path.basename(p))
+    if m:
+      found.append((int(m.group(1)), p))
+  return sorted(found)
+
+
+def resolve_checkpoint(save_dir: str, checkpoint: str | int | None = None) -> str:
+  """Path of the checkpoint to evaluate.
+
+  Args:
+    save_dir: the run directory.
+    checkpoint: None or "latest" (the most recently written checkpoint of the run), a name under
+      save_dir ("checkpoint_seq8192_final"), a periodic step (1200 or "checkpoints/1200") or a
+      path to a checkpoint directory.
+
+  Raises:
+    EvalError: nothing to load, with the names that exist.
+  """
+  save_dir = os.path.abspath(save_dir)
+  if checkpoint is None or str(checkpoint) in ("", "latest"):
+    cands = list_checkpoints(save_dir)
+    if not cands:
+      raise EvalError(f"no checkpoint in {save_dir} (expected checkpoint_final, "
+                      f"checkpoint_seq<N>_final or checkpoints/<step>); train first or pass "
+                      f"--checkpoint_dir")
+    return max(cands, key=lambda p: os.path.getmtime(os.path.join(p, "state")))
+  c = str(checkpoint)
+  tries = [c] if os.path.isabs(c) else [os.path.join(save_dir, c), os.path.join(save_dir, "checkpoints", c),
+                                        os.path.abspath(c)]
+  for p in tries:
+    if _committed(p):
+      return os.path.abspath(p)
+  have = [os.path.relpath(p, save_dir) for p in list_checkpoints(save_dir)]
+  raise EvalError(f"checkpoint {c!r} not found in {save_dir}; available: "
+                  f"{', '.join(have) if have else 'none'}")
+
+
+def _get(cfg, dotted: str):
+  node = cfg
+  for k in dotted.split("."):
+    if node is None or k not in node:
+      return None
+    node = node[k]
+  return node
+
+
+def check_compatible(config: ml_collections.ConfigDict, ckpt_config: ml_collections.ConfigDict,
+                     path: str) -> None:
+  """EvalError naming every architecture / tokenizer field where `config` differs."""
+  diffs = []
+  for f in ARCH_FIELDS:
+    if f == "vocab_size":
+      continue  # the trainer sets it from the data; checked via the tokenizer and the data below
+    a, b = _get(config.model, f), _get(ckpt_config.model, f)
+    if a != b:
+      diffs.append(f"model.{f}={a!r} (checkpoint {b!r})")
+  for f in DATA_FIELDS:
+    a, b = _get(config.data, f), _get(ckpt_config.data, f)
+    if a != b:
+      diffs.append(f"data.{f}={a!r} (checkpoint {b!r})")
+  if diffs:
+    raise EvalError(f"config does not match checkpoint {path}: {'; '.join(diffs)} (omit --config "
+                    f"to use the checkpoint's own config)")
+
+
+def read_meta(path: str) -> dict:
+  import orbax.checkpoint as ocp
+
+  try:
+    r = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
+        path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+  except Exception as e:  # noqa: BLE001 - any orbax failure: one line
+    raise EvalError(f"cannot read checkpoint metadata at {path}: {type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}") from None
+  meta = dict(r["meta"] or {})
+  if "config" not in meta:
+    raise EvalError(f"checkpoint {path} has no config in its metadata (not written by bk_jax.train)")
+  return meta
+
+
+def merged_config(ckpt_config: dict, config: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
+  """The checkpoint's config, with `config`'s eval section, data section and save_dir when given."""
+  cfg = ml_collections.ConfigDict(ckpt_config)
+  if config is not None:
+    for k in ("eval", "data"):
+      if k in config:
+        cfg[k] = ml_collections.ConfigDict(config[k].to_dict())
+    cfg.save_dir = config.save_dir
+    # runtime-only model choices (not part of the parameters) follow the caller
+    for f in ("resolvent_method", "remat", "dtype", "transformer.cache_window",
+              "transformer.block_size", "mamba.chunk", "use_birman_schwinger"):
+      v = _get(config.model, f)
+      if v is not None:
+        *par, leaf = f.split(".")
+        node = cfg.model
+        for q in par:
+          node = node[q]
+        node[leaf] = v
+  return cfg
+
+
+def load_checkpoint(save_dir: str, checkpoint: str | int | None = None,
+                    config: ml_collections.ConfigDict | None = None) -> LoadedCheckpoint:
+  """Builds the checkpoint's model and restores its parameters (onto the default device).
+
+  Args:
+    save_dir: run directory (used to resolve `checkpoint`).
+    checkpoint: see `resolve_checkpoint`.
+    config: the caller's config; when given, its model must match the checkpoint's
+      architecture (EvalError otherwise) and its eval/data sections are used.
+
+  Returns:
+    LoadedCheckpoint; `.config` is the checkpoint's config merged with the caller's choices.
+  """
+  import orbax.checkpoint as ocp
+
+  from bk_jax.models import build_model
+
+  path = resolve_checkpoint(save_dir, checkpoint)
+  meta = read_meta(path)
+  ckpt_cfg = ml_collections.ConfigDict(meta["config"])
+  if config is not None:
+    check_compatible(config, ckpt_cfg, path)
+  cfg = merged_config(meta["config"], config)
+  try:
+    model = build_model(cfg.model, rngs=nnx.Rngs(int(cfg.get("seed", 0))))
+  except ValueError as e:
+    raise EvalError(f"cannot build the model of checkpoint {path}: {e}") from None
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  to_abs = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev)
+  item = {"params": jax.tree.map(to_abs, params)}
+  if jax.tree.leaves(rest):
+    item["model_state"] = jax.tree.map(to_abs, rest)
+  try:
+    r = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
+        path, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(item=item, partial_restore=True)))
+  except Exception as e:  # noqa: BLE001 - shape/structure mismatch and I/O errors: one line
+    msg = " ".join(str(e).split())[:300]
+    raise EvalError(f"checkpoint {path} does not match its model ({cfg.model.kind}, d_model="
+                    f"{cfg.model.d_model}, n_layers={cfg.model.n_layers}): {type(e).__name__}: "
+                    f"{msg}") from None
+  restored = r["state"]
+  model = nnx.merge(graphdef, restored["params"], restored.get("model_state", rest))
+  rel = os.path.relpath(path, os.path.abspath(save_dir))
+  return LoadedCheckpoint(model=model, config=cfg, meta=meta, path=path,
+                          name=rel if not rel.startswith("..") else path)
