@@ -20,14 +20,16 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from bk_jax import distributed
+from bk_jax.sharding import check_model_fits_mesh, shard_batch
 from bk_jax.train import results as results_lib
-from bk_jax.train.checkpoint import Checkpoints, abstract_like
+from bk_jax.train.checkpoint import Checkpoints
 from bk_jax.train.config_validation import ConfigError, validate_config
 from bk_jax.train.logging import Console, TensorBoard, memory_gb
 from bk_jax.train.monitors import MonitorState, WindowStats
 from bk_jax.train.schedule import LengthPlan, learning_rate_schedule, plan_lengths
-from bk_jax.train.state import (batch_sharding, create_train_state, data_parallel_size, make_mesh,
-                                state_shardings)
+from bk_jax.train.state import (batch_sharding, create_sharded_train_state, data_parallel_size,
+                                make_mesh)
 from bk_jax.train.step import jit_train_step, make_optimizer, make_train_step
 
 _PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "tpu": "tpu"}
@@ -55,10 +57,12 @@ def prepare(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDic
   from bk_jax import data as bk_data
 
   validate_config(config)
+  distributed.maybe_initialize(config)  # multi-host: before the first JAX computation
   select_device(config.device)
   cfg = ml_collections.ConfigDict(config.to_dict())  # private, unlocked copy
   cfg.model.vocab_size = int(bk_data.vocab_size(cfg.data))
   mesh = make_mesh(cfg.mesh)
+  check_model_fits_mesh(cfg.model, cfg.mesh)
   plans = plan_lengths(cfg, process_count=jax.process_count(), batch_divisor=data_parallel_size(mesh))
   return cfg, mesh, plans
 
@@ -84,12 +88,10 @@ class Trainer:
     self.total_steps = sum(p.steps for p in self.plans)
     self.lr_fn = learning_rate_schedule(cfg.train, self.total_steps)
     self.tx = make_optimizer(cfg.train)
-    model = build_model(cfg.model, rngs=nnx.Rngs(cfg.seed))
-    self.n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-    self.graphdef, state = create_train_state(model, self.tx)
-    self.shardings = state_shardings(state, self.mesh)
-    self.state = jax.device_put(state, self.shardings)
-    self.abstract = abstract_like(self.state, self.shardings)
+    # built directly into its shards (jax.eval_shape + jit out_shardings; no host copy)
+    self.graphdef, self.state, self.shardings, self.abstract = create_sharded_train_state(
+        lambda: build_model(cfg.model, rngs=nnx.Rngs(cfg.seed)), self.tx, self.mesh)
+    self.n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state.params))
     self.batch_sharding = batch_sharding(self.mesh)
     self.ckpt = Checkpoints(self.save_dir, keep=cfg.checkpoint.keep)
     self.tb = TensorBoard(self.save_dir, cfg.logging.tensorboard)
@@ -118,6 +120,7 @@ class Trainer:
 
   def _restore(self, step: int) -> None:
     """Restores state, data position and meta from periodic checkpoint `step`."""
+    self._pending, self._diverged = None, False  # logs of abandoned steps are dropped
     keep = {k: self.meta[k] for k in ("recoveries", "retries", "status")}
     meta = self.ckpt.restore_meta(step)
     li = meta["position"][0]
@@ -194,7 +197,7 @@ class Trainer:
     t_last = t_epoch = t_log = time.perf_counter()
     n_log = 0
     while sil < plan.steps:
-      batch = jax.device_put(next(self.iterator), self.batch_sharding)
+      batch = shard_batch(next(self.iterator), self.mesh)  # per-process slices -> global batch
       self.state, metrics = step_fn(self.state, batch)
       sil += 1
       self.meta["position"] = [li, sil]
@@ -321,7 +324,9 @@ class Trainer:
     self.ckpt.close()
     self.tb.close()
     res = self._results(interrupted)
-    path = results_lib.write_results(self.save_dir, res)
+    path = os.path.join(self.save_dir, "long_context_results.json")
+    if jax.process_index() == 0:  # multi-host: one writer
+      path = results_lib.write_results(self.save_dir, res)
     if not interrupted:
       self.console.final_tables(self.meta["results_by_length"], self.meta["status"],
                                 self.meta["gradient_statistics"])

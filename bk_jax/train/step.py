@@ -11,6 +11,7 @@ import ml_collections
 import optax
 from flax import nnx
 
+from bk_jax.sharding import jit_sharded, replicated
 from bk_jax.train import monitors as mon_lib
 from bk_jax.train.state import TrainState, batch_sharding, state_shardings
 
@@ -67,7 +68,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr_schedule: Cal
     if inject_nonfinite_all or bad_steps:
       poison = jnp.asarray(inject_nonfinite_all) | jnp.isin(state.step, jnp.asarray(bad_steps or (-1,)))
       grads = jax.tree.map(lambda g: g * jnp.where(poison, jnp.nan, 1.0).astype(g.dtype), grads)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     lr = lr_schedule(state.step) * state.lr_scale
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: lr * u, updates)  # adamw(1.0) already negates
@@ -99,7 +100,11 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr_schedule: Cal
 
 
 def jit_train_step(train_step, state: TrainState, mesh) -> Callable:
-  """jax.jit with explicit in/out shardings and the state donated."""
+  """jax.jit with explicit in/out shardings and the state donated.
+
+  Traced under `mesh` (bk_jax.sharding.jit_sharded), so with mesh.sequence > 1 the BK core runs
+  sequence-parallel; metrics come back replicated (readable on every process).
+  """
   s_sh = state_shardings(state, mesh)
-  return jax.jit(train_step, in_shardings=(s_sh, batch_sharding(mesh)),
-                 out_shardings=(s_sh, None), donate_argnums=0)
+  return jit_sharded(train_step, mesh, in_shardings=(s_sh, batch_sharding(mesh)),
+                     out_shardings=(s_sh, replicated(mesh)), donate_argnums=0)

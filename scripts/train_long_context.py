@@ -1,0 +1,30 @@
+#!/usr/bin/env python
+"""The reference `train_long_context.py` command line on top of bk_jax.train.
+
+    python scripts/train_long_context.py --seq_len 8192 --epochs 5
+    python scripts/train_long_context.py --multi_length --epochs 3
+    python scripts/train_long_context.py --eval_only --seq_len 1048576 --streaming
+
+Every reference flag maps onto a config field (README "Reference CLI"); `--config FILE` and
+`--config.a.b=value` work here too.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from bk_jax.train.cli import one_line_errors, reference_config  # noqa: E402
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  with one_line_errors("train_long_context.py"):
+    config = reference_config(argv)
+    from bk_jax.train.loop import run
+    run(config)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
