@@ -204,7 +204,9 @@ def load_checkpoint(save_dir: str, checkpoint: str | int | None = None,
     item["model_state"] = jax.tree.map(to_abs, rest)
   try:
     r = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
-        path, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(item=item, partial_restore=True)))
+        path, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=item, partial_restore=True,
+            restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=dev), item))))
   except Exception as e:  # noqa: BLE001 - shape/structure mismatch and I/O errors: one line
     msg = " ".join(str(e).split())[:300]
     raise EvalError(f"checkpoint {path} does not match its model ({cfg.model.kind}, d_model="

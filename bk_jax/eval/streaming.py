@@ -34,6 +34,10 @@ from bk_jax.eval.buckets import DEFAULT_EDGES, bucket_table, check_edges, format
 from bk_jax.eval.checkpoint import EvalError, load_checkpoint
 from bk_jax.eval.memory import peak_memory
 
+#: Sub-chunk of the lax.scan inside a chunk: on the 2-core CPU 1k-token pieces run ~2x faster
+#: than one 4k-16k piece (activations stay in cache); override with config.eval.sub_chunk.
+DEFAULT_SUB_CHUNK = 1024
+
 Chunk = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # inputs, targets (B, c), mask or None
 
 
@@ -245,7 +249,7 @@ def evaluate_model(model: nnx.Module, config: ml_collections.ConfigDict, *, prog
     raise EvalError(f"split {split!r} of {config.data.dataset} is empty")
   expected = min(available, want) if want > 0 else available
   ev = StreamingEvaluator(model, chunk_size=chunk, edges=tuple(e.get("bucket_edges", DEFAULT_EDGES)),
-                          sub_chunk=int(e.get("sub_chunk", 0)) or None)
+                          sub_chunk=int(e.get("sub_chunk", DEFAULT_SUB_CHUNK)) or None)
   ev.compile()
   res = ev.run(text_chunks(bk_data.stream_tokens(config.data, split, want, chunk)),
                total_tokens=expected, progress=progress, log=log, desc=f"{split} stream")
@@ -322,8 +326,7 @@ def run_streaming_eval(config: ml_collections.ConfigDict, checkpoint: str | None
   log = print if console else None
   progress = bool(config.get("logging", {}).get("progress_bar", True))
   out = evaluate_model(ck.model, cfg, progress=progress, log=log)
-  out.update(checkpoint=ck.path, checkpoint_name=ck.name,
-             checkpoint_step=ck.meta.get("position"), backend=jax.default_backend(),
+  out.update(checkpoint=ck.path, checkpoint_name=ck.name, backend=jax.default_backend(),
              n_params=sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(ck.model, nnx.Param))))
   out["output"] = write_json(output or default_output_path(config.save_dir, ck.name, out["split"]), out)
   if console:
