@@ -1,0 +1,277 @@
+"""Multi-device checks for the sharding tests, run in a subprocess with fake CPU devices.
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharding_checks.py CHECK [ARGS]
+
+Every check asserts and prints one JSON line starting with "RESULT "; tests/test_sharding_*.py
+start this script (see `run_check`) so the pytest process itself never imports JAX with fake
+devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_check(name: str, *args: str, devices: int = 8, timeout: int = 600, env=None) -> dict:
+  """Runs `name` in a fresh interpreter with `devices` fake CPU devices; returns its RESULT."""
+  e = dict(os.environ)
+  e.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+           PYTHONPATH=ROOT + os.pathsep + e.get("PYTHONPATH", ""))
+  e.update(env or {})
+  p = subprocess.run([sys.executable, os.path.abspath(__file__), name, *args], env=e, cwd=ROOT,
+                     capture_output=True, text=True, timeout=timeout)
+  lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+  if p.returncode != 0 or not lines:
+    raise AssertionError(f"check {name} {args} failed (rc={p.returncode}):\n"
+                         f"{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
+  return json.loads(lines[-1][len("RESULT "):])
+
+
+# ------------------------------------------------------------------------------ helpers
+def _result(**kw):
+  print("RESULT " + json.dumps(kw), flush=True)
+
+
+def tiny_config(*, vocab=64, d_model=32, n_heads=4, d_ff=64, n_layers=2, mesh=(1, 1, 1, 1)):
+  from bk_jax.train.cli import DEFAULT_CONFIG, load_config
+
+  c = load_config(DEFAULT_CONFIG)
+  m = c.model
+  m.vocab_size, m.d_model, m.n_heads, m.d_ff, m.n_layers = vocab, d_model, n_heads, d_ff, n_layers
+  c.train.lr, c.train.warmup_steps = 3e-3, 2
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor, c.mesh.sequence = mesh
+  return c
+
+
+def random_batches(n_batches, batch, seq_len, vocab, seed=0):
+  import numpy as np
+
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n_batches):
+    toks = rng.integers(0, vocab, size=(batch, seq_len + 1)).astype(np.int32)
+    out.append(dict(inputs=toks[:, :-1], targets=toks[:, 1:],
+                    mask=np.ones((batch, seq_len), np.float32)))
+  return out
+
+
+def build_trainer_parts(cfg, mesh):
+  from flax import nnx
+
+  from bk_jax.models import build_model
+  from bk_jax.train.schedule import learning_rate_schedule
+  from bk_jax.train.state import create_sharded_train_state
+  from bk_jax.train.step import jit_train_step, make_optimizer, make_train_step
+
+  tx = make_optimizer(cfg.train)
+  graphdef, state, shardings, abstract = create_sharded_train_state(
+      lambda: build_model(cfg.model, rngs=nnx.Rngs(cfg.seed)), tx, mesh)
+  step = jit_train_step(make_train_step(graphdef, tx, learning_rate_schedule(cfg.train, 20), cfg),
+                        state, mesh)
+  return state, step, abstract
+
+
+def train_losses(cfg, mesh, batches, state=None):
+  """Runs the jitted, sharded train step over `batches`; returns (losses, state)."""
+  from bk_jax.sharding import shard_batch
+
+  state0, step, _ = build_trainer_parts(cfg, mesh)
+  state = state0 if state is None else state
+  losses = []
+  for b in batches:
+    state, metrics = step(state, shard_batch(b, mesh))
+    losses.append(float(metrics["loss"]))
+  return losses, state
+
+
+def _max_tree_diff(a, b):
+  import jax
+  import numpy as np
+
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+# ------------------------------------------------------------------------------ checks
+def check_scan(dtype="float32"):
+  """Sequence-sharded causal_diag (dispatched from resolvent.causal_diag) == unsharded."""
+  import jax
+
+  if dtype == "float64":
+    jax.config.update("jax_enable_x64", True)
+  import jax.numpy as jnp
+  import numpy as np
+
+  from bk_jax.ops import resolvent, sharded_scan
+  from bk_jax.sharding import make_mesh
+
+  fdt = jnp.float64 if dtype == "float64" else jnp.float32
+  cdt = jnp.complex128 if dtype == "float64" else jnp.complex64
+  out = {}
+  rng = np.random.default_rng(0)
+  for n_data, n_seq in ((2, 4), (1, 8)):
+    mesh = make_mesh(dict(data=n_data, fsdp=1, tensor=1, sequence=n_seq))
+    for n_per in (5, 16):  # odd shard length exercises the pairwise reduction's padding
+      b, n, h = 4, n_seq * n_per, 3
+      v = jnp.asarray(rng.normal(size=(b, n, h)) * 2.0, fdt)
+      hop = jnp.asarray([0.7, 1.0, 1.4], fdt)
+      z = jnp.asarray([-1.0 + 0.3j, -2.5 + 0.1j, 0.5 + 0.6j], cdt)
+      carry = jnp.asarray(rng.normal(size=(b, h)) * 0.2 + 0.3j, cdt)
+      w = jnp.asarray(rng.normal(size=(n, h)) + 1j * rng.normal(size=(n, h)), cdt)
+      for method in ("scan", "associative"):
+        for c in (None, carry):
+          def loss(v, hop, z, c, method=method):
+            g, last = resolvent.causal_diag(v, hopping=hop, z=z, carry=c, method=method)
+            return jnp.sum(jnp.real(g * w)) + jnp.sum(jnp.imag(last) * 3.0), (g, last)
+
+          argn = (0, 1, 2) if c is None else (0, 1, 2, 3)
+          f = jax.jit(jax.value_and_grad(loss, argnums=argn, has_aux=True))
+          (_, (g0, l0)), gr0 = f(v, hop, z, c)
+          with jax.set_mesh(mesh):
+            f_sh = jax.jit(jax.value_and_grad(loss, argnums=argn, has_aux=True))
+            jaxpr = str(jax.make_jaxpr(lambda *a: loss(*a)[0])(v, hop, z, c))
+            assert "shard_map" in jaxpr, "causal_diag did not dispatch to the sharded scan"
+            (_, (g1, l1)), gr1 = f_sh(v, hop, z, c)
+          assert "sequence" in str(g1.sharding.spec), g1.sharding
+          scale = max(float(np.max(np.abs(np.asarray(x)))) for x in gr0)
+          key = f"S{n_seq}_n{n}_{method}_{'carry' if c is not None else 'fresh'}"
+          out[key] = dict(g=float(np.max(np.abs(g0 - g1))), carry=float(np.max(np.abs(l0 - l1))),
+                          grad=_max_tree_diff(gr0, gr1) / scale)
+      # streaming: two sharded calls chained through the carry == one unsharded call
+      g_full, last_full = resolvent.causal_diag(v, hopping=hop, z=z)
+      with jax.set_mesh(mesh):
+        half = n // 2 if (n // 2) % n_seq == 0 else n
+        g_a, c_a = jax.jit(lambda v: resolvent.causal_diag(v, hopping=hop, z=z))(v[:, :half])
+        parts = [g_a]
+        if half < n:
+          g_b, c_a = jax.jit(lambda v, c: resolvent.causal_diag(v, hopping=hop, z=z, carry=c))(
+              v[:, half:], c_a)
+          parts.append(g_b)
+      out[f"S{n_seq}_n{n}_chained"] = dict(
+          g=float(np.max(np.abs(np.concatenate(parts, 1) - g_full))),
+          carry=float(np.max(np.abs(c_a - last_full))), grad=0.0)
+    # sequence_parallel_causal_diag also works as a direct call with an explicit mesh
+    g_d, _ = jax.jit(lambda v: sharded_scan.sequence_parallel_causal_diag(
+        v, hopping=hop, z=z, mesh=mesh))(v)
+    out[f"S{n_seq}_direct"] = dict(
+        g=float(np.max(np.abs(g_d - resolvent.causal_diag(v, hopping=hop, z=z)[0]))),
+        carry=0.0, grad=0.0)
+  _result(**out)
+
+
+def check_train_meshes(*meshes):
+  """One training run per mesh (3 steps) vs the single-device run: losses and parameters."""
+  import jax
+
+  from bk_jax.sharding import make_mesh
+
+  batches = random_batches(3, batch=8, seq_len=64, vocab=64)
+  cfg = tiny_config()
+  ref_mesh = make_mesh(cfg.mesh, devices=jax.devices()[:1])
+  ref_losses, ref_state = train_losses(cfg, ref_mesh, batches)
+  ref_params = jax.device_get(ref_state.params)
+  out = {}
+  for spec in meshes:
+    shape = tuple(int(x) for x in spec.split(","))
+    cfg = tiny_config(mesh=shape)
+    mesh = make_mesh(cfg.mesh)
+    losses, state = train_losses(cfg, mesh, batches)
+    sharded = sorted({str(x.sharding.spec) for x in jax.tree.leaves(state.params)})
+    out[spec] = dict(loss=max(abs(a - b) for a, b in zip(losses, ref_losses)),
+                     params=_max_tree_diff(jax.device_get(state.params), ref_params),
+                     losses=losses, specs=sharded)
+  out["reference_losses"] = ref_losses
+  _result(**out)
+
+
+def check_save(ckpt_dir):
+  """8 devices, mesh (2,2,2,1): 2 steps, checkpoint, 2 more steps (reference losses)."""
+  import jax
+
+  from bk_jax.sharding import make_mesh
+  from bk_jax.train.checkpoint import Checkpoints
+
+  cfg = tiny_config(mesh=(2, 2, 2, 1))
+  mesh = make_mesh(cfg.mesh)
+  batches = random_batches(4, batch=8, seq_len=64, vocab=64, seed=1)
+  _, state = train_losses(cfg, mesh, batches[:2])
+  ck = Checkpoints(ckpt_dir, keep=2)
+  ck.save(2, state, None, dict(note="sharding test"), force=True)
+  ck.close()
+  losses, _ = train_losses(cfg, mesh, batches[2:], state=state)
+  _result(losses=losses, devices=jax.device_count())
+
+
+def check_restore(ckpt_dir, mesh_spec):
+  """Restores the 8-device checkpoint onto this process's mesh and continues 2 steps."""
+  import jax
+
+  from bk_jax.sharding import make_mesh
+  from bk_jax.train.checkpoint import Checkpoints
+
+  shape = tuple(int(x) for x in mesh_spec.split(","))
+  cfg = tiny_config(mesh=shape)
+  mesh = make_mesh(cfg.mesh)
+  batches = random_batches(4, batch=8, seq_len=64, vocab=64, seed=1)
+  _, _, abstract = build_trainer_parts(cfg, mesh)
+  ck = Checkpoints(ckpt_dir, keep=2)
+  state, meta = ck.restore(2, abstract, None)
+  ck.close()
+  assert meta["note"] == "sharding test"
+  on_mesh = all(x.sharding.mesh.devices.size == jax.device_count()
+                for x in jax.tree.leaves(state.params))
+  losses, _ = train_losses(cfg, mesh, batches[2:], state=state)
+  _result(losses=losses, devices=jax.device_count(), on_mesh=on_mesh)
+
+
+def check_multiprocess_step(out_path):
+  """Worker of the 2-process test: the global batch is split by process (shard_batch)."""
+  import jax
+
+  from bk_jax import distributed
+  from bk_jax.sharding import make_mesh
+
+  distributed.maybe_initialize(None)
+  n_proc, pid = jax.process_count(), jax.process_index()
+  cfg = tiny_config(mesh=(-1, 1, 1, 1))
+  mesh = make_mesh(cfg.mesh)
+  batches = random_batches(3, batch=8, seq_len=64, vocab=64, seed=2)
+  per = 8 // n_proc
+  local = [{k: v[pid * per:(pid + 1) * per] for k, v in b.items()} for b in batches]
+  losses, _ = train_losses(cfg, mesh, local if n_proc > 1 else batches)
+  _result(losses=losses, processes=n_proc, process=pid, devices=jax.device_count())
+  if out_path != "-":
+    with open(f"{out_path}.{pid}", "w") as f:
+      json.dump(dict(losses=losses, processes=n_proc), f)
+  if n_proc > 1:
+    jax.distributed.shutdown()
+
+
+def check_multiprocess_trainer(save_dir, corpus, cache_dir):
+  """Worker: the full Trainer (process-0 outputs, collective checkpoints) for a few steps."""
+  import jax
+
+  from bk_jax.train.loop import run
+  from bk_jax.train.testing import tiny_config as train_tiny_config
+
+  c = train_tiny_config(save_dir, corpus, cache_dir, lengths=(32,), steps=3, batch_size=2)
+  c.logging.console = False
+  c.checkpoint.every_steps = 2
+  res = run(c)
+  losses = [r["loss"] for r in res["metrics_history"]]
+  _result(losses=losses, processes=jax.process_count(), process=jax.process_index(),
+          status=res["status"])
+  if jax.process_count() > 1:
+    jax.distributed.shutdown()
+
+
+CHECKS = {name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_")}
+
+if __name__ == "__main__":
+  sys.path.insert(0, ROOT)
+  CHECKS[sys.argv[1]](*sys.argv[2:])
