@@ -129,8 +129,9 @@ def check_compatible(config: ml_collections.ConfigDict, ckpt_config: ml_collecti
     if a != b:
       diffs.append(f"data.{f}={a!r} (checkpoint {b!r})")
   if diffs:
-    raise EvalError(f"config does not match checkpoint {path}: {'; '.join(diffs)} (omit --config "
-                    f"to use the checkpoint's own config)")
+    raise EvalError(f"config does not match checkpoint {path}: {'; '.join(diffs)} (pass the "
+                    f"training config, or run scripts/eval_streaming.py --checkpoint_dir without "
+                    f"--config to use the checkpoint's own)")
 
 
 def read_meta(path: str) -> dict:
