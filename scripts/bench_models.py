@@ -24,74 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
-import jax.numpy as jnp
-import optax
-from flax import nnx
 
-from bk_jax.models import build_model, default_model_config
-
-
-def model_config(kind: str, d_model: int, n_layers: int, vocab: int):
-  c = default_model_config()
-  c.kind, c.d_model, c.n_layers, c.vocab_size = kind, d_model, n_layers, vocab
-  c.d_ff = 4 * d_model
-  c.remat, c.scan_layers = "full", True
-  c.transformer.n_heads = max(1, d_model // 32)
-  return c
-
-
-def param_count(cfg) -> int:
-  abstract = nnx.eval_shape(lambda: build_model(cfg))
-  return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
-
-
-def matched_layers(kind: str, d_model: int, target: int, vocab: int) -> int:
-  """Number of layers whose parameter count is closest to `target`."""
-  base = param_count(model_config(kind, d_model, 1, vocab))
-  per_layer = param_count(model_config(kind, d_model, 2, vocab)) - base
-  return max(1, round((target - (base - per_layer)) / per_layer))
-
-
-def bench_one(cfg, n: int, tokens_per_step: int, repeats: int) -> dict:
-  model = build_model(cfg)
-  graphdef, params = nnx.split(model, nnx.Param)
-  tx = optax.adamw(1e-3)
-  opt_state = tx.init(params)
-  batch = max(1, tokens_per_step // n)
-
-  def train_step(params, opt_state, tokens):
-    def loss_fn(p):
-      logits, aux = nnx.merge(graphdef, p)(tokens[:, :-1], return_aux=True)
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
-      return ce + aux["aux_loss"]
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  tokens = jax.random.randint(jax.random.key(0), (batch, n + 1), 0, cfg.vocab_size, jnp.int32)
-  t0 = time.perf_counter()
-  compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state, tokens).compile()
-  compile_s = time.perf_counter() - t0
-  mem = compiled.memory_analysis()
-  peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-          - mem.alias_size_in_bytes)
-  times = []
-  for i in range(repeats + 1):  # step 0 is a warm-up
-    t0 = time.perf_counter()
-    params, opt_state, loss = compiled(params, opt_state, tokens)
-    loss.block_until_ready()
-    if i:
-      times.append(time.perf_counter() - t0)
-  if not jnp.isfinite(loss):
-    raise FloatingPointError(f"{cfg.kind} N={n}: non-finite loss {loss}")
-  step = statistics.median(times)
-  return {"kind": cfg.kind, "n": n, "batch": batch, "tokens_per_step": batch * n,
-          "step_s": step, "tokens_per_s": batch * n / step, "peak_mb": peak / 2**20,
-          "peak_bytes_per_token": peak / (batch * n), "compile_s": compile_s}
+# The step, model sizing and timing live in bk_jax.reports.throughput (shared with scripts/benchmark.py).
+from bk_jax.reports.throughput import bench_one, matched_layers, model_config, param_count
 
 
 def main():

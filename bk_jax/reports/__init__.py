@@ -1,0 +1,10 @@
+"""Benchmarks, stability comparisons and reports (issue 8): importable logic behind scripts/.
+
+  stats.py       Welch t-test, Mann-Whitney U and per-sample summaries (scipy p-values)
+  throughput.py  one jitted AdamW step per (kind, N): tokens/s, step-time spread, XLA peak
+                 memory, FLOPs and an MFU estimate (shared with scripts/bench_models.py)
+  runs.py        short trainings through bk_jax.train.loop.run, wall-clock budgets, validation
+                 and the per-run figures read from long_context_results.json
+  plots.py       matplotlib (Agg) figures for the scripts
+  common.py      output folders, machine description, JSON writing, markdown tables
+"""

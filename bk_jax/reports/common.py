@@ -1,0 +1,72 @@
+"""Output folders, the machine description, JSON writing and markdown tables for the reports."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+
+
+def out_dir(path: str | None, name: str, quick: bool = False) -> str:
+  d = path or os.path.join("results", name + ("_quick" if quick else ""))
+  os.makedirs(d, exist_ok=True)
+  return d
+
+
+def machine() -> dict:
+  import jax
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return dict(backend=jax.default_backend(), devices=[str(d) for d in jax.devices()],
+              device_kind=jax.devices()[0].device_kind, cpu=cpu, cpu_count=os.cpu_count(),
+              affinity=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+              jax=jax.__version__, python=sys.version.split()[0], platform=platform.platform())
+
+
+def command() -> str:
+  return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def _clean(x):
+  if isinstance(x, float) and not math.isfinite(x):
+    return str(x)
+  if isinstance(x, dict):
+    return {str(k): _clean(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_clean(v) for v in x]
+  return x
+
+
+def write_json(d: str, name: str, payload: dict) -> str:
+  payload = dict(command=command(), machine=machine(),
+                 written=time.strftime("%Y-%m-%d %H:%M:%S %Z"), **payload)
+  path = os.path.join(d, name)
+  with open(path + ".tmp", "w") as f:
+    json.dump(_clean(payload), f, indent=1)
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+  def cell(v):
+    if v is None:
+      return "-"
+    if isinstance(v, float):
+      if not math.isfinite(v):
+        return str(v)
+      return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    return str(v)
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+  return "\n".join(lines)

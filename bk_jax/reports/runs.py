@@ -1,0 +1,143 @@
+"""Short trainings through bk_jax.train.loop.run and the figures the reports read from them.
+
+Nothing here re-implements training or evaluation: a run is `loop.run(config)` with a config
+built from configs/base.py plus overrides; validation is `loop.run` with `eval.eval_only`
+(bk_jax.train.evaluate, batched at the training length); the per-run figures come from the
+returned long_context_results.json dict (metrics_history, gradient_statistics, status,
+recoveries, length_summary).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+
+import ml_collections
+import numpy as np
+
+TINY_SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data",
+                                "tinyshakespeare", "input.txt")
+
+
+def set_dotted(c: ml_collections.ConfigDict, key: str, value) -> None:
+  *path, last = key.split(".")
+  for p in path:
+    c = c[p]
+  c[last] = value
+
+
+def make_config(kind: str, save_dir: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """configs/base.py with model.kind=kind, a fresh save_dir, quiet logging and the overrides."""
+  from bk_jax.train.cli import DEFAULT_CONFIG, load_config
+
+  c = load_config(DEFAULT_CONFIG)
+  c.model.kind = kind
+  c.save_dir = save_dir
+  c.checkpoint.resume = False
+  c.checkpoint.every_steps = 1_000_000  # only the length-boundary and final checkpoints
+  c.checkpoint.keep = 1
+  c.logging.tensorboard = False
+  c.logging.progress_bar = False
+  c.logging.console = False
+  c.data.prefetch_batches = 0
+  c.train.log_interval = 1  # every step in metrics_history: spike counts and curves need it
+  for k, v in (overrides or {}).items():
+    set_dotted(c, k, v)
+  return c
+
+
+def vocab_of(c: ml_collections.ConfigDict) -> int:
+  if c.data.dataset == "synthetic":
+    from bk_jax.data.synthetic import task_vocab_size
+    return int(task_vocab_size(c.data.synthetic))
+  if c.data.tokenizer == "byte":
+    return 259
+  return int(c.data.vocab_size)
+
+
+def n_params(model_cfg, vocab: int) -> int:
+  from bk_jax.reports.throughput import param_count
+  m = copy.deepcopy(model_cfg)
+  m.vocab_size = vocab
+  return int(param_count(m))
+
+
+def match_params(c: ml_collections.ConfigDict, target: int) -> int:
+  """Sets c.model.n_layers to the count whose parameter total is closest to `target`."""
+  v = vocab_of(c)
+  m = copy.deepcopy(c.model)
+  m.n_layers = 1
+  p1 = n_params(m, v)
+  m.n_layers = 2
+  per = n_params(m, v) - p1
+  c.model.n_layers = max(1, round((target - (p1 - per)) / per))
+  return n_params(c.model, v)
+
+
+def train(c: ml_collections.ConfigDict, *, budget_s: float | None = None, fresh: bool = True) -> dict:
+  """loop.run(c); with budget_s, SIGTERM is raised once the wall clock passes it (the loop saves,
+  stops cleanly and marks the results `interrupted`). Adds wall_s and budget fields."""
+  from bk_jax.train import loop
+
+  if fresh and os.path.isdir(c.save_dir):
+    shutil.rmtree(c.save_dir)
+  t0 = time.perf_counter()
+  fired = []
+  can_signal = threading.current_thread() is threading.main_thread()
+
+  def on_step(_step: int) -> None:
+    if budget_s and can_signal and not fired and time.perf_counter() - t0 > budget_s:
+      fired.append(time.perf_counter() - t0)
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  res = loop.run(c, on_step=on_step)
+  res["wall_s"] = time.perf_counter() - t0
+  res["budget_s"] = budget_s
+  res["stopped_by_budget"] = bool(fired)
+  return res
+
+
+def validate(c: ml_collections.ConfigDict, eval_tokens: int, split: str = "valid") -> dict:
+  """Validation loss of the run's latest checkpoint (bk_jax.train.evaluate, batched)."""
+  from bk_jax.train import loop
+
+  e = copy.deepcopy(c)
+  e.eval.eval_only, e.eval.streaming = True, False
+  e.eval.eval_tokens, e.eval.split = int(eval_tokens), split
+  return loop.run(e)
+
+
+def _f(x) -> float:
+  try:
+    return float(x)
+  except (TypeError, ValueError):
+    return math.nan
+
+
+def length_figures(res: dict, seq_len: int) -> dict:
+  """Per-length stability figures of one run (metrics_history must hold every step)."""
+  key = str(seq_len)
+  hist = [h for h in res.get("metrics_history", []) if int(h["seq_len"]) == seq_len]
+  steps = [int(h["step"]) for h in hist]
+  loss = [_f(h["loss"]) for h in hist]
+  gn = [_f(h["gradient_norm"]) for h in hist]
+  spikes = sum(bool(h["is_spike"]) for h in hist)
+  nonfinite = sum(bool(h["is_nan"]) or bool(h["is_inf"]) for h in hist)
+  status = res.get("status", {}).get(key, "interrupted" if res.get("interrupted") else "unknown")
+  rec = [r for r in res.get("recoveries", []) if int(r["seq_len"]) == seq_len]
+  g = np.asarray([x for x in gn if math.isfinite(x)], np.float64)
+  n_steps = len(hist)
+  return dict(seq_len=seq_len, status=status, diverged=status == "DIVERGED",
+              first_divergence_step=(int(rec[0]["detected_at_step"]) if rec else None),
+              recoveries=len(rec), steps=n_steps, nonfinite_steps=nonfinite, spikes=spikes,
+              spikes_per_1000=1000.0 * spikes / max(n_steps, 1),
+              grad_norm_mean=float(g.mean()) if g.size else math.nan,
+              grad_norm_cv=float(g.std() / g.mean()) if g.size and g.mean() > 0 else math.nan,
+              final_train_loss=float(np.mean([x for x in loss[-10:] if math.isfinite(x)]))
+              if any(math.isfinite(x) for x in loss[-10:]) else math.nan,
+              curve_steps=steps, curve_loss=loss, curve_grad_norm=gn)

@@ -1,0 +1,121 @@
+"""Timing one jitted training step per (model kind, N) at equal parameters and tokens per step.
+
+Moved here from scripts/bench_models.py (which now imports it) so scripts/benchmark.py and
+scripts/ablations.py time exactly the same step. `bench_one` additionally returns every timed
+step, XLA's FLOP count of the compiled step and an MFU estimate against a measured matmul peak.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from bk_jax.models import build_model, default_model_config
+
+
+def model_config(kind: str, d_model: int, n_layers: int, vocab: int, **overrides):
+  c = default_model_config()
+  c.kind, c.d_model, c.n_layers, c.vocab_size = kind, d_model, n_layers, vocab
+  c.d_ff = 4 * d_model
+  c.remat, c.scan_layers = "full", True
+  c.transformer.n_heads = max(1, d_model // 32)
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def param_count(cfg) -> int:
+  abstract = nnx.eval_shape(lambda: build_model(cfg))
+  return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+
+
+def matched_layers(kind: str, d_model: int, target: int, vocab: int, **overrides) -> int:
+  """Number of layers whose parameter count is closest to `target`."""
+  base = param_count(model_config(kind, d_model, 1, vocab, **overrides))
+  per_layer = param_count(model_config(kind, d_model, 2, vocab, **overrides)) - base
+  return max(1, round((target - (base - per_layer)) / per_layer))
+
+
+def _flops(compiled) -> float | None:
+  try:
+    ca = compiled.cost_analysis()
+    if isinstance(ca, (list, tuple)):
+      ca = ca[0]
+    f = float(ca.get("flops", 0.0))
+    return f if f > 0 else None
+  except Exception:  # cost analysis is optional on some backends
+    return None
+
+
+def bench_one(cfg, n: int, tokens_per_step: int, repeats: int) -> dict:
+  """Compiles one AdamW step (B = max(1, tokens_per_step // n)), runs 1 warm-up + `repeats`."""
+  model = build_model(cfg)
+  graphdef, params = nnx.split(model, nnx.Param)
+  n_params = sum(x.size for x in jax.tree.leaves(params))
+  tx = optax.adamw(1e-3)
+  opt_state = tx.init(params)
+  batch = max(1, tokens_per_step // n)
+
+  def train_step(params, opt_state, tokens):
+    def loss_fn(p):
+      logits, aux = nnx.merge(graphdef, p)(tokens[:, :-1], return_aux=True)
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+      return ce + aux["aux_loss"]
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  tokens = jax.random.randint(jax.random.key(0), (batch, n + 1), 0, cfg.vocab_size, jnp.int32)
+  t0 = time.perf_counter()
+  compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state, tokens).compile()
+  compile_s = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+          - mem.alias_size_in_bytes)
+  times = []
+  for i in range(repeats + 1):  # step 0 is a warm-up
+    t0 = time.perf_counter()
+    params, opt_state, loss = compiled(params, opt_state, tokens)
+    loss.block_until_ready()
+    if i:
+      times.append(time.perf_counter() - t0)
+  if not jnp.isfinite(loss):
+    raise FloatingPointError(f"{cfg.kind} N={n}: non-finite loss {loss}")
+  step = statistics.median(times)
+  flops = _flops(compiled)
+  return {"kind": cfg.kind, "n": n, "batch": batch, "tokens_per_step": batch * n,
+          "step_s": step, "step_s_min": min(times), "step_s_max": max(times),
+          "step_s_all": times, "tokens_per_s": batch * n / step, "peak_mb": peak / 2**20,
+          "peak_bytes_per_token": peak / (batch * n), "compile_s": compile_s,
+          "n_params": int(n_params), "xla_flops_per_step": flops,
+          "flops_6nd_per_step": 6.0 * n_params * batch * n}
+
+
+def matmul_peak_flops(size: int = 1024, repeats: int = 5) -> float:
+  """Measured float32 matmul FLOP/s of this device (median of `repeats`): the MFU denominator.
+
+  No vendor peak is assumed; on a shared CPU this is what a large dense GEMM actually achieves now.
+  """
+  a = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  ts = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    ts.append(time.perf_counter() - t0)
+  return 2.0 * size ** 3 / float(np.median(ts))
+
+
+def add_mfu(row: dict, peak_flops: float) -> dict:
+  """MFU = model FLOP/s over the measured matmul peak, for XLA's count and for 6·params·tokens."""
+  for key, out in (("xla_flops_per_step", "mfu_xla"), ("flops_6nd_per_step", "mfu_6nd")):
+    f = row.get(key)
+    row[out] = None if not f else f / row["step_s"] / peak_flops
+  return row

@@ -1,0 +1,112 @@
+"""ResNet-BK ablations: speed (and optionally quality) of one switch at a time.
+
+Variants (everything else = the base ResNet-BK of --d_model/--n_layers/--n_heads):
+  base                      FFN, no monitors, plain resolvent
+  bs_monitors               use_birman_schwinger=True (Birman-Schwinger monitors in the step)
+  semiseparable             use_semiseparable=True (rank semiseparable_rank)
+  moe_scattering            use_scattering_router=True, router="scattering" (parameter-free)
+  moe_learned               use_scattering_router=True, router="learned" (top-k + balance loss)
+  heads_H                   n_heads=H for every H in --heads
+Speed: one jitted AdamW step per variant (bk_jax.reports.throughput.bench_one; same step as
+scripts/benchmark.py): median step time, tokens/s, XLA peak memory, ratio to base measured in
+the same run. Quality (when --quality_steps > 0): `--quality_steps` training steps on char-level
+Tiny Shakespeare through bk_jax.train.loop.run and the validation loss of the final checkpoint.
+Outputs: ablations.json, ablations.md, ablations.png under --out (default results/ablations/).
+
+  python scripts/ablations.py --n 2048 --quality_steps 300
+  python scripts/ablations.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from bk_jax.reports import common, plots, runs, throughput  # noqa: E402
+
+
+def variants(heads: list[int]) -> dict[str, dict]:
+  v = {"base": {}, "bs_monitors": {"use_birman_schwinger": True},
+       "semiseparable": {"use_semiseparable": True},
+       "moe_scattering": {"use_scattering_router": True, "router": "scattering"},
+       "moe_learned": {"use_scattering_router": True, "router": "learned"}}
+  for h in heads:
+    v[f"heads_{h}"] = {"n_heads": h}
+  return v
+
+
+def main(argv=None) -> dict:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--n", type=int, default=2048, help="sequence length of the timed step")
+  ap.add_argument("--tokens-per-step", type=int, default=16384)
+  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--d_model", type=int, default=128)
+  ap.add_argument("--n_layers", type=int, default=4)
+  ap.add_argument("--n_heads", type=int, default=16)
+  ap.add_argument("--heads", default="4,64", help="extra head counts (base uses --n_heads)")
+  ap.add_argument("--only", default="", help="comma list of variants to run (default all)")
+  ap.add_argument("--quality_steps", type=int, default=0)
+  ap.add_argument("--quality_len", type=int, default=256)
+  ap.add_argument("--quality_batch", type=int, default=16)
+  ap.add_argument("--data", default=runs.TINY_SHAKESPEARE)
+  ap.add_argument("--eval_tokens", type=int, default=32768)
+  ap.add_argument("--quick", action="store_true")
+  ap.add_argument("--out", default=None)
+  args = ap.parse_args(argv)
+  if args.quick:
+    args.n, args.tokens_per_step, args.repeats, args.d_model, args.n_layers = 32, 64, 1, 16, 1
+    args.n_heads, args.heads, args.only = 2, "4", "base,bs_monitors,heads_4"
+    args.quality_steps = min(args.quality_steps, 3)
+    args.quality_len, args.quality_batch, args.eval_tokens = 16, 2, 64
+  out = common.out_dir(args.out, "ablations", args.quick)
+  vs = variants([int(h) for h in args.heads.split(",") if h])
+  if args.only:
+    vs = {k: vs[k] for k in args.only.split(",")}
+  rows = []
+  for name, ov in vs.items():
+    m = throughput.model_config("resnet_bk", args.d_model, args.n_layers, 259, n_heads=args.n_heads, **ov)
+    r = throughput.bench_one(m, args.n, args.tokens_per_step, args.repeats)
+    r.update(variant=name, overrides=ov)
+    if args.quality_steps > 0:
+      c = runs.make_config("resnet_bk", os.path.join(out, "runs", name), {
+          "data.dataset": "text", "data.path": os.path.abspath(args.data), "data.tokenizer": "byte",
+          "data.cache_dir": os.path.join(out, "cache"), "model.d_model": args.d_model,
+          "model.n_layers": args.n_layers, "model.n_heads": args.n_heads, "model.d_ff": 4 * args.d_model,
+          "train.seq_len": args.quality_len, "train.batch_size": args.quality_batch,
+          "train.steps_per_length": args.quality_steps, "train.lr": 3e-3,
+          "train.warmup_steps": max(1, args.quality_steps // 10), "train.log_interval": 10,
+          **{f"model.{k}": v for k, v in ov.items()}})
+      res = runs.train(c)
+      r["quality_val_loss"] = runs.validate(c, args.eval_tokens)["loss"]
+      r["quality_train_wall_s"] = res["wall_s"]
+    rows.append(r)
+    print(f"# {name}: step {r['step_s']:.3f}s params {r['n_params']:,} "
+          f"val {r.get('quality_val_loss', float('nan')):.4f}", flush=True)
+  base = next((r for r in rows if r["variant"] == "base"), rows[0])
+  header = ["variant", "params", "step s (median)", "tokens/s", "speed vs base", "peak MB"]
+  if args.quality_steps > 0:
+    header += [f"val loss after {args.quality_steps} steps (nats/char)"]
+  trows = []
+  for r in rows:
+    r["speed_vs_base"] = base["step_s"] / r["step_s"]
+    row = [r["variant"], r["n_params"], round(r["step_s"], 4), r["tokens_per_s"],
+           f"{r['speed_vs_base']:.2f}x", r["peak_mb"]]
+    if args.quality_steps > 0:
+      row.append(round(r["quality_val_loss"], 4))
+    trows.append(row)
+  md = common.md_table(header, trows)
+  with open(os.path.join(out, "ablations.md"), "w") as f:
+    f.write(md + "\n")
+  common.write_json(out, "ablations.json", dict(args=vars(args), rows=rows))
+  plots.plot_bars(os.path.join(out, "ablations.png"), [r["variant"] for r in rows],
+                  {"resnet_bk": [r["tokens_per_s"] for r in rows]}, ylabel="training tokens/s",
+                  title=f"ResNet-BK ablations, N={args.n}, {args.tokens_per_step} tokens/step")
+  print(md)
+  return dict(rows=rows, out=out)
+
+
+if __name__ == "__main__":
+  main()
