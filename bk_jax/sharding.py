@@ -182,6 +182,16 @@ def shard_batch(batch: Any, mesh: jax.sharding.Mesh) -> Any:
                       batch)
 
 
+def put_replicated(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Host values replicated on every device of `mesh` (multi-process safe: no cross-process
+  equality check, which NaN-valued monitors would fail)."""
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                      tree)
+
+
 def create_sharded_state(init_fn: Callable[[], Any], mesh: jax.sharding.Mesh):
   """Runs `init_fn() -> state pytree` directly into its shards.
 

@@ -1,0 +1,81 @@
+"""Step time and per-device memory of the sharded train step on fake CPU devices.
+
+    python scripts/bench_sharding.py                       # N = 131,072, meshes 1,1,1,8 and 8,1,1,1
+    python scripts/bench_sharding.py --seq_len 8192 --meshes 1,1,1,8 2,1,1,4 --batch 8
+
+Per mesh (data, fsdp, tensor, sequence) it builds a tiny ResNet-BK LM, creates the sharded
+state, compiles the jitted train step and prints the XLA memory analysis of the compiled step
+(per device: arguments, outputs, temporaries, generated code) and the median wall time of
+`--steps` steps after one warm-up step. Fake CPU devices share the host's cores, so the times
+compare layouts on this machine; they are not a scaling measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--devices", type=int, default=8, help="fake CPU devices (XLA_FLAGS)")
+  p.add_argument("--seq_len", type=int, default=131_072)
+  p.add_argument("--batch", type=int, default=8, help="global batch (sequences)")
+  p.add_argument("--meshes", nargs="+", default=["1,1,1,8", "8,1,1,1"])
+  p.add_argument("--steps", type=int, default=3)
+  p.add_argument("--d_model", type=int, default=32)
+  p.add_argument("--n_heads", type=int, default=8)
+  p.add_argument("--n_layers", type=int, default=1)
+  p.add_argument("--vocab", type=int, default=64)
+  a = p.parse_args(argv)
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={a.devices}")
+  sys.path.insert(0, ROOT)
+  sys.path.insert(0, os.path.join(ROOT, "tests"))
+  import jax
+  import numpy as np
+
+  from bk_jax.sharding import make_mesh, shard_batch
+  from sharding_checks import build_trainer_parts, random_batches, tiny_config
+
+  print(f"jax {jax.__version__} | {jax.device_count()} x {jax.devices()[0].platform} devices | "
+        f"N={a.seq_len:,} | global batch {a.batch} | d_model {a.d_model}, heads {a.n_heads}, "
+        f"layers {a.n_layers}, vocab {a.vocab}")
+  batch = random_batches(1, a.batch, a.seq_len, a.vocab)[0]
+  gib = 2.0 ** 30
+  for spec in a.meshes:
+    shape = tuple(int(x) for x in spec.split(","))
+    cfg = tiny_config(vocab=a.vocab, d_model=a.d_model, n_heads=a.n_heads, d_ff=2 * a.d_model,
+                      n_layers=a.n_layers, mesh=shape)
+    mesh = make_mesh(cfg.mesh)
+    state, step, _ = build_trainer_parts(cfg, mesh)
+    b = shard_batch(batch, mesh)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, b).compile()
+    t_compile = time.perf_counter() - t0
+    m = compiled.memory_analysis()
+    state, metrics = compiled(state, b)  # warm-up
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(a.steps):
+      t0 = time.perf_counter()
+      state, metrics = compiled(state, b)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - t0)
+    t = float(np.median(times))
+    per_dev = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
+    print(f"mesh {spec:>9} (data,fsdp,tensor,sequence): step {t:7.3f} s "
+          f"({a.batch * a.seq_len / t:,.0f} tokens/s) | per-device memory {per_dev / gib:6.3f} GiB "
+          f"(args {m.argument_size_in_bytes / gib:.3f}, out {m.output_size_in_bytes / gib:.3f}, "
+          f"temp {m.temp_size_in_bytes / gib:.3f}, aliased {m.alias_size_in_bytes / gib:.3f}) | "
+          f"compile {t_compile:.1f} s | loss {float(metrics['loss']):.4f}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
