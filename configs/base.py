@@ -17,7 +17,7 @@ from bk_jax.models.config import default_model_config
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.seed = 42  # model init, data order (bk_jax.train.loop)
+  c.seed = 42  # the run seed: model init (copied into model.seed) and data order
   c.save_dir = "runs/default"  # checkpoints, results JSON, TensorBoard events
   c.device = "auto"  # "auto" | "cpu" | "gpu" | "cuda" | "tpu": JAX platform (bk_jax.train.loop)
 

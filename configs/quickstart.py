@@ -6,16 +6,16 @@ def get_config():
   c = base.get_config()
   c.save_dir = "runs/quickstart"
   c.model.d_model = 128
-  c.model.n_layers = 2
+  c.model.n_layers = 4
   c.model.n_heads = 16
   c.model.d_ff = 512
   c.data.dataset = "pystdlib"
   c.data.data_limit = 2_000_000
   c.train.seq_len = 256
   c.train.batch_size = 16
-  c.train.steps_per_length = 400
+  c.train.steps_per_length = 600
   c.train.lr = 3e-3
   c.train.warmup_steps = 40
   c.train.log_interval = 25
-  c.checkpoint.every_steps = 200
+  c.checkpoint.every_steps = 300
   return c

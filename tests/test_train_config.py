@@ -74,7 +74,7 @@ def corpus(tmp_path_factory):
                 setattr(c.train, "sequence_lengths", (33,))), ConfigError, "not divisible by mesh.sequence"),
     (lambda c: (setattr(c.train, "tokens_per_batch", 100)), ConfigError, "not divisible by sequence length"),
     (lambda c: setattr(c.data, "path", "/nonexistent/corpus.txt"), DataError, "nonexistent"),
-    (lambda c: setattr(c.mesh, "fsdp", 3), ConfigError, "does not cover"),
+    (lambda c: setattr(c.mesh, "fsdp", 3), ConfigError, "number of devices"),
 ], ids=["negative-lr", "unknown-kind", "indivisible-length", "tokens-per-batch", "missing-data", "mesh"])
 def test_bad_config_fails_before_anything_is_built(corpus, tmp_path, change, error, match):
   save = tmp_path / "run"

@@ -21,14 +21,6 @@ from bk_jax.train.state import batch_sharding, create_train_state, state_shardin
 from bk_jax.train.step import make_optimizer, masked_cross_entropy
 
 
-def latest_checkpoint(save_dir: str) -> str | None:
-  """Path of the newest periodic checkpoint under save_dir/checkpoints, or None."""
-  ck = Checkpoints(save_dir, keep=1_000_000)
-  step = ck.latest_step()
-  ck.close()
-  return None if step is None else os.path.join(os.path.abspath(save_dir), "checkpoints", str(step))
-
-
 def load_trained_model(config: ml_collections.ConfigDict, mesh=None):
   """(model, meta) from the latest checkpoint of config.save_dir (config as given to `run`)."""
   from bk_jax.models import build_model
@@ -41,7 +33,7 @@ def load_trained_model(config: ml_collections.ConfigDict, mesh=None):
   if step is None:
     ck.close()
     raise ConfigError(f"no checkpoint in {os.path.abspath(cfg.save_dir)}/checkpoints to evaluate")
-  model = build_model(cfg.model, rngs=nnx.Rngs(cfg.seed))
+  model = build_model(cfg.model)
   graphdef, state = create_train_state(model, make_optimizer(cfg.train))
   abstract = abstract_like(state, state_shardings(state, mesh))
   restored, meta = ck.restore(step, abstract, None)
@@ -54,8 +46,7 @@ def run_eval(config: ml_collections.ConfigDict) -> dict:
   e = config.eval
   if e.streaming:
     from bk_jax.eval.streaming import run_streaming_eval  # lazily: a separate module
-    path = latest_checkpoint(config.save_dir)
-    return run_streaming_eval(config, checkpoint=path)
+    return run_streaming_eval(config, checkpoint=None)  # the run's most recent checkpoint
   from bk_jax import data as bk_data
   from bk_jax.train.schedule import plan_lengths
 

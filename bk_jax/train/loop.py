@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from bk_jax import distributed
-from bk_jax.sharding import check_model_fits_mesh, shard_batch
+from bk_jax.sharding import check_model_fits_mesh, put_replicated, shard_batch
 from bk_jax.train import results as results_lib
 from bk_jax.train.checkpoint import Checkpoints
 from bk_jax.train.config_validation import ConfigError, validate_config
@@ -61,6 +61,7 @@ def prepare(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDic
   select_device(config.device)
   cfg = ml_collections.ConfigDict(config.to_dict())  # private, unlocked copy
   cfg.model.vocab_size = int(bk_data.vocab_size(cfg.data))
+  cfg.model.seed = int(cfg.seed)  # one seed per run: model init and data order
   mesh = make_mesh(cfg.mesh)
   check_model_fits_mesh(cfg.model, cfg.mesh)
   plans = plan_lengths(cfg, process_count=jax.process_count(), batch_divisor=data_parallel_size(mesh))
@@ -176,7 +177,7 @@ class Trainer:
     self.meta["results_by_length"].setdefault(str(plan.seq_len), []).append(r)
     self.console.epoch_summary(epoch, plan.seq_len, r)
     self.state = self.state.replace(
-        monitors=self.state.monitors.replace(epoch=jax.device_put(WindowStats.zeros(), self._rep)))
+        monitors=self.state.monitors.replace(epoch=put_replicated(WindowStats.zeros(), self.mesh)))
 
   def _run_length(self, li: int) -> str:
     """Trains length li from meta position; returns "done", "recover" or raises _Stop."""
@@ -184,7 +185,7 @@ class Trainer:
     key = str(plan.seq_len)
     sil = self.meta["position"][1]
     if sil == 0:
-      self.state = self.state.replace(monitors=jax.device_put(MonitorState.zeros(), self._rep))
+      self.state = self.state.replace(monitors=put_replicated(MonitorState.zeros(), self.mesh))
       self.meta["results_by_length"][key] = []
       self._save()  # the length's start is a good checkpoint for recovery
     poison = plan.seq_len in tuple(int(n) for n in cfg.debug.nonfinite_grad_seq_lens)
@@ -194,8 +195,8 @@ class Trainer:
     self.console.start_bar(plan.steps, sil, f"N={plan.seq_len}")
     tokens = plan.batch_size * plan.seq_len * jax.process_count()
     self._diverged = False
-    t_last = t_epoch = t_log = time.perf_counter()
-    n_log = 0
+    t_epoch = t_log = time.perf_counter()
+    n_log, tps = 0, 0.0
     while sil < plan.steps:
       batch = shard_batch(next(self.iterator), self.mesh)  # per-process slices -> global batch
       self.state, metrics = step_fn(self.state, batch)
@@ -203,18 +204,19 @@ class Trainer:
       self.meta["position"] = [li, sil]
       self._flush()  # previous log step, fetched while this step runs
       now = time.perf_counter()
-      step_time, t_last = now - t_last, now
       n_log += 1
       gstep = self._gstep = self._gstep + 1
       epoch = plan.epoch_of(sil - 1)
       epoch_end = plan.epoch_end(sil - 1)
       if gstep % cfg.train.log_interval == 0 or epoch_end:
-        tps = tokens * n_log / max(now - t_log, 1e-9)
+        # Dispatch is asynchronous and the host syncs once per log step, so per-step wall
+        # times are only meaningful averaged over the interval since the previous log.
+        step_time = (now - t_log) / max(n_log, 1)
+        tps = tokens / max(step_time, 1e-9)
         t_log, n_log = now, 0
         self._pending = (metrics, dict(step=gstep, epoch=epoch, seq_len=plan.seq_len,
                                        step_time=step_time, tokens_per_s=tps))
-        self.console.update_bar(0, tps, None)
-      self.console.update_bar(1, tokens / max(step_time, 1e-9), None)
+      self.console.update_bar(1, tps, None)
       if self.on_step is not None:
         self.on_step(gstep)
       if epoch_end:
@@ -253,7 +255,7 @@ class Trainer:
     self.meta["position"] = [li + 1, 0]
     planned = sum(p.steps for p in self.plans[: li + 1])
     if int(self.state.step) != planned:  # a DIVERGED length: keep the schedule position honest
-      self.state = self.state.replace(step=jax.device_put(jnp.int32(planned), self._rep))
+      self.state = self.state.replace(step=put_replicated(jnp.int32(planned), self.mesh))
     self._gstep = planned
     self.iterator = self._make_iterator(li + 1) if li + 1 < len(self.plans) else None
     self._save()
@@ -278,7 +280,7 @@ class Trainer:
       return False
     self.console.print(f"\nN={key}: divergence detected at step {bad_step}; restored step {step}, "
                        f"learning rate x{scale:g} (attempt {tries}/{t.max_recoveries})")
-    self.state = self.state.replace(lr_scale=jax.device_put(jnp.float32(scale), self._rep))
+    self.state = self.state.replace(lr_scale=put_replicated(jnp.float32(scale), self.mesh))
     return True
 
   # ---------------------------------------------------------------- the run
