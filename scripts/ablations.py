@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
     vs = {k: vs[k] for k in args.only.split(",")}
   rows = []
   for name, ov in vs.items():
-    m = throughput.model_config("resnet_bk", args.d_model, args.n_layers, 259, n_heads=args.n_heads, **ov)
+    m = throughput.model_config("resnet_bk", args.d_model, args.n_layers, 259, **{"n_heads": args.n_heads, **ov})
     r = throughput.bench_one(m, args.n, args.tokens_per_step, args.repeats)
     r.update(variant=name, overrides=ov)
     if args.quality_steps > 0:

@@ -1,0 +1,73 @@
+"""The report scripts end-to-end in --quick mode (tiny sizes; JSON, markdown and PNG written)."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from bk_jax.train.testing import write_pattern_corpus
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _script(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", name + ".py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  return write_pattern_corpus(str(tmp_path_factory.mktemp("corpus") / "c.txt"), n_chars=20_000)
+
+
+def _read(d, name):
+  with open(os.path.join(d, name)) as f:
+    return json.load(f)
+
+
+def test_benchmark_quick(tmp_path):
+  _script("benchmark").main(["--quick", "--kinds", "resnet_bk,transformer", "--out", str(tmp_path)])
+  out = _read(tmp_path, "benchmark.json")
+  assert {r["kind"] for r in out["rows"]} == {"resnet_bk", "transformer"}
+  r = out["rows"][0]
+  assert r["tokens_per_s"] > 0 and r["step_s_min"] <= r["step_s"] <= r["step_s_max"]
+  assert r["mfu_6nd"] > 0 and out["command"].startswith("python") and out["machine"]["backend"]
+  assert os.path.getsize(tmp_path / "benchmark.png") > 0
+
+
+def test_ablations_quick(tmp_path, corpus):
+  _script("ablations").main(["--quick", "--only", "base,bs_monitors", "--quality_steps", "2",
+                             "--data", corpus, "--out", str(tmp_path)])
+  rows = _read(tmp_path, "ablations.json")["rows"]
+  assert [r["variant"] for r in rows] == ["base", "bs_monitors"]
+  assert all(r["quality_val_loss"] > 0 for r in rows)
+
+
+def test_compare_stability_quick(tmp_path, corpus):
+  res = _script("compare_stability").main(["--quick", "--kinds", "resnet_bk,mamba", "--lengths", "16",
+                                           "--data", corpus, "--out", str(tmp_path)])
+  out = _read(tmp_path, "stability.json")
+  assert len(out["records"]) == 4  # 2 kinds x 2 seeds x 1 length
+  for r in out["records"]:
+    assert r["status"] == "trained" and not r["diverged"] and r["steps"] == 4
+    assert r["val_loss"] > 0 and r["grad_norm_mean"] > 0
+  assert res["claims"] and all("p" in c["welch"] for c in out["claims"])
+  for png in ("loss_curves.png", "grad_norm_bands.png", "spikes.png"):
+    assert os.path.getsize(tmp_path / png) > 0
+
+
+def test_quality_anchor_quick(tmp_path, corpus):
+  _script("quality_anchor").main(["--quick", "--kinds", "resnet_bk", "--data", corpus,
+                                  "--out", str(tmp_path)])
+  row = _read(tmp_path, "quality_anchor.json")["rows"][0]
+  assert row["steps"] == 6 and 0 < row["val_loss"] < 10
+
+
+def test_induction_anchor_quick(tmp_path):
+  _script("induction_anchor").main(["--quick", "--kinds", "resnet_bk", "--out", str(tmp_path)])
+  res = _read(tmp_path, "induction_anchor.json")["results"][0]
+  assert [r["length"] for r in res["rows"]] == [64, 128]
+  assert all(0.0 <= r["accuracy"] <= 1.0 and r["scored"] > 0 for r in res["rows"])
