@@ -58,7 +58,8 @@ def main(argv=None) -> dict:
   args = ap.parse_args(argv)
   if args.quick:
     args.n, args.tokens_per_step, args.repeats, args.d_model, args.n_layers = 32, 64, 1, 16, 1
-    args.n_heads, args.heads, args.only = 2, "4", "base,bs_monitors,heads_4"
+    args.n_heads, args.heads = 2, "4"
+    args.only = args.only or "base,bs_monitors,heads_4"
     args.quality_steps = min(args.quality_steps, 3)
     args.quality_len, args.quality_batch, args.eval_tokens = 16, 2, 64
   out = common.out_dir(args.out, "ablations", args.quick)

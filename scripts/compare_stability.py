@@ -35,8 +35,8 @@ METRICS = (("val_loss", True), ("val_ppl", True), ("grad_norm_cv", True),
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--kinds", default="resnet_bk,mamba,transformer")
-  ap.add_argument("--seeds", default="0,1,2")
-  ap.add_argument("--lengths", default="128,512")
+  ap.add_argument("--seeds", default=None, help="default 0,1,2 (0,1 with --quick)")
+  ap.add_argument("--lengths", default=None, help="default 128,512 (16,32 with --quick)")
   ap.add_argument("--steps", type=int, default=200)
   ap.add_argument("--tokens", type=int, default=4096, help="tokens per step at every N")
   ap.add_argument("--data", default=runs.TINY_SHAKESPEARE)
@@ -49,8 +49,10 @@ def main(argv=None) -> dict:
   ap.add_argument("--out", default=None)
   args = ap.parse_args(argv)
   if args.quick:
-    args.seeds, args.lengths, args.steps, args.tokens = "0,1", "16,32", 4, 64
+    args.seeds, args.lengths = args.seeds or "0,1", args.lengths or "16,32"
+    args.steps, args.tokens = 4, 64
     args.d_model, args.n_layers, args.n_heads, args.eval_tokens = 16, 1, 2, 128
+  args.seeds, args.lengths = args.seeds or "0,1,2", args.lengths or "128,512"
   out = common.out_dir(args.out, "compare_stability", args.quick)
   kinds = args.kinds.split(",")
   seeds = [int(s) for s in args.seeds.split(",")]
