@@ -79,16 +79,6 @@ def prime_bump_potential(positions: jax.Array, scale: float) -> jax.Array:
   return scale * bumps
 
 
-def _to_high_precision(tree):
-  """Casts float32 -> float64 and complex64 -> complex128 leaves (for the precision upgrade)."""
-  def cast(a):
-    a = jnp.asarray(a)
-    if jnp.issubdtype(a.dtype, jnp.complexfloating):
-      return a.astype(jnp.complex128)
-    return a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a
-  return jax.tree.map(cast, tree)
-
-
 class BKBlock(nnx.Module):
   """One pre-norm ResNet-BK block (see the module docstring).
 
@@ -163,17 +153,8 @@ class BKBlock(nnx.Module):
     vs, ts, zs = jax.lax.stop_gradient((v, hopping, z))
     bound = birman_schwinger.condition_bound(vs, hopping=ts, z=zs)  # (B, H)
     flagged = jnp.max(bound) > self.precision_threshold
-    low = lambda args: self._core(*args)
-    args = (v, u_low, carry, hopping, z)
-    if jax.config.jax_enable_x64:
-      def high(args):
-        g, c = self._core(*_to_high_precision(args))
-        return g.astype(jnp.complex64), jax.tree.map(lambda a: a.astype(jnp.complex64), c)
-      g, carry = jax.lax.cond(flagged, high, low, args)
-      upgraded = flagged
-    else:  # no complex128 without x64: report the decision, recompute nothing
-      g, carry = low(args)
-      upgraded = jnp.zeros((), bool)
+    (g, carry), upgraded = birman_schwinger.with_precision_upgrade(
+        self._core, (v, u_low, carry, hopping, z), flagged=flagged)
     stats = {
         "bk/schatten_s1": jnp.mean(birman_schwinger.schatten_s1_window(
             vs, hopping=ts, z=zs, window=self.bs_window)),

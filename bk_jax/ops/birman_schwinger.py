@@ -131,6 +131,52 @@ def condition_bound(v: jax.Array, *, hopping: jax.Array, z: jax.Array) -> jax.Ar
   return (norm / jnp.imag(z)).astype(rdt)
 
 
+def _cast_tree(tree, real_dtype, complex_dtype):
+  def cast(a):
+    if a is None:
+      return None
+    a = jnp.asarray(a)
+    if jnp.issubdtype(a.dtype, jnp.complexfloating):
+      return a.astype(complex_dtype)
+    return a.astype(real_dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+
+  return jax.tree.map(cast, tree, is_leaf=lambda x: x is None)
+
+
+def with_precision_upgrade(fn, args, *, flagged: jax.Array):
+  """Runs fn(*args), recomputed in float64/complex128 when `flagged` (one lax.cond).
+
+  The precision-upgrade rule of DESIGN §2.5 for any resolvent-like computation: the cheap
+  path costs nothing extra; when `flagged` is true every floating leaf of `args` is promoted
+  to double precision, `fn` is rerun, and the outputs are cast back to the cheap path's dtypes.
+  complex128 exists only with jax_enable_x64; without it (or when the inputs are already
+  double) nothing is recomputed and `upgraded` is False, so counts never claim work that did
+  not happen.
+
+  Args:
+    fn: function of the args returning a pytree of arrays.
+    args: tuple of pytrees (None leaves allowed).
+    flagged: scalar bool, e.g. condition_bound(...).max() > threshold.
+
+  Returns:
+    (fn's outputs, upgraded: scalar bool).
+  """
+  already_double = any(
+      jnp.asarray(a).dtype in (jnp.float64, jnp.complex128)
+      for a in jax.tree.leaves(args) if hasattr(a, "dtype")
+  )
+  if not jax.config.jax_enable_x64 or already_double:
+    return fn(*args), jnp.zeros((), bool)
+  low = lambda a: fn(*a)
+  out_dtypes = jax.tree.map(lambda x: x.dtype, jax.eval_shape(low, args))
+
+  def high(a):
+    out = fn(*_cast_tree(a, jnp.float64, jnp.complex128))
+    return jax.tree.map(lambda x, dt: x.astype(dt), out, out_dtypes)
+
+  return lax.cond(flagged, high, low, args), flagged
+
+
 def causal_diag_with_upgrade(
     v: jax.Array,
     *,
@@ -142,10 +188,7 @@ def causal_diag_with_upgrade(
 ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """Causal resolvent, recomputed in complex128 when the condition bound passes `threshold`.
 
-  The decision is one `lax.cond` per call (max bound over batch and heads), so the cheap path
-  costs nothing extra. complex128 exists only with jax_enable_x64; without it the decision is
-  still reported (`flagged`) but nothing is recomputed (`upgraded` stays False), so the counts
-  never claim work that did not happen.
+  See `with_precision_upgrade` for when the recomputation can happen.
 
   Returns:
     (g, carry, info): g and carry as `resolvent.causal_diag` (dtype of the float32 path);
@@ -155,26 +198,9 @@ def causal_diag_with_upgrade(
   bound = jnp.max(condition_bound(v, hopping=hopping, z=z))
   flagged = bound > threshold
 
-  def low(v_):
-    return resolvent.causal_diag(v_, hopping=hopping, z=z, carry=carry, method=method)
+  def core(v_, hopping_, z_, carry_):
+    return resolvent.causal_diag(v_, hopping=hopping_, z=z_, carry=carry_, method=method)
 
-  if not jax.config.jax_enable_x64 or v.dtype == jnp.float64:
-    g, new_carry = low(v)
-    # float64 input already runs in complex128; without x64 there is nothing to upgrade to.
-    return g, new_carry, {"bound": bound, "flagged": flagged, "upgraded": jnp.zeros((), bool)}
-
-  cdt = resolvent.complex_dtype_for(v)
-
-  def high(v_):
-    c64 = None if carry is None else jnp.asarray(carry).astype(jnp.complex128)
-    g, c = resolvent.causal_diag(
-        v_.astype(jnp.float64),
-        hopping=jnp.asarray(hopping, jnp.float64),
-        z=jnp.asarray(z).astype(jnp.complex128),
-        carry=c64,
-        method=method,
-    )
-    return g.astype(cdt), c.astype(cdt)
-
-  g, new_carry = lax.cond(flagged, high, low, v)
-  return g, new_carry, {"bound": bound, "flagged": flagged, "upgraded": flagged}
+  args = (v, jnp.asarray(hopping, v.dtype), jnp.asarray(z, resolvent.complex_dtype_for(v)), carry)
+  (g, new_carry), upgraded = with_precision_upgrade(core, args, flagged=flagged)
+  return g, new_carry, {"bound": bound, "flagged": flagged, "upgraded": upgraded}
