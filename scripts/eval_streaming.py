@@ -18,35 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bk_jax.train.cli import one_line_errors  # noqa: E402
-
-
-def split_config_args(argv):
-  """(--config FILE or None, [(dotted, value)] overrides, remaining args)."""
-  from bk_jax.train.config_validation import ConfigError
-  path, overrides, rest, i = None, [], [], 0
-  while i < len(argv):
-    a = argv[i]
-    if a == "--config" or a.startswith("--config="):
-      if "=" in a:
-        path = a.split("=", 1)[1]
-      elif i + 1 < len(argv):
-        path, i = argv[i + 1], i + 1
-      else:
-        raise ConfigError("--config needs a file")
-    elif a.startswith("--config."):
-      key = a[len("--config."):]
-      if "=" in key:
-        key, val = key.split("=", 1)
-      elif i + 1 < len(argv):
-        val, i = argv[i + 1], i + 1
-      else:
-        raise ConfigError(f"--config.{key} needs a value")
-      overrides.append((key, val))
-    else:
-      rest.append(a)
-    i += 1
-  return path, overrides, rest
+from bk_jax.train.cli import one_line_errors, split_config_args  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,7 +1,6 @@
 """The jitted train step on a tiny model: one step, and a skipped non-finite update."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -9,7 +8,8 @@ from flax import nnx
 from bk_jax.models import build_model
 from bk_jax.train.cli import DEFAULT_CONFIG, load_config
 from bk_jax.train.schedule import learning_rate_schedule
-from bk_jax.train.state import batch_sharding, create_train_state, make_mesh
+from bk_jax.sharding import batch_sharding, make_mesh
+from bk_jax.train.state import create_train_state
 from bk_jax.train.step import jit_train_step, make_optimizer, make_train_step
 
 

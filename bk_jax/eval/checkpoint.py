@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any
 
 import jax
 import ml_collections

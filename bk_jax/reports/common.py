@@ -10,6 +10,8 @@ import shlex
 import sys
 import time
 
+from bk_jax.train.results import json_safe
+
 
 def out_dir(path: str | None, name: str, quick: bool = False) -> str:
   d = path or os.path.join("results", name + ("_quick" if quick else ""))
@@ -38,22 +40,12 @@ def command() -> str:
   return "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
 
-def _clean(x):
-  if isinstance(x, float) and not math.isfinite(x):
-    return str(x)
-  if isinstance(x, dict):
-    return {str(k): _clean(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_clean(v) for v in x]
-  return x
-
-
 def write_json(d: str, name: str, payload: dict) -> str:
   payload = dict(command=command(), machine=machine(),
                  written=time.strftime("%Y-%m-%d %H:%M:%S %Z"), **payload)
   path = os.path.join(d, name)
   with open(path + ".tmp", "w") as f:
-    json.dump(_clean(payload), f, indent=1)
+    json.dump(json_safe(payload), f, indent=1)
   os.replace(path + ".tmp", path)
   return path
 

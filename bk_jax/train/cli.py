@@ -83,8 +83,12 @@ def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) ->
     raise ConfigError(f"config.{dotted}={text!r}: {e}") from None
 
 
-def parse_config_args(argv: Sequence[str], default_config: str | None = None) -> tuple[ml_collections.ConfigDict, list[str]]:
-  """`--config FILE` plus `--config.a.b=value` / `--config.a.b value`; returns (config, rest)."""
+def split_config_args(argv: Sequence[str], default_config: str | None = None):
+  """Splits `--config FILE` and `--config.a.b=value` / `--config.a.b value` from the rest.
+
+  Returns:
+    (config path or default_config, [(dotted field, value text)], remaining args).
+  """
   argv = list(argv)
   path, overrides, rest, i = default_config, [], [], 0
   while i < len(argv):
@@ -108,6 +112,12 @@ def parse_config_args(argv: Sequence[str], default_config: str | None = None) ->
     else:
       rest.append(a)
     i += 1
+  return path, overrides, rest
+
+
+def parse_config_args(argv: Sequence[str], default_config: str | None = None) -> tuple[ml_collections.ConfigDict, list[str]]:
+  """`--config FILE` plus `--config.a.b=value` / `--config.a.b value`; returns (config, rest)."""
+  path, overrides, rest = split_config_args(argv, default_config)
   if path is None:
     raise ConfigError("missing --config FILE")
   config = load_config(path)

@@ -17,7 +17,8 @@ from flax import nnx
 
 from bk_jax.train.checkpoint import Checkpoints, abstract_like
 from bk_jax.train.config_validation import ConfigError
-from bk_jax.train.state import batch_sharding, create_train_state, state_shardings
+from bk_jax.sharding import batch_sharding, state_shardings
+from bk_jax.train.state import create_train_state
 from bk_jax.train.step import make_optimizer, masked_cross_entropy
 
 

@@ -28,8 +28,8 @@ from bk_jax.train.config_validation import ConfigError, validate_config
 from bk_jax.train.logging import Console, TensorBoard, memory_gb
 from bk_jax.train.monitors import MonitorState, WindowStats
 from bk_jax.train.schedule import LengthPlan, learning_rate_schedule, plan_lengths
-from bk_jax.train.state import (batch_sharding, create_sharded_train_state, data_parallel_size,
-                                make_mesh)
+from bk_jax.sharding import batch_sharding, data_parallel_size, make_mesh
+from bk_jax.train.state import create_sharded_train_state
 from bk_jax.train.step import jit_train_step, make_optimizer, make_train_step
 
 _PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "tpu": "tpu"}

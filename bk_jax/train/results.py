@@ -17,20 +17,20 @@ EPOCH_KEYS = ("avg_loss", "perplexity", "epoch_time", "spike_count", "grad_norm_
 GRAD_KEYS = ("mean", "std", "min", "max")
 
 
-def _clean(x):
+def json_safe(x):
   """JSON-safe: non-finite floats become strings ("nan", "inf") instead of invalid JSON."""
   if isinstance(x, float) and not math.isfinite(x):
     return str(x)
   if isinstance(x, dict):
-    return {str(k): _clean(v) for k, v in x.items()}
+    return {str(k): json_safe(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
-    return [_clean(v) for v in x]
+    return [json_safe(v) for v in x]
   return x
 
 
 def build_results(*, args: dict, results_by_length: dict, metrics_history: list,
                   gradient_statistics: dict, status: dict, memory_kind: str, extra: dict) -> dict:
-  return _clean(dict(args=args, results_by_length=results_by_length, metrics_history=metrics_history,
+  return json_safe(dict(args=args, results_by_length=results_by_length, metrics_history=metrics_history,
                      gradient_statistics=gradient_statistics, status=status,
                      memory_kind=memory_kind, **extra))
 

@@ -1,7 +1,7 @@
 """Train state (a pytree), the device mesh and the shardings of state and batches.
 
-Mesh, logical-axis rules and shardings live in `bk_jax.sharding` (re-exported here); jit in/out
-shardings and checkpoint restore targets derive from `state_shardings` / `batch_sharding`.
+Mesh, logical-axis rules and shardings live in `bk_jax.sharding`; jit in/out shardings and
+checkpoint restore targets derive from its `state_shardings` / `batch_sharding`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from bk_jax.sharding import (LOGICAL_AXIS_RULES, MESH_AXES, batch_sharding, batch_spec,  # noqa: F401
-                             create_sharded_state, data_parallel_size, make_mesh, state_shardings)
+from bk_jax.sharding import create_sharded_state
 from bk_jax.train.monitors import MonitorState
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,8 @@ from flax import nnx
 
 from bk_jax.sharding import jit_sharded, replicated
 from bk_jax.train import monitors as mon_lib
-from bk_jax.train.state import TrainState, batch_sharding, state_shardings
+from bk_jax.sharding import batch_sharding, state_shardings
+from bk_jax.train.state import TrainState
 
 
 def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
