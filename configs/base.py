@@ -65,13 +65,20 @@ def get_config() -> ml_collections.ConfigDict:
   e.streaming = False  # bk_jax.eval.streaming (chunked with carried state)
   e.eval_tokens = 1_000_000  # tokens to evaluate
   e.chunk_size = 4096  # streaming chunk length
-  e.split = "valid"  # data split to evaluate
+  e.split = "test"  # data split to evaluate (the held-out test split unless overridden)
 
   m = c.mesh = ml_collections.ConfigDict()
   m.data = -1  # -1: all devices left over by the other axes
   m.fsdp = 1
   m.tensor = 1
   m.sequence = 1
+
+  # Multi-host (bk_jax.distributed): "" / 0 / -1 fall back to JAX_COORDINATOR_ADDRESS,
+  # JAX_NUM_PROCESSES, JAX_PROCESS_ID (or a cluster JAX auto-detects); unset = one process.
+  dd = c.distributed = ml_collections.ConfigDict()
+  dd.coordinator_address = ""
+  dd.num_processes = 0
+  dd.process_id = -1
 
   # Fault injection for tests and drills: gradients are multiplied by NaN at these global steps
   # (0-based) and at every step of these sequence lengths.

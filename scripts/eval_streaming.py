@@ -62,8 +62,6 @@ def main(argv=None) -> int:
       config = ml_collections.ConfigDict(read_meta(resolve_checkpoint(save_dir, args.checkpoint))["config"])
       config.eval.split = "test"  # the script's default split
     config.save_dir = save_dir
-    if path is not None and not any(k == "eval.split" for k, _ in overrides):
-      config.eval.split = "test"
     for key, val in overrides:
       apply_override(config, key, val)
     for flag, field in (("split", "split"), ("eval_tokens", "eval_tokens"), ("chunk_size", "chunk_size")):
