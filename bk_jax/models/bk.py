@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bk_jax.models.layers import FFN, RMSNorm, dense
+from bk_jax.models.layers import FFN, RMSNorm, dense, per_token
 from bk_jax.models.moe import MoE
 from bk_jax.ops import birman_schwinger, resolvent, semiseparable
 
@@ -181,12 +181,12 @@ class BKBlock(nnx.Module):
     if carry is None:
       carry = self.init_carry(x.shape[0])
     u = self.norm(x)
-    v = self.w_v(u).astype(jnp.float32)
+    v = per_token(self.w_v, u).astype(jnp.float32)
     if bias is not None:
       v = v + bias[:, None]
     u_low = None
     if self.semiseparable_rank:
-      u_low = self.w_u(u).astype(jnp.float32).reshape(
+      u_low = per_token(self.w_u, u).astype(jnp.float32).reshape(
           *u.shape[:-1], self.n_heads, self.semiseparable_rank)
     hopping, z, eta = self.hopping(), self.shift(), self.eta()
     if self.monitors:
@@ -196,7 +196,7 @@ class BKBlock(nnx.Module):
       aux = {}
     eg = g * eta  # |eta g| <= 1: well-scaled features with no normalisation (DESIGN §2.8)
     feats = jnp.concatenate([jnp.real(eg), jnp.imag(eg)], axis=-1).astype(self.dtype)
-    mix = self.scale[...].astype(self.dtype) * self.w_o(feats)
+    mix = per_token(lambda f: self.scale[...].astype(self.dtype) * self.w_o(f), feats)
     if isinstance(self.ffn, MoE):
       y, moe_stats = self.ffn(u, jnp.mean(eg, axis=-1))
       aux.update(moe_stats)
