@@ -100,3 +100,12 @@ def test_learning_rate_schedule_warmup_then_cosine():
   assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
   mid = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 5 / 10))
   assert lrs[8] == pytest.approx(mid, rel=1e-5)
+
+
+def test_perplexity_is_exp_loss_without_a_cap():
+  from bk_jax.train.monitors import perplexity
+
+  assert perplexity(0.0) == 1.0
+  assert perplexity(25.0) == pytest.approx(7.200489e10, rel=1e-6)  # no silent cap at e^20
+  assert perplexity(1000.0) == float("inf")
+  assert perplexity(float("nan")) != perplexity(float("nan"))

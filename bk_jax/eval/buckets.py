@@ -7,10 +7,11 @@ tokens 0..p) falls in bucket k when edges[k] <= p < edges[k+1]. The default buck
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
+
+from bk_jax.train.monitors import perplexity
 
 DEFAULT_EDGES = (0, 1_000, 10_000, 100_000, 1_000_000)
 
@@ -46,7 +47,7 @@ def bucket_table(edges: Sequence[int], nll: np.ndarray, count: np.ndarray,
       continue
     loss = float(nll[k]) / n
     row = dict(bucket=label, start=e[k], end=ends[k], tokens=int(round(n)), loss=loss,
-               perplexity=math.exp(min(loss, 50.0)))
+               perplexity=perplexity(loss))
     if correct is not None:
       row["accuracy"] = float(correct[k]) / n
     rows.append(row)

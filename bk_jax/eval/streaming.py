@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from bk_jax.train.monitors import perplexity
 from bk_jax.eval.buckets import DEFAULT_EDGES, bucket_table, check_edges, format_bucket_table
 from bk_jax.eval.checkpoint import EvalError, load_checkpoint
 from bk_jax.eval.memory import peak_memory
@@ -190,7 +191,7 @@ class StreamingEvaluator:
           el = time.perf_counter() - t0
           loss = acc[0].sum() / max(acc[1].sum(), 1.0)
           msg = (f"chunk {n_chunks}: {int(acc[1].sum()):,} tokens | loss {loss:.4f} | "
-                 f"ppl {math.exp(min(loss, 50.0)):.3f} | {acc[1].sum() / max(el, 1e-9):,.0f} tok/s")
+                 f"ppl {perplexity(loss):.3f} | {acc[1].sum() / max(el, 1e-9):,.0f} tok/s")
           (bar.write(msg, file=sys.stderr) if bar is not None else log(msg))
     flush()
     jax.block_until_ready(cache)
@@ -216,7 +217,7 @@ def summarize(res: StreamResult, *, bytes_per_token: float | None = None) -> dic
   """Loss, perplexity, bits per byte (when known), tokens, chunks, tokens/s and peak memory."""
   loss = res.loss
   mem = peak_memory()
-  out = dict(loss=loss, perplexity=math.exp(min(loss, 50.0)), tokens=res.tokens, chunks=res.chunks,
+  out = dict(loss=loss, perplexity=perplexity(loss), tokens=res.tokens, chunks=res.chunks,
              tokens_per_s=res.tokens / max(res.seconds, 1e-9), seconds=res.seconds,
              compile_seconds=res.compile_seconds, peak_memory_gb=mem["peak_gb"],
              memory_kind=mem["kind"], buckets=res.buckets())

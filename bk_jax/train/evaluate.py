@@ -7,7 +7,6 @@ shape (first training length).
 
 from __future__ import annotations
 
-import math
 import os
 
 import jax
@@ -15,9 +14,10 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from bk_jax.sharding import batch_sharding, state_shardings
 from bk_jax.train.checkpoint import Checkpoints, abstract_like
 from bk_jax.train.config_validation import ConfigError
-from bk_jax.sharding import batch_sharding, state_shardings
+from bk_jax.train.monitors import perplexity
 from bk_jax.train.state import create_train_state
 from bk_jax.train.step import make_optimizer, masked_cross_entropy
 
@@ -72,7 +72,7 @@ def run_eval(config: ml_collections.ConfigDict) -> dict:
     if count >= e.eval_tokens:
       break
   loss = total / max(count, 1.0)
-  out = dict(split=e.split, loss=loss, perplexity=math.exp(min(loss, 20.0)), tokens=int(count),
+  out = dict(split=e.split, loss=loss, perplexity=perplexity(loss), tokens=int(count),
              seq_len=plan.seq_len, checkpoint_step=meta["checkpoint_step"])
   if cfg.logging.console:
     print(f"Evaluation ({e.split}, N={plan.seq_len}): {int(count):,} tokens | Loss: {loss:.4f} | "

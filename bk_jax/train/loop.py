@@ -7,7 +7,6 @@ are fetched after the next step has been dispatched, so the device keeps running
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import threading
@@ -21,14 +20,14 @@ import numpy as np
 from flax import nnx
 
 from bk_jax import distributed
-from bk_jax.sharding import check_model_fits_mesh, put_replicated, shard_batch
+from bk_jax.sharding import (batch_sharding, check_model_fits_mesh, data_parallel_size, make_mesh,
+                             put_replicated, shard_batch)
 from bk_jax.train import results as results_lib
 from bk_jax.train.checkpoint import Checkpoints
 from bk_jax.train.config_validation import ConfigError, validate_config
 from bk_jax.train.logging import Console, TensorBoard, memory_gb
-from bk_jax.train.monitors import MonitorState, WindowStats
+from bk_jax.train.monitors import MonitorState, WindowStats, perplexity
 from bk_jax.train.schedule import LengthPlan, learning_rate_schedule, plan_lengths
-from bk_jax.sharding import batch_sharding, data_parallel_size, make_mesh
 from bk_jax.train.state import create_sharded_train_state
 from bk_jax.train.step import jit_train_step, make_optimizer, make_train_step
 
@@ -168,7 +167,7 @@ class Trainer:
     mon = self._monitors()
     ep, ln = mon.epoch.summary(), mon.length.summary()
     avg = ep["avg_loss"]
-    r = dict(avg_loss=avg, perplexity=math.exp(min(avg, 20.0)) if math.isfinite(avg) else float("nan"),
+    r = dict(avg_loss=avg, perplexity=perplexity(avg),
              epoch_time=epoch_time, spike_count=ln["spike_count"],
              grad_norm_mean=ln["grad_norm"]["mean"], grad_norm_std=ln["grad_norm"]["std"],
              epoch=epoch, steps=ep["steps"], epoch_spike_count=ep["spike_count"],

@@ -86,7 +86,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr_schedule: Cal
         step=state.step + 1,
         monitors=monitors,
     )
-    metrics = dict(loss=ce, total_loss=total, perplexity=jnp.exp(jnp.minimum(ce, 20.0)),
+    metrics = dict(loss=ce, total_loss=total, perplexity=jnp.exp(ce),
                    grad_norm=grad_norm, learning_rate=lr, **flags,
                    length_spikes=monitors.length.spikes, length_skipped=monitors.length.skipped,
                    diverged=monitors.diverged)
