@@ -94,7 +94,7 @@ def main(argv=None) -> dict:
 
 
 def _plot(path, results, train_len):
-  plt = plots._plt()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 3.8))
   for r in results:
     ax.plot([x["length"] for x in r["rows"]], [100 * x["accuracy"] for x in r["rows"]], marker="o",
@@ -106,9 +106,7 @@ def _plot(path, results, train_len):
   ax.set_ylabel("induction-heads accuracy (%)")
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  plots.save_figure(fig, path)
 
 
 if __name__ == "__main__":

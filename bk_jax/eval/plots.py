@@ -5,11 +5,21 @@ from __future__ import annotations
 import os
 
 
-def _plt():
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (imported lazily: plotting is optional work)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   return plt
+
+
+def save_figure(fig, path: str) -> str:
+  """Writes `fig` as a PNG at `path` (creating its folder), closes it, returns the path."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  pyplot().close(fig)
+  return path
 
 
 def _midpoint(row: dict, last_end: float) -> float:
@@ -21,7 +31,7 @@ def _midpoint(row: dict, last_end: float) -> float:
 def plot_degradation(path: str, buckets: list[dict] | None, per_length: list[dict] | None = None,
                      *, title: str = "") -> str:
   """Loss per position bucket (left) and loss versus training length (right) in one PNG."""
-  plt = _plt()
+  plt = pyplot()
   panels = [p for p in (buckets, per_length) if p]
   fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(6 * max(len(panels), 1), 4), squeeze=False)
   i = 0
@@ -54,17 +64,13 @@ def plot_degradation(path: str, buckets: list[dict] | None, per_length: list[dic
     ax.grid(True, alpha=0.3)
   if title:
     fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return save_figure(fig, path)
 
 
 def plot_extrapolation(path: str, rows: list[dict], *, train_len: int | None = None,
                        title: str = "") -> str:
   """Accuracy versus test length (log2 axis), the training length marked."""
-  plt = _plt()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(6.5, 4))
   ax.plot([r["length"] for r in rows], [100.0 * r["accuracy"] for r in rows], "o-")
   if train_len:
@@ -76,8 +82,4 @@ def plot_extrapolation(path: str, rows: list[dict], *, train_len: int | None = N
   ax.set_ylabel("accuracy (%)")
   ax.set_title(title or "length extrapolation")
   ax.grid(True, alpha=0.3)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return save_figure(fig, path)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from bk_jax.eval.plots import pyplot, save_figure
+
 COLORS = {"resnet_bk": "tab:blue", "mamba": "tab:orange", "transformer": "tab:green"}
 
 
-def _plt():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
 
 def plot_benchmark(path: str, rows: list[dict], title: str = "") -> str:
-  plt = _plt()
+  plt = pyplot()
   fig, ax = plt.subplots(1, 2, figsize=(10, 4))
   for kind in sorted({r["kind"] for r in rows}):
     rr = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["n"])
@@ -32,16 +28,13 @@ def plot_benchmark(path: str, rows: list[dict], title: str = "") -> str:
     a.grid(True, which="both", alpha=0.3)
     a.legend()
   fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return save_figure(fig, path)
 
 
 def plot_curves(path: str, runs: list[dict], key: str = "loss", ylabel: str = "training loss",
                 title: str = "", band: bool = False) -> str:
   """runs: dicts with kind, seed, seq_len, steps (list), values (list). One panel per seq_len."""
-  plt = _plt()
+  plt = pyplot()
   lengths = sorted({r["seq_len"] for r in runs})
   fig, axes = plt.subplots(1, len(lengths), figsize=(5 * len(lengths), 3.8), squeeze=False)
   for ax, n in zip(axes[0], lengths):
@@ -65,16 +58,13 @@ def plot_curves(path: str, runs: list[dict], key: str = "loss", ylabel: str = "t
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
   fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return save_figure(fig, path)
 
 
 def plot_bars(path: str, labels: list[str], groups: dict[str, list[float]], ylabel: str,
               title: str = "") -> str:
   """Grouped bars: groups[kind] = one value per label (NaN = missing)."""
-  plt = _plt()
+  plt = pyplot()
   fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(labels)), 3.8))
   w = 0.8 / max(1, len(groups))
   x = np.arange(len(labels))
@@ -85,7 +75,4 @@ def plot_bars(path: str, labels: list[str], groups: dict[str, list[float]], ylab
   ax.grid(True, axis="y", alpha=0.3)
   ax.legend(fontsize=8)
   ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return save_figure(fig, path)
