@@ -12,7 +12,7 @@ import ml_collections
 KINDS = ("resnet_bk", "mamba", "transformer")
 ROUTERS = ("scattering", "learned")
 REMAT_POLICIES = ("none", "full", "dots")
-RESOLVENT_METHODS = ("scan", "associative", "chunked")
+RESOLVENT_METHODS = ("auto", "scan", "associative", "chunked")
 DTYPES = ("float32", "bfloat16", "float64")
 
 

@@ -39,9 +39,31 @@ from jax import lax
 
 from bk_jax.ops.scan import checkpointed_scan
 
-Method = Literal["scan", "associative", "chunked"]
-METHODS = ("scan", "associative", "chunked")
+Method = Literal["auto", "scan", "associative", "chunked"]
+METHODS = ("scan", "associative", "chunked")  # concrete strategies; "auto" resolves to one
 DEFAULT_CHUNK = 256
+
+
+def resolve_method(method: str, platform: str | None = None) -> str:
+  """Returns the concrete strategy for `method`; "auto" picks by platform.
+
+  "auto" means "associative" on accelerators (log depth: a sequential scan leaves a GPU idle,
+  40-170x slower measured on an H200) and "scan" on the CPU (where the sequential recurrence is
+  the fastest form). Explicit strategies are returned unchanged.
+
+  Args:
+    method: "auto" or one of METHODS.
+    platform: "cpu", "gpu", "tpu", ...; default `jax.default_backend()`.
+
+  Returns:
+    One of METHODS.
+  """
+  if method == "auto":
+    platform = platform or jax.default_backend()
+    return "scan" if platform == "cpu" else "associative"
+  if method not in METHODS:
+    raise ValueError(f"unknown resolvent method {method!r}; expected 'auto' or one of {METHODS}")
+  return method
 
 
 def complex_dtype_for(v: jax.Array) -> jnp.dtype:
@@ -238,14 +260,14 @@ def causal_diag(
     z: (H,) complex shifts with Im z > 0.
     carry: (..., H) complex, g at the last position of the previous call (None: fresh start).
       Chaining calls with the returned carry equals one call on the concatenated sequence.
-    method: "scan", "associative" or "chunked" (see module docstring); all give the same g.
+    method: "auto", "scan", "associative" or "chunked" (see module docstring); all give the
+      same g; "auto" is `resolve_method("auto")`.
     chunk_size: chunk length for method="chunked".
 
   Returns:
     (g, carry): g complex (..., N, H); carry complex (..., H) = g[..., -1, :].
   """
-  if method not in METHODS:
-    raise ValueError(f"unknown resolvent method {method!r}; expected one of {METHODS}")
+  method = resolve_method(method)
   if v.ndim < 2:
     raise ValueError(f"v must have shape (..., N, H); got {v.shape}")
   if v.shape[-2] == 0:
