@@ -13,6 +13,7 @@ KINDS = ("resnet_bk", "mamba", "transformer")
 ROUTERS = ("scattering", "learned")
 REMAT_POLICIES = ("none", "full", "dots")
 RESOLVENT_METHODS = ("auto", "scan", "associative", "chunked")
+MAMBA_SCAN_METHODS = ("auto", "sequential", "associative")
 DTYPES = ("float32", "bfloat16", "float64")
 
 
@@ -58,6 +59,8 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.mamba.d_conv = 4
   c.mamba.expand = 2
   c.mamba.chunk = 256  # time steps per checkpointed chunk of the selective scan
+  # "auto": associative (log depth) on GPU/TPU, sequential on the CPU (ops.scan.prefers_parallel)
+  c.mamba.scan_method = "auto"
   c.transformer = ml_collections.ConfigDict()
   c.transformer.n_heads = 4
   c.transformer.block_size = 512  # query/key block of the blockwise attention
@@ -96,6 +99,8 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
     need(cfg.mamba.d_state > 0 and cfg.mamba.d_conv > 0 and cfg.mamba.expand > 0,
          "mamba.d_state, d_conv, expand must be positive")
     need(cfg.mamba.chunk > 0, "mamba.chunk must be positive")
+    need(cfg.mamba.scan_method in MAMBA_SCAN_METHODS,
+         f"mamba.scan_method {cfg.mamba.scan_method!r} not in {MAMBA_SCAN_METHODS}")
   else:
     tc = cfg.transformer
     need(tc.n_heads > 0 and cfg.d_model % tc.n_heads == 0,
