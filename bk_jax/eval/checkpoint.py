@@ -158,7 +158,8 @@ def merged_config(ckpt_config: dict, config: ml_collections.ConfigDict | None) -
     cfg.save_dir = config.save_dir
     # runtime-only model choices (not part of the parameters) follow the caller
     for f in ("resolvent_method", "remat", "dtype", "transformer.cache_window",
-              "transformer.block_size", "mamba.chunk", "use_birman_schwinger"):
+              "transformer.block_size", "transformer.attention", "mamba.chunk",
+              "use_birman_schwinger"):
       v = _get(config.model, f)
       if v is not None:
         *par, leaf = f.split(".")

@@ -14,6 +14,7 @@ ROUTERS = ("scattering", "learned")
 REMAT_POLICIES = ("none", "full", "dots")
 RESOLVENT_METHODS = ("auto", "scan", "associative", "chunked")
 DTYPES = ("float32", "bfloat16", "float64")
+ATTENTIONS = ("auto", "xla", "cudnn", "blockwise")  # transformer.py: resolve_attention
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -60,6 +61,9 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.mamba.chunk = 256  # time steps per checkpointed chunk of the selective scan
   c.transformer = ml_collections.ConfigDict()
   c.transformer.n_heads = 4
+  # training-path attention: "auto" (cuDNN flash on GPU where it applies, else XLA's fused
+  # attention while its N x N scores are affordable, else blockwise) | "xla" | "cudnn" | "blockwise"
+  c.transformer.attention = "auto"
   c.transformer.block_size = 512  # query/key block of the blockwise attention
   c.transformer.cache_window = 4096  # KV ring-buffer length for streaming
   return c
@@ -102,3 +106,4 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
          f"transformer.n_heads ({tc.n_heads}) must divide d_model ({cfg.d_model})")
     need((cfg.d_model // tc.n_heads) % 2 == 0, "transformer head dim must be even (RoPE)")
     need(tc.block_size > 0 and tc.cache_window > 0, "block_size and cache_window must be > 0")
+    need(tc.attention in ATTENTIONS, f"transformer.attention {tc.attention!r} not in {ATTENTIONS}")
