@@ -35,7 +35,12 @@ def test_auto_is_the_default_and_resolves_by_platform():
   assert execution_paths(cfg("resnet_bk"), "tpu")["resolvent_method"] == "associative"
   assert execution_paths(cfg("mamba"), "cpu") == {"dtype": "float32", "mamba_scan": "sequential"}
   assert execution_paths(cfg("mamba"), "gpu")["mamba_scan"] == "associative"
-  assert "attention" in execution_paths(cfg("transformer"), "gpu")
+  assert execution_paths(cfg("transformer"), "gpu")["attention"] == "auto"  # shape unknown
+  # shape known: the Transformer's own rule (blockwise on the CPU, cuDNN for bf16 on a GPU)
+  assert execution_paths(cfg("transformer"), "cpu", batch=2, seq_len=8192)["attention"] == (
+      "blockwise")
+  assert execution_paths(cfg("transformer", dtype="bfloat16"), "gpu", batch=2, seq_len=8192)[
+      "attention"] == "cudnn"
   # explicit choices win on every platform
   assert execution_paths(cfg("resnet_bk", resolvent_method="chunked"), "gpu")[
       "resolvent_method"] == "chunked"

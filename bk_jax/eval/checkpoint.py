@@ -35,8 +35,8 @@ ARCH_FIELDS = ("kind", "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "
                "mamba.d_state", "mamba.d_conv", "mamba.expand", "transformer.n_heads")
 #: Model fields that choose how the same parameters are computed: the caller's value wins.
 RUNTIME_FIELDS = ("resolvent_method", "remat", "dtype", "transformer.cache_window",
-                  "transformer.block_size", "mamba.chunk", "mamba.scan_method",
-                  "use_birman_schwinger")
+                  "transformer.block_size", "transformer.attention", "mamba.chunk",
+                  "mamba.scan_method", "use_birman_schwinger")
 #: Data fields that fix the token ids the model was trained on.
 DATA_FIELDS = ("tokenizer",)
 

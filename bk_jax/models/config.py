@@ -18,6 +18,7 @@ REMAT_POLICIES = ("none", "full", "dots")
 RESOLVENT_METHODS = ("auto", "scan", "associative", "chunked")
 MAMBA_SCAN_METHODS = ("auto", "sequential", "associative")
 DTYPES = ("float32", "bfloat16", "float64")
+ATTENTIONS = ("auto", "xla", "cudnn", "blockwise")  # transformer.py: resolve_attention
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -67,6 +68,9 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.mamba.scan_method = "auto"
   c.transformer = ml_collections.ConfigDict()
   c.transformer.n_heads = 4
+  # training-path attention: "auto" (cuDNN flash on GPU where it applies, else XLA's fused
+  # attention while its N x N scores are affordable, else blockwise) | "xla" | "cudnn" | "blockwise"
+  c.transformer.attention = "auto"
   c.transformer.block_size = 512  # query/key block of the blockwise attention
   c.transformer.cache_window = 4096  # KV ring-buffer length for streaming
   return c
@@ -111,29 +115,38 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
          f"transformer.n_heads ({tc.n_heads}) must divide d_model ({cfg.d_model})")
     need((cfg.d_model // tc.n_heads) % 2 == 0, "transformer head dim must be even (RoPE)")
     need(tc.block_size > 0 and tc.cache_window > 0, "block_size and cache_window must be > 0")
+    need(tc.attention in ATTENTIONS, f"transformer.attention {tc.attention!r} not in {ATTENTIONS}")
 
 
-def execution_paths(cfg: ml_collections.ConfigDict, platform: str | None = None) -> dict[str, str]:
+def execution_paths(cfg: ml_collections.ConfigDict, platform: str | None = None, *,
+                    batch: int | None = None, seq_len: int | None = None) -> dict[str, str]:
   """The concrete implementations `cfg` runs on `platform` (for banners, results and benchmarks).
 
-  "auto" choices are resolved with the same rule the model applies when traced
-  (`bk_jax.ops.scan.prefers_parallel`), so this names what actually runs.
+  "auto" choices are resolved with the same rules the model applies when traced
+  (`bk_jax.ops.scan.prefers_parallel`; the Transformer's `resolve_attention`), so this names
+  what actually runs.
 
   Args:
     cfg: a model ConfigDict.
     platform: "cpu", "gpu", "tpu", ...; default `jax.default_backend()`.
+    batch, seq_len: the step's shape; the Transformer's "auto" attention depends on it (without
+      them its requested value is reported).
 
   Returns:
     {"dtype": activation dtype} plus, by kind, "resolvent_method" (resnet_bk: "scan" |
     "associative" | "chunked"), "mamba_scan" (mamba: "sequential" | "associative") or
-    "attention" (transformer).
+    "attention" (transformer: "cudnn" | "xla" | "blockwise", or the requested value).
   """
   paths = {"dtype": str(cfg.dtype)}
   if cfg.kind == "resnet_bk":
     paths["resolvent_method"] = resolve_method(cfg.resolvent_method, platform)
   elif cfg.kind == "mamba":
     paths["mamba_scan"] = resolve_scan_method(cfg.mamba.scan_method, platform)
+  elif batch is not None and seq_len is not None:
+    from bk_jax.models.transformer import attention_implementation  # transformer imports layers
+
+    paths["attention"] = attention_implementation(cfg, batch=batch, seq_len=seq_len,
+                                                  platform=platform)
   else:
-    # the attention choice is resolved by bk_jax.models.transformer where the config names one
-    paths["attention"] = str(cfg.transformer.get("attention", "blockwise"))
+    paths["attention"] = str(cfg.transformer.attention)
   return paths

@@ -90,9 +90,7 @@ def _model_cfg(spec: dict, kind: str, remat: str):
             throughput.matched_layers(kind, spec["d_model"], target, spec["vocab"], **kw))
   cfg = throughput.model_config(kind, spec["d_model"], layers, spec["vocab"], **kw)
   # the fastest path: every method left on "auto" (resolved per platform by the model)
-  cfg.resolvent_method, cfg.mamba.scan_method = "auto", "auto"
-  if "attention" in cfg.transformer:
-    cfg.transformer.attention = "auto"
+  cfg.resolvent_method = cfg.mamba.scan_method = cfg.transformer.attention = "auto"
   return cfg
 
 
@@ -119,7 +117,7 @@ def _bench_model(spec: dict, kind: str, n: int) -> dict:
     cfg = _model_cfg(spec, kind, remat)
     r = throughput.bench_one(cfg, n, spec["tokens_per_step"], spec["repeats"])
   return dict(r, d_model=cfg.d_model, n_layers=cfg.n_layers, remat=remat, note=note,
-              paths=execution_paths(cfg))
+              paths=execution_paths(cfg, batch=r["batch"], seq_len=n))
 
 
 def _train_config(spec: dict, out: str):
@@ -172,7 +170,7 @@ def _train(c, deadline: float) -> dict:
               tokens_per_s_wall=tokens / res["wall_s"],
               tokens_per_s=sorted(steady)[len(steady) // 2] if steady else None,
               stopped_by_budget=res["stopped_by_budget"], save_dir=c.save_dir,
-              paths=execution_paths(c.model))
+              paths=execution_paths(c.model, batch=c.train.batch_size, seq_len=c.train.seq_len))
 
 
 def _stage_stream(spec: dict, emit, deadline: float, out: str) -> None:
