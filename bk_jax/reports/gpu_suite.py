@@ -344,6 +344,8 @@ def run_suite(out: str, *, quick: bool = False, stages: list[str] | None = None,
     log(f"# stage {stage}: {status} in {wall:.1f} s, {len(stage_rows)} row(s)")
     for r in stage_rows:
       log("  " + _row_line(r))
+  # Only now does this (parent) process touch a device: had it initialised the GPU before the
+  # stages, its preallocated memory would have been missing from every child.
   payload = dict(spec=spec, stages=summary, rows=rows, total_s=time.perf_counter() - t_suite,
                  flax=flax.__version__, jax=jax.__version__,
                  device=jax.devices()[0].device_kind, checks=checks(rows))
