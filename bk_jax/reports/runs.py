@@ -20,8 +20,7 @@ import time
 import ml_collections
 import numpy as np
 
-TINY_SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data",
-                                "tinyshakespeare", "input.txt")
+from bk_jax.data import TINY_SHAKESPEARE  # re-exported: the report scripts' default corpus
 
 
 def set_dotted(c: ml_collections.ConfigDict, key: str, value) -> None:
