@@ -55,7 +55,8 @@ def vocab_of(c: ml_collections.ConfigDict) -> int:
     from bk_jax.data.synthetic import task_vocab_size
     return int(task_vocab_size(c.data.synthetic))
   if c.data.tokenizer == "byte":
-    return 259
+    from bk_jax.data.tokenizers import ByteTokenizer
+    return ByteTokenizer.vocab_size
   return int(c.data.vocab_size)
 
 
