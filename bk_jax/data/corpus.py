@@ -129,6 +129,10 @@ def load_corpus(cfg) -> Corpus:
         Nothing is left on disk in that case.
     """
     source, entry, key = corpus_entry(cfg)
+    problem = cache.entry_problem(entry, SPLITS)
+    if problem is not None:  # truncated token file, garbage meta.json, ...: tokenize again
+        print(f"token cache entry {entry} is corrupt ({problem}); rebuilding it", file=sys.stderr)
+        cache.discard(entry)
     meta = cache.read_meta(entry)
     if meta is None:
         cache.build_atomically(entry, lambda tmp: _build(tmp, cfg, source, key))
