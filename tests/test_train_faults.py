@@ -372,6 +372,7 @@ def test_config_syntax_error_points_at_file_and_line(tmp_path):
     load_config(str(raises))
 
 
+@pytest.mark.slow  # two runs plus 6 s of deliberate sleep
 def test_epoch_time_after_resume_counts_the_whole_epoch(corpus, tmp_path):
   """Steps 1-4 take >= 6 s (a sleeping hook); the process dies at step 6 after the step-4
   checkpoint; the resumed epoch_time must include those 6 s, i.e. exceed the resumed run."""

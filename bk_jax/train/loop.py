@@ -272,7 +272,8 @@ class Trainer:
         nan_steps=summ["nan_steps"], inf_steps=summ["inf_steps"],
         precision_upgrades=summ["precision_upgrades"], grad_norm_count=summ["grad_norm"]["count"],
         batch_size=plan.batch_size, planned_steps=plan.steps,
-        attempts=int(self.meta["retries"].get(key, 0)) + 1,
+        # retries counts the give-up too: a DIVERGED length ran `retries` attempts
+        attempts=int(self.meta["retries"].get(key, 0)) + (status != "DIVERGED"),
         abandoned_steps=int((self.meta.get("abandoned", {}).get(key) or {}).get("steps", 0)))
     self.meta["status"][key] = status
     self.meta["position"] = [li + 1, 0]
@@ -288,10 +289,10 @@ class Trainer:
   def _recover(self, li: int) -> bool:
     """Restores the last good checkpoint with a lower rate; False when retries are used up."""
     t, key = self.cfg.train, str(self.plans[li].seq_len)
+    self._flush()  # the steps after the detected one belong to this attempt's record too
     tries = self.meta["retries"].get(key, 0) + 1
     self.meta["retries"][key] = tries
     bad_step = self._gstep
-    self._flush()  # the steps after the detected one belong to this attempt's record too
     before, kept = self._monitors().length.summary(), attempts.history(self.meta)
     step = self.ckpt.restore_newest_intact(self._restore, self._warn)
     if step is None:
