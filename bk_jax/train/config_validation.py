@@ -56,6 +56,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _need(d.dataset in DATASETS, f"data.dataset={d.dataset!r} is not one of {DATASETS}")
   _need(d.tokenizer in TOKENIZERS, f"data.tokenizer={d.tokenizer!r} is not one of {TOKENIZERS}")
   _need(d.data_limit >= 0, f"data.data_limit must be >= 0, got {d.data_limit}")
+  _need(not (d.dataset in ("pystdlib", "synthetic") and str(d.path)),
+        f"data.path={d.path!r} is ignored by data.dataset={d.dataset!r}; to train on that file set "
+        f"--config.data.dataset=text (or wikitext2 / wikitext103), or clear data.path")
 
   lengths = train_lengths(config)
   _need(len(lengths) > 0, "train.sequence_lengths is empty")

@@ -7,8 +7,10 @@ are fetched after the next step has been dispatched, so the device keeps running
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -23,7 +25,8 @@ from bk_jax import distributed
 from bk_jax.sharding import (batch_sharding, check_model_fits_mesh, data_parallel_size, make_mesh,
                              put_replicated, shard_batch)
 from bk_jax.train import results as results_lib
-from bk_jax.train.checkpoint import Checkpoints
+from bk_jax.train import attempts, rundir
+from bk_jax.train.checkpoint import Checkpoints, config_differences
 from bk_jax.train.config_validation import ConfigError, validate_config
 from bk_jax.train.logging import Console, TensorBoard, memory_gb
 from bk_jax.train.monitors import MonitorState, WindowStats, perplexity
@@ -43,7 +46,12 @@ def select_device(device: str) -> None:
     jax.config.update("jax_platforms", want)
   except Exception:  # noqa: BLE001 - backend already initialised: checked below
     pass
-  got = jax.default_backend()
+  try:
+    got = jax.default_backend()
+  except (AssertionError, RuntimeError) as e:  # the platform is not installed / has no device
+    why = str(e).splitlines()[0] if str(e) else "no such backend"
+    raise ConfigError(f"device={device!r} requested but this machine has no usable {want} device "
+                      f"({why}); use --config.device=auto or cpu") from None
   if (want == "cuda" and got != "gpu") or (want != "cuda" and got != want):
     raise ConfigError(f"device={device!r} requested but JAX runs on {got!r}")
 
@@ -82,7 +90,9 @@ class Trainer:
     self.cfg, self.mesh, self.plans = prepare(config)
     cfg = self.cfg
     self.on_step = on_step
-    self.save_dir = os.path.abspath(cfg.save_dir)
+    self.save_dir = rundir.check_save_dir(cfg.save_dir)
+    # one trainer per run directory: taken before anything (orbax tmp cleanup included) touches it
+    self.lock = rundir.RunDirLock(self.save_dir) if jax.process_index() == 0 else None
     os.makedirs(self.save_dir, exist_ok=True)
     self.console = Console(cfg.logging.console, cfg.logging.progress_bar)
     self.total_steps = sum(p.steps for p in self.plans)
@@ -105,6 +115,8 @@ class Trainer:
     self._gstep = 0
     self._rep = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self._stop_signal = threading.Event()
+    self._signal_name = "SIGTERM"
+    self._t_epoch = None  # perf_counter at the start of the current epoch (None between lengths)
 
   # ---------------------------------------------------------------- data and checkpoints
   def _make_iterator(self, li: int):
@@ -116,6 +128,8 @@ class Trainer:
 
   def _save(self, *, force: bool = False) -> None:
     step = int(self.state.step)
+    # the epoch's time so far, so that a resumed epoch reports its whole time
+    self.meta["epoch_elapsed_s"] = 0.0 if self._t_epoch is None else time.perf_counter() - self._t_epoch
     self.ckpt.save(step, self.state, self.iterator, self.meta, force=force)
 
   def _restore(self, step: int) -> None:
@@ -123,6 +137,10 @@ class Trainer:
     self._pending, self._diverged = None, False  # logs of abandoned steps are dropped
     keep = {k: self.meta[k] for k in ("recoveries", "retries", "status")}
     meta = self.ckpt.restore_meta(step)
+    diffs = config_differences(self.cfg, meta["config"])
+    if diffs:
+      raise ConfigError(f"{self.save_dir} holds a run of another model: {'; '.join(diffs)}; use "
+                        f"another save_dir or the run's original settings")
     li = meta["position"][0]
     self.iterator = self._make_iterator(li) if li < len(self.plans) else None
     self.state, self.meta = self.ckpt.restore(step, self.abstract, self.iterator)
@@ -148,7 +166,8 @@ class Trainer:
                memory_allocated_gb=alloc, memory_reserved_gb=reserved,
                is_nan=bool(m["is_nan"]), is_inf=bool(m["is_inf"]), is_spike=bool(m["is_spike"]),
                spike_ratio=f("spike_ratio"), mean_schatten_s1=f("bk/schatten_s1"),
-               mean_schatten_s2=f("bk/schatten_s2"), max_condition_number=f("bk/condition_number"))
+               mean_schatten_s2=f("bk/schatten_s2"), max_condition_number=f("bk/condition_number"),
+               attempt=int(self.meta["retries"].get(str(info["seq_len"]), 0)))
     self.meta["metrics_history"].append(rec)
     extra = {"skipped_steps": float(m["length_skipped"]), "aux_loss": f("aux_loss")}
     if "bk/precision_upgrades" in m:
@@ -172,7 +191,7 @@ class Trainer:
              grad_norm_mean=ln["grad_norm"]["mean"], grad_norm_std=ln["grad_norm"]["std"],
              epoch=epoch, steps=ep["steps"], epoch_spike_count=ep["spike_count"],
              epoch_grad_norm_mean=ep["grad_norm"]["mean"], epoch_grad_norm_std=ep["grad_norm"]["std"],
-             skipped_steps=ep["skipped_steps"])
+             skipped_steps=ep["skipped_steps"], attempt=int(self.meta["retries"].get(str(plan.seq_len), 0)))
     self.meta["results_by_length"].setdefault(str(plan.seq_len), []).append(r)
     self.console.epoch_summary(epoch, plan.seq_len, r)
     self.state = self.state.replace(
@@ -194,7 +213,8 @@ class Trainer:
     self.console.start_bar(plan.steps, sil, f"N={plan.seq_len}")
     tokens = plan.batch_size * plan.seq_len * jax.process_count()
     self._diverged = False
-    t_epoch = t_log = time.perf_counter()
+    t_log = time.perf_counter()
+    self._t_epoch = t_log - (float(self.meta.get("epoch_elapsed_s", 0.0)) if sil > 0 else 0.0)
     n_log, tps = 0, 0.0
     while sil < plan.steps:
       batch = shard_batch(next(self.iterator), self.mesh)  # per-process slices -> global batch
@@ -220,8 +240,8 @@ class Trainer:
         self.on_step(gstep)
       if epoch_end:
         self._flush()
-        self._epoch_result(epoch, plan, time.perf_counter() - t_epoch)
-        t_epoch = time.perf_counter()
+        self._epoch_result(epoch, plan, time.perf_counter() - self._t_epoch)
+        self._t_epoch = time.perf_counter()
         if sil < plan.steps:
           self.console.print(f"\nEpoch {epoch + 1} | Sequence Length: {plan.seq_len}\n" + "-" * 60)
       if self._diverged:
@@ -243,13 +263,18 @@ class Trainer:
   def _finish_length(self, li: int, status: str) -> None:
     plan = self.plans[li]
     key = str(plan.seq_len)
-    summ = self._monitors().length.summary()
+    self._t_epoch = None
+    # the final attempt plus every abandoned one (divergence recoveries): true counts
+    summ = attempts.combine(self._monitors().length.summary(), self.meta.get("abandoned", {}).get(key))
     self.meta["gradient_statistics"][key] = {k: summ["grad_norm"][k] for k in ("mean", "std", "min", "max")}
     self.meta["length_summary"][key] = dict(
         steps=summ["steps"], spike_count=summ["spike_count"], skipped_steps=summ["skipped_steps"],
         nan_steps=summ["nan_steps"], inf_steps=summ["inf_steps"],
         precision_upgrades=summ["precision_upgrades"], grad_norm_count=summ["grad_norm"]["count"],
-        batch_size=plan.batch_size, planned_steps=plan.steps)
+        batch_size=plan.batch_size, planned_steps=plan.steps,
+        # retries counts the give-up too: a DIVERGED length ran `retries` attempts
+        attempts=int(self.meta["retries"].get(key, 0)) + (status != "DIVERGED"),
+        abandoned_steps=int((self.meta.get("abandoned", {}).get(key) or {}).get("steps", 0)))
     self.meta["status"][key] = status
     self.meta["position"] = [li + 1, 0]
     planned = sum(p.steps for p in self.plans[: li + 1])
@@ -264,11 +289,15 @@ class Trainer:
   def _recover(self, li: int) -> bool:
     """Restores the last good checkpoint with a lower rate; False when retries are used up."""
     t, key = self.cfg.train, str(self.plans[li].seq_len)
+    self._flush()  # the steps after the detected one belong to this attempt's record too
     tries = self.meta["retries"].get(key, 0) + 1
     self.meta["retries"][key] = tries
     bad_step = self._gstep
-    step = self.ckpt.latest_step()
-    self._restore(step)
+    before, kept = self._monitors().length.summary(), attempts.history(self.meta)
+    step = self.ckpt.restore_newest_intact(self._restore, self._warn)
+    if step is None:
+      raise RuntimeError(f"N={key}: divergence at step {bad_step} and no intact checkpoint to recover from")
+    attempts.keep(self.meta, kept, key, before, self._monitors().length.summary())
     self._gstep = int(self.state.step)
     scale = float(t.recovery_lr_scale) ** min(tries, int(t.max_recoveries))
     self.meta["recoveries"].append(dict(seq_len=int(key), detected_at_step=bad_step, restored_step=step,
@@ -283,19 +312,42 @@ class Trainer:
     return True
 
   # ---------------------------------------------------------------- the run
+  def _warn(self, msg: str) -> None:
+    """A line on stderr (also with the console off): damaged checkpoints and the like."""
+    self.console.close_bar()
+    print(msg, file=sys.stderr, flush=True)
+
   def _resume(self) -> None:
-    step = self.ckpt.latest_step()
-    if not self.cfg.checkpoint.resume or step is None:
+    if not self.cfg.checkpoint.resume or self.ckpt.latest_step() is None:
       return
-    self._restore(step)
+    step = self.ckpt.restore_newest_intact(self._restore, self._warn)
+    if step is None:  # every checkpoint was damaged (and moved aside): a fresh start
+      self.iterator, self._pending, self._diverged = None, None, False
+      return
     li, sil = self.meta["position"]
     n = self.plans[li].seq_len if li < len(self.plans) else "-"
     self.console.print(f"Resumed from {self.save_dir} at step {step} (length index {li}, N={n}, "
                        f"step {sil} of the length)")
 
   def run(self) -> dict:
+    """Trains every planned length; on any error the checkpointer and TensorBoard are closed
+    (no half-finished async save, no event-loop noise) and the run directory is unlocked."""
+    try:
+      return self._run()
+    except BaseException:
+      with contextlib.suppress(Exception):
+        self.ckpt.close()
+      with contextlib.suppress(Exception):
+        self.tb.close()
+      raise
+    finally:
+      if self.lock is not None:
+        self.lock.release()
+
+  def _run(self) -> dict:
     cfg = self.cfg
     self.console.print(f"bk-jax training | backend {jax.default_backend()} x{jax.device_count()} | "
+                       f"data {cfg.data.dataset} | "
                        f"model {cfg.model.kind} ({self.n_params:,} parameters) | lengths "
                        f"{[p.seq_len for p in self.plans]} | {self.total_steps} steps | {self.save_dir}")
     self._resume()
@@ -317,7 +369,8 @@ class Trainer:
       self._flush()
       self.console.close_bar()
       self._save(force=True)
-      self.console.print(f"\nSIGTERM: checkpoint saved at step {int(self.state.step)}; rerun to resume")
+      self.console.print(f"\n{self._signal_name}: checkpoint saved at step {int(self.state.step)}; "
+                         f"rerun to resume")
     finally:
       self._restore_sigterm(old_handler)
     if not interrupted:
@@ -346,13 +399,22 @@ class Trainer:
                    backend=jax.default_backend()))
 
   def _install_sigterm(self):
+    """SIGTERM and SIGINT (Ctrl-C) stop after the current step with a checkpoint; a second one
+    interrupts at once (KeyboardInterrupt)."""
     if threading.current_thread() is not threading.main_thread():
       return None
-    return signal.signal(signal.SIGTERM, lambda *_: self._stop_signal.set())
+
+    def handler(signum, _frame):
+      if self._stop_signal.is_set():
+        raise KeyboardInterrupt
+      self._signal_name = signal.Signals(signum).name
+      self._stop_signal.set()
+
+    return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
 
   def _restore_sigterm(self, old) -> None:
-    if old is not None:
-      signal.signal(signal.SIGTERM, old)
+    for s, h in (old or {}).items():
+      signal.signal(s, h)
 
 
 def run(config: ml_collections.ConfigDict, *, on_step: Callable[[int], None] | None = None) -> dict:

@@ -10,7 +10,7 @@ import os
 HISTORY_KEYS = ("step", "epoch", "seq_len", "loss", "perplexity", "gradient_norm", "learning_rate",
                 "step_time", "memory_allocated_gb", "memory_reserved_gb", "is_nan", "is_inf",
                 "is_spike", "spike_ratio", "mean_schatten_s1", "mean_schatten_s2",
-                "max_condition_number")
+                "max_condition_number", "attempt")
 #: Keys of one per-epoch entry of results_by_length.
 EPOCH_KEYS = ("avg_loss", "perplexity", "epoch_time", "spike_count", "grad_norm_mean", "grad_norm_std")
 #: Keys of one gradient_statistics entry.
