@@ -49,10 +49,15 @@ def _chunk_step(graphdef, edges: tuple[int, ...], n_sub: int) -> Callable:
   nb = len(edges)
 
   def step(state, cache, inputs, targets, mask):
-    model = nnx.merge(graphdef, state)
 
     def sub(cache, xs):
       tok, tgt, m = xs  # (B, s)
+      # The model must be built at the trace level where it runs (this lax.scan body): its own
+      # NNX transforms (nnx.remat for remat "full"/"dots", nnx.scan for scan_layers) split and
+      # update its Variables and refuse Variables of an outer trace (TraceContextError). A plain
+      # merge would reuse the Variable objects of `state`, which jit created at the outer level,
+      # so merge fresh copies here. Trace-time only: nothing is copied at run time.
+      model = nnx.merge(graphdef, state, copy=True)
       pos = cache["pos"] + jnp.arange(tok.shape[1], dtype=jnp.int32)
       logits, cache = model(tok, cache=cache)
       lse = jax.nn.logsumexp(logits, axis=-1)
