@@ -28,11 +28,14 @@ from bk_jax.train import results as results_lib
 from bk_jax.train import attempts, rundir
 from bk_jax.train.checkpoint import Checkpoints, config_differences
 from bk_jax.train.config_validation import ConfigError, validate_config
-from bk_jax.train.logging import Console, TensorBoard, memory_gb
+from bk_jax.train import run_info
+from bk_jax.train.logging import Console, memory_gb
+from bk_jax.train.metrics import MetricWriter, memory_scalars
 from bk_jax.train.monitors import MonitorState, WindowStats, perplexity
 from bk_jax.train.schedule import LengthPlan, learning_rate_schedule, plan_lengths
 from bk_jax.train.state import create_sharded_train_state
 from bk_jax.train.step import jit_train_step, make_optimizer, make_train_step
+from bk_jax.train.validation import Validator
 
 _PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "tpu": "tpu"}
 
@@ -104,11 +107,17 @@ class Trainer:
     self.n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state.params))
     self.batch_sharding = batch_sharding(self.mesh)
     self.ckpt = Checkpoints(self.save_dir, keep=cfg.checkpoint.keep)
-    self.tb = TensorBoard(self.save_dir, cfg.logging.tensorboard)
+    self.started = run_info.utc_now()
+    self.writer = MetricWriter(self.save_dir, tensorboard=cfg.logging.tensorboard,
+                               console=self.console, meta=lambda: self.meta)
+    self.validator = Validator(cfg, self.graphdef, self.state, self.mesh, bk_data)
+    self.validator.check(self.plans)
     self.memory_kind = memory_gb()[2]
-    self.meta = dict(position=[0, 0], metrics_history=[], results_by_length={},
-                     gradient_statistics={}, length_summary={}, status={}, recoveries=[],
-                     retries={}, config=cfg.to_dict())
+    self.meta = dict(position=[0, 0], metrics_history=[], eval_history=[], best_eval={},
+                     results_by_length={}, gradient_statistics={}, length_summary={}, status={},
+                     recoveries=[], retries={}, config=cfg.to_dict())
+    self._finished_iter = None  # the data iterator of the last length finished in this process
+    self._last_eval_step = -1
     self.iterator = None
     self._pending = None
     self._diverged = False
@@ -124,7 +133,16 @@ class Trainer:
     ds = self.bk_data.make_train_dataset(self.cfg.data, p.seq_len, p.batch_size, seed=self.cfg.seed,
                                          process_index=jax.process_index(),
                                          process_count=jax.process_count())
+    self.meta["data_iterator"] = self._iterator_info(li)
     return self.bk_data.make_iterator(ds, self.cfg.data)
+
+  def _iterator_info(self, li: int) -> dict:
+    """What rebuilds the pipeline of length li (stored in every checkpoint's meta)."""
+    p = self.plans[li]
+    return dict(split="train", seq_len=p.seq_len, batch_size=p.batch_size, seed=int(self.cfg.seed),
+                shuffle_seed_formula=run_info.SHUFFLE_SEED_FORMULA,
+                process_index=jax.process_index(), process_count=jax.process_count(),
+                data=self.cfg.data.to_dict())
 
   def _save(self, *, force: bool = False) -> None:
     step = int(self.state.step)
@@ -157,36 +175,23 @@ class Trainer:
       return
     metrics, info = self._pending
     self._pending = None
-    m = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
-    alloc, reserved, _ = memory_gb()
-    f = lambda k, d=0.0: float(m[k]) if k in m else d
-    rec = dict(step=info["step"], epoch=info["epoch"], seq_len=info["seq_len"], loss=f("loss"),
-               perplexity=f("perplexity"), gradient_norm=f("grad_norm"),
-               learning_rate=f("learning_rate"), step_time=info["step_time"],
-               memory_allocated_gb=alloc, memory_reserved_gb=reserved,
-               is_nan=bool(m["is_nan"]), is_inf=bool(m["is_inf"]), is_spike=bool(m["is_spike"]),
-               spike_ratio=f("spike_ratio"), mean_schatten_s1=f("bk/schatten_s1"),
-               mean_schatten_s2=f("bk/schatten_s2"), max_condition_number=f("bk/condition_number"),
-               attempt=int(self.meta["retries"].get(str(info["seq_len"]), 0)))
-    self.meta["metrics_history"].append(rec)
-    extra = {"skipped_steps": float(m["length_skipped"]), "aux_loss": f("aux_loss")}
-    if "bk/precision_upgrades" in m:
-      extra["precision_upgrades"] = f("bk/precision_upgrades")
-    if "moe/routing_entropy" in m:
-      extra["router/entropy"] = f("moe/routing_entropy")
-    if "moe/expert_load" in m:
-      for e, v in enumerate(np.ravel(m["moe/expert_load"])):
-        extra[f"router/load_e{e}"] = float(v)
-    self.tb.log_step(rec, int(m["length_spikes"]), info["tokens_per_s"], extra)
-    self.console.step_line(rec)
-    self._diverged = bool(m["diverged"])
+    m = jax.device_get(metrics)
+    scalars = dict(m, **{"perf/step_time": info["step_time"], "perf/tokens_per_s": info["tokens_per_s"]},
+                   **memory_scalars(),
+                   attempt=int(self.meta["retries"].get(str(info["seq_len"]), 0)))
+    self.writer.write("metrics_history", scalars, step=info["step"], seq_len=info["seq_len"],
+                      epoch=info["epoch"])
+    self._diverged = bool(m["control/diverged"])
 
   # ---------------------------------------------------------------- one length
   def _epoch_result(self, epoch: int, plan: LengthPlan, epoch_time: float) -> None:
     mon = self._monitors()
     ep, ln = mon.epoch.summary(), mon.length.summary()
     avg = ep["avg_loss"]
-    r = dict(avg_loss=avg, perplexity=perplexity(avg),
+    # "final loss" has three meanings; each is named: the last logged step's loss
+    # (metrics_history, length_summary.last_logged_loss), this epoch's mean train loss and
+    # its perplexity (here), and the validation loss (eval_history, length_summary.eval_loss).
+    r = dict(epoch_mean_loss=avg, epoch_mean_perplexity=perplexity(avg),
              epoch_time=epoch_time, spike_count=ln["spike_count"],
              grad_norm_mean=ln["grad_norm"]["mean"], grad_norm_std=ln["grad_norm"]["std"],
              epoch=epoch, steps=ep["steps"], epoch_spike_count=ep["spike_count"],
@@ -247,6 +252,8 @@ class Trainer:
       if self._diverged:
         self.console.close_bar()
         return "recover"
+      if self.validator.due(gstep):
+        self._validate(plan)
       if gstep % cfg.checkpoint.every_steps == 0:
         self._flush()
         mon = self._monitors()
@@ -258,7 +265,28 @@ class Trainer:
     self.console.close_bar()
     if self._diverged or bool(self._monitors().diverged):
       return "recover"
+    if self.validator.enabled and self._last_eval_step != self._gstep:
+      self._validate(plan)  # every length ends with a validation point
     return "done"
+
+  def _validate(self, plan: LengthPlan) -> None:
+    """eval/* scalars, samples as text, and the best checkpoint of this length (if enabled)."""
+    self._flush()
+    step, key = self._gstep, str(plan.seq_len)
+    sc = self.validator.evaluate(self.state, plan.seq_len, plan.batch_size)
+    self._last_eval_step = step
+    self.writer.write("eval_history", sc, step=step, seq_len=plan.seq_len,
+                      epoch=plan.epoch_of(max(self.meta["position"][1] - 1, 0)))
+    texts = self.validator.samples(self.state, plan.seq_len, plan.batch_size)
+    if texts:
+      self.writer.text(f"seq{plan.seq_len}/eval/samples", "\n\n".join(texts), step)
+    best = self.meta["best_eval"].get(key)
+    loss = sc["eval/loss"]
+    if self.cfg.checkpoint.keep_best and np.isfinite(loss) and (best is None or loss < best["eval/loss"]):
+      name = f"checkpoint_seq{plan.seq_len}_best"
+      self.meta["best_eval"][key] = {"step": step, "eval/loss": loss,
+                                     "path": os.path.join(self.save_dir, name)}
+      self.ckpt.save_named(name, self.state, self.iterator, self.meta)
 
   def _finish_length(self, li: int, status: str) -> None:
     plan = self.plans[li]
@@ -267,7 +295,19 @@ class Trainer:
     # the final attempt plus every abandoned one (divergence recoveries): true counts
     summ = attempts.combine(self._monitors().length.summary(), self.meta.get("abandoned", {}).get(key))
     self.meta["gradient_statistics"][key] = {k: summ["grad_norm"][k] for k in ("mean", "std", "min", "max")}
+    hist = [h for h in self.meta["metrics_history"] if h["seq_len"] == plan.seq_len]
+    evals = [h for h in self.meta["eval_history"] if h["seq_len"] == plan.seq_len]
+    epochs = self.meta["results_by_length"].get(key) or [{}]
     self.meta["length_summary"][key] = dict(
+        last_logged_loss=hist[-1]["train/loss"] if hist else None,
+        last_logged_step=hist[-1]["step"] if hist else None,
+        epoch_mean_loss=epochs[-1].get("epoch_mean_loss"),
+        epoch_mean_perplexity=epochs[-1].get("epoch_mean_perplexity"),
+        eval_loss=evals[-1]["eval/loss"] if evals else None,
+        eval_perplexity=evals[-1]["eval/perplexity"] if evals else None,
+        eval_bits_per_byte=evals[-1].get("eval/bits_per_byte") if evals else None,
+        eval_step=evals[-1]["step"] if evals else None,
+        best_eval=self.meta["best_eval"].get(key),
         steps=summ["steps"], spike_count=summ["spike_count"], skipped_steps=summ["skipped_steps"],
         nan_steps=summ["nan_steps"], inf_steps=summ["inf_steps"],
         precision_upgrades=summ["precision_upgrades"], grad_norm_count=summ["grad_norm"]["count"],
@@ -281,10 +321,18 @@ class Trainer:
     if int(self.state.step) != planned:  # a DIVERGED length: keep the schedule position honest
       self.state = self.state.replace(step=put_replicated(jnp.int32(planned), self.mesh))
     self._gstep = planned
+    # Named checkpoints hold the data iterator of the length they finish (at its end position,
+    # described by meta["data_iterator"]); the periodic one holds the next length's (resume).
+    done_iter, done_info = self.iterator, self._iterator_info(li)
+    self._finished_iter = (done_iter, done_info)
     self.iterator = self._make_iterator(li + 1) if li + 1 < len(self.plans) else None
     self._save()
-    self.ckpt.save_named(f"checkpoint_seq{plan.seq_len}_final", self.state, self.iterator, self.meta)
+    self._save_named(f"checkpoint_seq{plan.seq_len}_final", done_iter, done_info)
     self.console.print(f"Checkpoint saved: {os.path.join(self.save_dir, f'checkpoint_seq{plan.seq_len}_final')}")
+
+  def _save_named(self, name: str, data_iter, data_info: dict) -> None:
+    meta = dict(self.meta, data_iterator=data_info)
+    self.ckpt.save_named(name, self.state, data_iter, meta)
 
   def _recover(self, li: int) -> bool:
     """Restores the last good checkpoint with a lower rate; False when retries are used up."""
@@ -352,6 +400,9 @@ class Trainer:
                        f"{[p.seq_len for p in self.plans]} | {self.total_steps} steps | {self.save_dir}")
     self._resume()
     self._gstep = int(self.state.step)
+    self.run_section = run_info.run_section(cfg, started=self.started, save_dir=self.save_dir,
+                                            data=self._data_identity())
+    self.writer.config(cfg.to_dict(), self.run_section)
     old_handler = self._install_sigterm()
     interrupted = False
     try:
@@ -374,15 +425,20 @@ class Trainer:
     finally:
       self._restore_sigterm(old_handler)
     if not interrupted:
-      self.ckpt.save_named("checkpoint_final", self.state, self.iterator, self.meta)
+      if self.iterator is None and self._finished_iter is not None:
+        self._save_named("checkpoint_final", *self._finished_iter)
+      else:
+        self.ckpt.save_named("checkpoint_final", self.state, self.iterator, self.meta)
     self.ckpt.close()
-    self.tb.close()
+    self.run_section["finished"] = run_info.utc_now()
     res = self._results(interrupted)
+    self.writer.hparams(cfg.to_dict(), self._final_metrics(), int(self.state.step))
+    self.writer.close()
     path = os.path.join(self.save_dir, "long_context_results.json")
     if jax.process_index() == 0:  # multi-host: one writer
       path = results_lib.write_results(self.save_dir, res)
     if not interrupted:
-      self.console.final_tables(self.meta["results_by_length"], self.meta["status"],
+      self.console.final_tables(self.meta["length_summary"], self.meta["status"],
                                 self.meta["gradient_statistics"])
     self.console.print(f"\nResults saved: {path}")
     return res
@@ -393,10 +449,26 @@ class Trainer:
         args=self.cfg.to_dict(), results_by_length=m["results_by_length"],
         metrics_history=m["metrics_history"], gradient_statistics=m["gradient_statistics"],
         status=m["status"], memory_kind=self.memory_kind,
-        extra=dict(length_summary=m["length_summary"], recoveries=m["recoveries"],
+        extra=dict(schema_version=run_info.SCHEMA_VERSION, units=run_info.UNITS,
+                   run=self.run_section, save_dir=self.save_dir, eval_history=m["eval_history"],
+                   best_eval=m["best_eval"], length_summary=m["length_summary"],
+                   recoveries=m["recoveries"],
                    total_steps=int(self.state.step), planned_steps=self.total_steps,
                    interrupted=interrupted, n_params=self.n_params,
                    backend=jax.default_backend()))
+
+  def _data_identity(self) -> dict:
+    from bk_jax.data.identity import corpus_identity
+    return corpus_identity(self.cfg.data)
+
+  def _final_metrics(self) -> dict:
+    """The hparams metrics: the last length's three "final" losses and its last eval."""
+    if not self.meta["length_summary"]:
+      return {}
+    s = list(self.meta["length_summary"].values())[-1]
+    keys = ("last_logged_loss", "epoch_mean_loss", "epoch_mean_perplexity", "eval_loss",
+            "eval_perplexity", "eval_bits_per_byte")
+    return {k: s[k] for k in keys if s.get(k) is not None}
 
   def _install_sigterm(self):
     """SIGTERM and SIGINT (Ctrl-C) stop after the current step with a checkpoint; a second one
