@@ -13,6 +13,7 @@ import ml_collections
 
 from bk_jax.data.config import default_data_config
 from bk_jax.models.config import default_model_config
+from bk_jax.sharding import default_rules_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -30,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   t.sequence_lengths = (128, 512, 2048, 8192, 32768, 131072)
   t.batch_size = 8  # sequences per batch (when tokens_per_batch == 0)
   t.tokens_per_batch = 0  # > 0: batch size = tokens_per_batch // seq_len for every length
+  # Microbatches per optimizer step inside the jitted step (bk_jax.train.step): the batch of
+  # every length must divide by grad_accum_steps x (mesh.data x mesh.fsdp).
+  t.grad_accum_steps = 1
   t.epochs = 3  # passes over the training split per length (when steps_per_length == 0)
   t.steps_per_length = 0  # > 0: train exactly this many steps per length instead of epochs
   t.lr = 1e-3  # peak learning rate
@@ -83,6 +87,11 @@ def get_config() -> ml_collections.ConfigDict:
   m.fsdp = 1
   m.tensor = 1
   m.sequence = 1
+  # Logical axis -> mesh axes (bk_jax.sharding.DEFAULT_RULES): parameter axes ("embed" over
+  # fsdp, "vocab"/"mlp"/"heads" over tensor, ...) and MaxText-style activation axes
+  # ("activation_batch" over (data, fsdp), "activation_length" over sequence, ...), read by
+  # make_mesh; a pair is (name, mesh axis | tuple of mesh axes | None).
+  m.rules = default_rules_config()
 
   # Multi-host (bk_jax.distributed): "" / 0 / -1 fall back to JAX_COORDINATOR_ADDRESS,
   # JAX_NUM_PROCESSES, JAX_PROCESS_ID (or a cluster JAX auto-detects); unset = one process.
