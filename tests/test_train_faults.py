@@ -194,7 +194,7 @@ def test_second_trainer_is_refused_then_ctrl_c_saves_and_exits_3(corpus, tmp_pat
     lines = _error_lines(second.stderr)
     assert len(lines) == 1 and lines[0].startswith("train.py: error: run directory ") and \
         f"in use by another trainer (pid {first.pid} on" in lines[0], second.stderr[-3000:]
-    assert len(glob.glob(os.path.join(cfg.save_dir, "tensorboard", "*"))) == 1  # untouched
+    assert len(glob.glob(os.path.join(cfg.save_dir, "events.out.tfevents.*"))) == 1  # untouched
     first.send_signal(signal.SIGINT)  # Ctrl-C
     out, err = first.communicate(timeout=240)
   finally:
