@@ -42,7 +42,8 @@ VARIANTS = {
     "mamba": dict(),
     "mamba_scan_dots": dict(scan_layers=True, remat="dots"),
     "mamba_associative": {"mamba.scan_method": "associative"},
-    "transformer": dict(),
+    "transformer": dict(),  # attention "auto"
+    "transformer_xla": {"transformer.attention": "xla"},  # jax.nn.dot_product_attention
 }
 
 

@@ -35,7 +35,8 @@ class EvalError(ConfigError):
 
 #: Model fields that choose how the same parameters are computed: the caller's value wins.
 RUNTIME_FIELDS = ("resolvent_method", "remat", "dtype", "transformer.cache_window",
-                  "transformer.block_size", "mamba.chunk", "mamba.scan_method",
+                  "transformer.block_size", "transformer.attention", "mamba.chunk",
+                  "mamba.scan_method",
                   "use_birman_schwinger")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from bk_jax.models.transformer import attention_implementation
 from bk_jax.ops.linear_scan import resolve_scan_method
 from bk_jax.ops.resolvent import resolve_method
 
@@ -18,6 +19,7 @@ REMAT_POLICIES = ("none", "full", "dots")
 RESOLVENT_METHODS = ("auto", "scan", "associative", "chunked")
 MAMBA_SCAN_METHODS = ("auto", "sequential", "associative")
 DTYPES = ("float32", "bfloat16", "float64")
+ATTENTIONS = ("auto", "xla", "cudnn", "blockwise")  # transformer.py: resolve_attention
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -67,6 +69,9 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.mamba.scan_method = "auto"
   c.transformer = ml_collections.ConfigDict()
   c.transformer.n_heads = 4
+  # training-path attention: "auto" (cuDNN flash on GPU where it applies, else XLA's fused
+  # attention while its N x N scores are affordable, else blockwise) | "xla" | "cudnn" | "blockwise"
+  c.transformer.attention = "auto"
   c.transformer.block_size = 512  # query/key block of the blockwise attention
   c.transformer.cache_window = 4096  # KV ring-buffer length for streaming
   return c
@@ -111,9 +116,11 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
          f"transformer.n_heads ({tc.n_heads}) must divide d_model ({cfg.d_model})")
     need((cfg.d_model // tc.n_heads) % 2 == 0, "transformer head dim must be even (RoPE)")
     need(tc.block_size > 0 and tc.cache_window > 0, "block_size and cache_window must be > 0")
+    need(tc.attention in ATTENTIONS, f"transformer.attention {tc.attention!r} not in {ATTENTIONS}")
 
 
-def execution_paths(cfg: ml_collections.ConfigDict, platform: str | None = None) -> dict[str, str]:
+def execution_paths(cfg: ml_collections.ConfigDict, platform: str | None = None, *,
+                    batch: int | None = None, seq_len: int | None = None) -> dict[str, str]:
   """The concrete implementations `cfg` runs on `platform` (for banners, results and benchmarks).
 
   "auto" choices are resolved with the same rule the model applies when traced
@@ -122,6 +129,8 @@ def execution_paths(cfg: ml_collections.ConfigDict, platform: str | None = None)
   Args:
     cfg: a model ConfigDict.
     platform: "cpu", "gpu", "tpu", ...; default `jax.default_backend()`.
+    batch, seq_len: the training shape; the Transformer's "auto" attention depends on it
+      (without it the configured value, e.g. "auto", is reported).
 
   Returns:
     {"dtype": activation dtype} plus, by kind, "resolvent_method" (resnet_bk: "scan" |
@@ -134,6 +143,7 @@ def execution_paths(cfg: ml_collections.ConfigDict, platform: str | None = None)
   elif cfg.kind == "mamba":
     paths["mamba_scan"] = resolve_scan_method(cfg.mamba.scan_method, platform)
   else:
-    # the attention choice is resolved by bk_jax.models.transformer where the config names one
-    paths["attention"] = str(cfg.transformer.get("attention", "blockwise"))
+    paths["attention"] = (str(cfg.transformer.attention) if batch is None or seq_len is None else
+                          attention_implementation(cfg, batch=batch, seq_len=seq_len,
+                                                   platform=platform))
   return paths
