@@ -77,11 +77,13 @@ def test_results_file_schema(multi_run):
   assert on_disk == json.loads(json.dumps(res))
   for key in ("args", "results_by_length", "metrics_history", "gradient_statistics", "status"):
     assert key in on_disk
-  assert on_disk["memory_kind"] in ("device", "host_rss")
+  assert on_disk["memory_kind"] in ("device_peak_since_start", "host_rss")
   assert on_disk["args"]["train"]["sequence_lengths"] == [32, 64]
   for h in on_disk["metrics_history"]:
     assert tuple(h) == results_lib.HISTORY_KEYS
-    assert isinstance(h["is_spike"], bool) and h["memory_allocated_gb"] > 0
+    assert isinstance(h["is_spike"], bool) and h["host_rss_gb"] > 0
+    if on_disk["memory_kind"] == "host_rss":  # the CPU: no device figure, never a stand-in
+      assert h["device_peak_since_start_gb"] is None
   for epochs in on_disk["results_by_length"].values():
     for e in epochs:
       assert set(results_lib.EPOCH_KEYS) <= set(e)
@@ -101,7 +103,7 @@ def test_tensorboard_tags_read_back(multi_run):
     for t in ("loss", "perplexity", "gradient_norm", "memory_gb", "spike_count", "schatten_s1",
               "schatten_s2", "condition_number"):
       assert f"seq{n}/{t}" in tags
-  assert {"learning_rate", "perf/tokens_per_s"} <= tags
+  assert {"learning_rate", "perf/tokens_per_s", "perf/host_rss_gb"} <= tags
   assert [e.step for e in acc.Scalars("seq64/loss")] == list(range(11, 21))
   assert all(e.value > 0 for e in acc.Scalars("perf/tokens_per_s"))
 

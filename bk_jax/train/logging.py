@@ -1,35 +1,22 @@
-"""TensorBoard (tensorboardX, process 0), console lines in the reference format, memory figures."""
+"""TensorBoard (tensorboardX, process 0) and console lines in the reference format.
+
+Memory figures come from `bk_jax.memory` (device peak since start on accelerators, host RSS on
+the CPU); a step record carries them under the names of `MemoryUsage.fields()`.
+"""
 
 from __future__ import annotations
 
 import os
-import resource
 import sys
 
 import jax
-import psutil
+
+from bk_jax.memory import LABEL, METRIC, RECORD_FIELDS, headline
 
 try:
   from tqdm.auto import tqdm
 except ImportError:  # pragma: no cover
   tqdm = None
-
-
-def memory_gb() -> tuple[float, float, str]:
-  """(allocated, reserved, kind): device memory on an accelerator, process RSS on the CPU.
-
-  kind is "device" (bytes_in_use, peak/ reserved bytes of device 0) or "host_rss" (current RSS,
-  peak RSS of this process).
-  """
-  dev = jax.local_devices()[0]
-  if dev.platform != "cpu":
-    stats = dev.memory_stats() or {}
-    used = stats.get("bytes_in_use", 0)
-    reserved = stats.get("bytes_reserved", stats.get("peak_bytes_in_use", used))
-    return used / 1e9, reserved / 1e9, "device"
-  rss = psutil.Process().memory_info().rss
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-  return rss / 1e9, max(peak, rss) / 1e9, "host_rss"
 
 
 class TensorBoard:
@@ -50,7 +37,11 @@ class TensorBoard:
     w(f"seq{n}/loss", rec["loss"], s)
     w(f"seq{n}/perplexity", rec["perplexity"], s)
     w(f"seq{n}/gradient_norm", rec["gradient_norm"], s)
-    w(f"seq{n}/memory_gb", rec["memory_allocated_gb"], s)
+    kind, mem = headline(rec)
+    w(f"seq{n}/memory_gb", mem, s)  # the headline figure; perf/ tags below name what it is
+    for k, field in RECORD_FIELDS.items():
+      if rec.get(field) is not None:
+        w(METRIC[k], rec[field], s)
     w(f"seq{n}/spike_count", spike_count, s)
     w(f"seq{n}/schatten_s1", rec["mean_schatten_s1"], s)
     w(f"seq{n}/schatten_s2", rec["mean_schatten_s2"], s)
@@ -86,8 +77,9 @@ class Console:
       print(msg, flush=True)
 
   def step_line(self, rec: dict) -> None:
+    kind, mem = headline(rec)
     line = (f"Step {rec['step']:6d} | Loss: {rec['loss']:.4f} | PPL: {rec['perplexity']:.2f} | "
-            f"Grad: {rec['gradient_norm']:.2f} | Mem: {rec['memory_allocated_gb']:.2f}GB")
+            f"Grad: {rec['gradient_norm']:.2f} | Mem: {mem:.2f}GB {LABEL[kind]}")
     if rec["is_spike"]:
       line += f" | SPIKE {rec['spike_ratio']:.2f}x"
     if rec["is_nan"] or rec["is_inf"]:

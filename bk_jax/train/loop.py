@@ -20,12 +20,13 @@ import numpy as np
 from flax import nnx
 
 from bk_jax import distributed
+from bk_jax.memory import memory_usage
 from bk_jax.sharding import (batch_sharding, check_model_fits_mesh, data_parallel_size, make_mesh,
                              put_replicated, shard_batch)
 from bk_jax.train import results as results_lib
 from bk_jax.train.checkpoint import Checkpoints
 from bk_jax.train.config_validation import ConfigError, validate_config
-from bk_jax.train.logging import Console, TensorBoard, memory_gb
+from bk_jax.train.logging import Console, TensorBoard
 from bk_jax.train.monitors import MonitorState, WindowStats, perplexity
 from bk_jax.train.schedule import LengthPlan, learning_rate_schedule, plan_lengths
 from bk_jax.train.state import create_sharded_train_state
@@ -95,7 +96,7 @@ class Trainer:
     self.batch_sharding = batch_sharding(self.mesh)
     self.ckpt = Checkpoints(self.save_dir, keep=cfg.checkpoint.keep)
     self.tb = TensorBoard(self.save_dir, cfg.logging.tensorboard)
-    self.memory_kind = memory_gb()[2]
+    self.memory_kind = memory_usage().kind  # what the headline memory figure measures
     self.meta = dict(position=[0, 0], metrics_history=[], results_by_length={},
                      gradient_statistics={}, length_summary={}, status={}, recoveries=[],
                      retries={}, config=cfg.to_dict())
@@ -140,12 +141,12 @@ class Trainer:
     metrics, info = self._pending
     self._pending = None
     m = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
-    alloc, reserved, _ = memory_gb()
+    mem = memory_usage().fields()  # device peak since start (None on the CPU), host RSS
     f = lambda k, d=0.0: float(m[k]) if k in m else d
     rec = dict(step=info["step"], epoch=info["epoch"], seq_len=info["seq_len"], loss=f("loss"),
                perplexity=f("perplexity"), gradient_norm=f("grad_norm"),
                learning_rate=f("learning_rate"), step_time=info["step_time"],
-               memory_allocated_gb=alloc, memory_reserved_gb=reserved,
+               **mem,
                is_nan=bool(m["is_nan"]), is_inf=bool(m["is_inf"]), is_spike=bool(m["is_spike"]),
                spike_ratio=f("spike_ratio"), mean_schatten_s1=f("bk/schatten_s1"),
                mean_schatten_s2=f("bk/schatten_s2"), max_condition_number=f("bk/condition_number"))

@@ -8,7 +8,7 @@ import os
 
 #: Keys of one metrics_history entry, in the reference order.
 HISTORY_KEYS = ("step", "epoch", "seq_len", "loss", "perplexity", "gradient_norm", "learning_rate",
-                "step_time", "memory_allocated_gb", "memory_reserved_gb", "is_nan", "is_inf",
+                "step_time", "device_peak_since_start_gb", "host_rss_gb", "is_nan", "is_inf",
                 "is_spike", "spike_ratio", "mean_schatten_s1", "mean_schatten_s2",
                 "max_condition_number")
 #: Keys of one per-epoch entry of results_by_length.
