@@ -26,6 +26,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from bk_jax.memory import memory_usage
+
 #: results-JSON history names written through `MetricWriter.write`.
 STREAMS = ("metrics_history", "eval_history")
 
@@ -52,15 +54,8 @@ def flatten_scalars(metrics: dict[str, Any]) -> dict[str, float | bool]:
 
 
 def memory_scalars() -> dict[str, float]:
-  """This process's memory figure, named for what it is (GB = 1e9 bytes).
-
-  Single call site of the runtime memory reader: `perf/device_memory_gb` (device 0's reserved
-  or peak bytes) on an accelerator, `perf/host_peak_rss_gb` (peak RSS of the process) on the CPU.
-  """
-  from bk_jax.train.logging import memory_gb
-
-  _, peak, kind = memory_gb()
-  return {"perf/device_memory_gb" if kind == "device" else "perf/host_peak_rss_gb": peak}
+  """This process's memory figures named for what they measure (bk_jax.memory; GB = 1e9 bytes)."""
+  return memory_usage().scalars()
 
 
 def _hparam_value(v):

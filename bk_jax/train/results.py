@@ -7,8 +7,8 @@ import math
 import os
 
 #: Keys every metrics_history record has (the metric writer adds bk/*, moe/*, train/aux_loss
-#: only when those features are on, and one memory key: perf/device_memory_gb or
-#: perf/host_peak_rss_gb).
+#: only when those features are on; memory: perf/host_rss_gb always, plus
+#: perf/device_peak_since_start_gb on accelerators, see bk_jax.memory).
 HISTORY_KEYS = ("step", "epoch", "seq_len", "train/loss", "train/perplexity", "train/grad_norm",
                 "train/param_norm", "train/learning_rate", "train/is_nan", "train/is_inf",
                 "train/is_spike", "train/spike_ratio", "train/spike_count", "train/skipped_steps",
