@@ -91,7 +91,8 @@ def main(argv=None) -> int:
     try:
       pl = plan(cfg, m, seq_len=seq, device_memory_gb=a.device_memory_gb,
                 target_platform=a.target_platform, peak_tflops=a.peak_tflops,
-                hbm_tbps=a.hbm_tbps, config_name=name)
+                hbm_tbps=a.hbm_tbps, config_name=name,
+                flops_by_layer="if_fits" if a.find_min_mesh else True)
     except ConfigError as e:
       print(f"error: {e}", file=sys.stderr)
       return 2
