@@ -117,6 +117,7 @@ def test_results_describe_the_run(eval_run):
             "device_kind", "device_count", "data", "execution_paths"):
     assert k in r, k
   assert r["finished"] >= r["started"] and r["device_count"] == jax.device_count()
+  assert r["execution_paths"]["kind"] == "resnet_bk" and r["execution_paths"]["resolvent_method"]
   assert r["versions"]["jax"] == jax.__version__
   d = r["data"]
   assert len(d["sha256"]) == 64 and d["source_bytes"] == os.path.getsize(cfg.data.path)

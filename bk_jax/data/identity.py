@@ -26,8 +26,9 @@ def corpus_identity(data_cfg) -> dict:
     data_cfg: config.data (a text dataset; the synthetic tasks return their task settings).
   Returns:
     dict(dataset, source_bytes, source_files, sha256 (hex digest of the source text of every
-    split), python_version (pystdlib only), cache_key, cache_entry, split_tokens (tokens per
-    split after data_limit), split_bytes, tokenizer, data_limit).
+    split), python_version (pystdlib only), cache_key, cache_entry (directory holding
+    <split>.bin token arrays of `dtype`), dtype, split_tokens (tokens per split after
+    data_limit), split_bytes, tokenizer, data_limit).
   """
   if data_cfg.dataset == "synthetic":
     return dict(dataset="synthetic", task=data_cfg.synthetic.to_dict())
@@ -61,6 +62,7 @@ def corpus_identity(data_cfg) -> dict:
     out["python_implementation"] = sys.implementation.name
   meta = cache.read_meta(entry) or {}
   out.update(cache_key=key, cache_entry=str(entry), tokenizer=data_cfg.tokenizer,
+             dtype=meta.get("dtype"),
              data_limit=int(data_cfg.data_limit),
              split_tokens={s: int(len(corpus.splits[s])) for s in SPLITS},
              split_bytes={s: float(meta.get("bytes", {}).get(s, corpus.split_bytes[s])) for s in SPLITS})

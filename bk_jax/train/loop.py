@@ -110,6 +110,7 @@ class Trainer:
     self.batch_sharding = batch_sharding(self.mesh)
     self.ckpt = Checkpoints(self.save_dir, keep=cfg.checkpoint.keep)
     self.started = run_info.utc_now()
+    self.data_identity = self._data_identity()
     self.writer = MetricWriter(self.save_dir, tensorboard=cfg.logging.tensorboard,
                                console=self.console, meta=lambda: self.meta)
     self.validator = Validator(cfg, self.graphdef, self.state, self.mesh, bk_data)
@@ -140,10 +141,15 @@ class Trainer:
 
   def _iterator_info(self, li: int) -> dict:
     """What rebuilds the pipeline of length li (stored in every checkpoint's meta)."""
-    p = self.plans[li]
+    from bk_jax.data.pipeline import _mix_seed  # the seed make_train_dataset gives grain
+
+    p, ident = self.plans[li], self.data_identity
     return dict(split="train", seq_len=p.seq_len, batch_size=p.batch_size, seed=int(self.cfg.seed),
+                grain_shuffle_seed=_mix_seed(int(self.cfg.seed)),
                 shuffle_seed_formula=run_info.SHUFFLE_SEED_FORMULA,
                 process_index=jax.process_index(), process_count=jax.process_count(),
+                cache_key=ident.get("cache_key"), cache_entry=ident.get("cache_entry"),
+                split_tokens=ident.get("split_tokens", {}).get("train"), dtype=ident.get("dtype"),
                 data=self.cfg.data.to_dict())
 
   def _save(self, *, force: bool = False) -> None:
@@ -403,7 +409,7 @@ class Trainer:
     self._resume()
     self._gstep = int(self.state.step)
     self.run_section = run_info.run_section(cfg, started=self.started, save_dir=self.save_dir,
-                                            data=self._data_identity())
+                                            data=self.data_identity)
     self.writer.config(cfg.to_dict(), self.run_section)
     old_handler = self._install_sigterm()
     interrupted = False

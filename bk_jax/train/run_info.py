@@ -81,22 +81,10 @@ def config_file(argv: list[str]) -> str | None:
 
 
 def execution_paths(model_cfg) -> dict:
-  """Which implementation ran (resolvent method, attention, scan); empty when unknown.
+  """Which implementations ran (resolvent method / Mamba scan / attention, dtype) on this backend."""
+  from bk_jax.models import execution_paths as paths
 
-  Single call site for `bk_jax.models.execution_paths` (added on the gpu-paths branch); until
-  that lands, the configured choices are recorded as they are.
-  """
-  try:
-    from bk_jax.models import execution_paths as paths  # type: ignore[attr-defined]
-  except ImportError:
-    paths = None
-  if paths is not None:
-    return dict(paths(model_cfg))
-  out = {"kind": model_cfg.kind, "backend": jax.default_backend()}
-  for k in ("resolvent_method", "remat", "scan_layers", "dtype"):
-    if k in model_cfg:
-      out[k] = model_cfg[k]
-  return out
+  return dict(kind=model_cfg.kind, **paths(model_cfg, jax.default_backend()))
 
 
 def run_section(cfg, *, started: str, data: dict, save_dir: str) -> dict:
