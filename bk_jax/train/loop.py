@@ -402,9 +402,11 @@ class Trainer:
 
   def _run(self) -> dict:
     cfg = self.cfg
+    paths = run_info.execution_paths(cfg)
+    ran = ", ".join(f"{k} {v}" for k, v in paths.items() if k != "kind")
     self.console.print(f"bk-jax training | backend {jax.default_backend()} x{jax.device_count()} | "
                        f"data {cfg.data.dataset} | "
-                       f"model {cfg.model.kind} ({self.n_params:,} parameters) | lengths "
+                       f"model {cfg.model.kind} ({self.n_params:,} parameters; {ran}) | lengths "
                        f"{[p.seq_len for p in self.plans]} | {self.total_steps} steps | {self.save_dir}")
     self._resume()
     self._gstep = int(self.state.step)

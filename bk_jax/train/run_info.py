@@ -80,11 +80,24 @@ def config_file(argv: list[str]) -> str | None:
   return os.path.abspath(path) if path else None
 
 
-def execution_paths(model_cfg) -> dict:
-  """Which implementations ran (resolvent method / Mamba scan / attention, dtype) on this backend."""
+def execution_paths(cfg) -> dict:
+  """Which implementations ran (resolvent method / Mamba scan / attention, dtype) on this backend.
+
+  The Transformer's "auto" attention depends on the batch shape, so it is given per training
+  length ("attention_by_length").
+  """
+  from bk_jax.data import batch_size_for
   from bk_jax.models import execution_paths as paths
 
-  return dict(kind=model_cfg.kind, **paths(model_cfg, jax.default_backend()))
+  out = dict(kind=cfg.model.kind, **paths(cfg.model, jax.default_backend()))
+  if cfg.model.kind == "transformer":
+    t = cfg.train
+    lengths = list(t.sequence_lengths) if t.multi_length else [int(t.seq_len)]
+    out["attention_by_length"] = {
+        str(n): paths(cfg.model, jax.default_backend(), seq_len=int(n),
+                      batch=batch_size_for(int(n), t.batch_size, t.tokens_per_batch))["attention"]
+        for n in lengths}
+  return out
 
 
 def run_section(cfg, *, started: str, data: dict, save_dir: str) -> dict:
@@ -98,4 +111,4 @@ def run_section(cfg, *, started: str, data: dict, save_dir: str) -> dict:
       device_kind=dev.device_kind, device_count=jax.device_count(),
       local_device_count=jax.local_device_count(), process_count=jax.process_count(),
       data=dict(data, shuffle_seed=int(cfg.seed), shuffle_seed_formula=SHUFFLE_SEED_FORMULA),
-      execution_paths=execution_paths(cfg.model))
+      execution_paths=execution_paths(cfg))
