@@ -3,10 +3,11 @@
 Two different things are measured, never under one another's name:
 
 * **device peak since start** (accelerators): `Device.memory_stats()["peak_bytes_in_use"]`, the
-  allocator's high-water mark, maximised over this process's local devices. PJRT (JAX 0.10)
-  exposes no call that resets it, so it is the peak since the process started, not the peak of
-  the last log interval; it is named so everywhere (`device_peak_since_start_gb`,
-  `perf/device_peak_since_start_gb`, console "device peak since start").
+  allocator's high-water mark, maximised over this process's local devices. JAX (0.10: `Device`
+  has `memory_stats()` and nothing that resets it) keeps it for the process's lifetime, so it is
+  the peak since the process started, not the peak of the last log interval; it is named so
+  (`device_peak_since_start_gb`, `perf/device_peak_since_start_gb`, console "device peak since
+  start").
 * **host RSS** (every backend): the resident set of this process (psutil), and its peak since
   start (`getrusage` ru_maxrss). On the CPU backend this is where JAX's buffers live, so it is the
   headline figure there (`host_rss_gb`, `perf/host_rss_gb`, console "host RSS"); it includes the
@@ -32,6 +33,8 @@ HOST_RSS = "host_rss"
 #: TensorBoard tag and console label of each headline kind.
 METRIC = {DEVICE_PEAK: "perf/device_peak_since_start_gb", HOST_RSS: "perf/host_rss_gb"}
 LABEL = {DEVICE_PEAK: "device peak since start", HOST_RSS: "host RSS"}
+#: Record field of each figure (`MemoryUsage.fields`); the device one is None without stats.
+RECORD_FIELDS = {DEVICE_PEAK: "device_peak_since_start_gb", HOST_RSS: "host_rss_gb"}
 
 
 @dataclasses.dataclass(frozen=True)
