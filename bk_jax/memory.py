@@ -33,8 +33,6 @@ HOST_RSS = "host_rss"
 #: TensorBoard tag and console label of each headline kind.
 METRIC = {DEVICE_PEAK: "perf/device_peak_since_start_gb", HOST_RSS: "perf/host_rss_gb"}
 LABEL = {DEVICE_PEAK: "device peak since start", HOST_RSS: "host RSS"}
-#: Record field of each figure (`MemoryUsage.fields`); the device one is None without stats.
-RECORD_FIELDS = {DEVICE_PEAK: "device_peak_since_start_gb", HOST_RSS: "host_rss_gb"}
 
 
 @dataclasses.dataclass(frozen=True)
