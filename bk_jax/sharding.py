@@ -6,14 +6,17 @@ Mesh: four named axes ``(data, fsdp, tensor, sequence)`` from ``config.mesh`` (a
 collectives.
 
 Partitioning: every parameter carries logical axis names (``nnx.with_partitioning``, names from
-{"vocab", "embed", "mlp", "heads", "kv", "experts", "state", "conv", None}); `LOGICAL_AXIS_RULES`
-maps them onto mesh axes:
+{"vocab", "embed", "mlp", "heads", "experts", "state", "conv", None}) and activations are
+constrained by "activation_*" names; `LOGICAL_AXIS_RULES` (from ``config.mesh.rules``) maps both
+onto mesh axes:
 
 * parameters and the optimizer moments (which inherit the parameters' metadata) are sharded
   over ``fsdp`` along "embed" (ZeRO-3 style: XLA all-gathers a weight where it is used and
   reduce-scatters its gradient) and over ``tensor`` along the per-head / hidden / vocabulary
   axes (Megatron style);
-* batches ``(B, N)`` are sharded over ``(data, fsdp)`` along B and over ``sequence`` along N;
+* batches ``(B, N)`` are sharded over ``(data, fsdp)`` along B and over ``sequence`` along N,
+  and so are the activations, pinned at block boundaries by `constrain` with the
+  ``activation_*`` rules (otherwise XLA may gather a batch next to an fsdp-sharded weight);
   with ``mesh.sequence > 1`` the BK core runs `bk_jax.ops.sharded_scan` (local scan, exclusive
   2×2 Möbius combine across shards, local correction pass).
 
@@ -40,19 +43,49 @@ from bk_jax.train.config_validation import ConfigError
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 DATA_AXES = ("data", "fsdp")  # the batch axis is split over both (fsdp is data parallel too)
 
-#: logical axis name -> mesh axis (or tuple of mesh axes, or None = replicated).
-LOGICAL_AXIS_RULES: dict[str, Any] = {
-    "batch": DATA_AXES,
-    "length": "sequence",  # activations' sequence axis
+#: logical axis name -> mesh axis (or tuple of mesh axes, or None = replicated). The defaults of
+#: ``config.mesh.rules`` (configs/base.py); `make_mesh` installs a config's rules (see `set_rules`).
+#: Parameter axes (layers.py, bk.py, mamba.py, transformer.py) and activation axes (MaxText's
+#: ``activation_*`` names, `constrain`, bk_jax/models/lm.py and bk.py):
+DEFAULT_RULES: dict[str, Any] = {
+    # parameters
     "embed": "fsdp",
     "vocab": "tensor",
     "mlp": "tensor",
     "heads": "tensor",
-    "kv": "tensor",
     "experts": None,  # experts are replicated; their hidden ("mlp") axis is tensor-sharded
     "state": None,
     "conv": None,
+    # activations: batch over (data, fsdp) (fsdp is data parallel too), tokens over sequence,
+    # the residual stream's features replicated (Megatron style), per-head/vocab over tensor
+    "activation_batch": DATA_AXES,
+    "activation_length": "sequence",
+    "activation_embed": None,
+    "activation_heads": "tensor",
+    "activation_vocab": "tensor",
 }
+LOGICAL_AXIS_RULES: dict[str, Any] = dict(DEFAULT_RULES)  # the active rules
+
+
+def set_rules(rules) -> None:
+  """Installs logical-axis rules for this process (used by `state_shardings`, `batch_spec` and
+  `constrain`): a mapping or (name, axes) pairs; axes are a mesh axis name, a tuple of them,
+  or None. Unknown mesh axes are a MeshError."""
+  items = rules.items() if hasattr(rules, "items") else rules
+  new = {}
+  for name, axes in items:
+    axes = None if axes in (None, "", ()) else (axes if isinstance(axes, str) else tuple(axes))
+    for a in (() if axes is None else (axes,) if isinstance(axes, str) else axes):
+      if a not in MESH_AXES:
+        raise MeshError(f"mesh.rules: {name!r} -> unknown mesh axis {a!r}; expected {MESH_AXES}")
+    new[str(name)] = axes
+  LOGICAL_AXIS_RULES.clear()
+  LOGICAL_AXIS_RULES.update(new)
+
+
+def default_rules_config() -> tuple:
+  """DEFAULT_RULES as (name, axes) pairs, the form of ``config.mesh.rules``."""
+  return tuple((k, v) for k, v in DEFAULT_RULES.items())
 
 
 class MeshError(ConfigError):
@@ -67,19 +100,29 @@ def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int, int]:
     if sizes[a] < 1:
       raise MeshError(f"mesh.{a} must be >= 1, got {sizes[a]}")
   if sizes["data"] == -1:
-    sizes["data"] = n_devices // other if n_devices % other == 0 else 0
+    if n_devices % other:  # data=-1 fills the rest; the other axes must divide the devices
+      raise MeshError(
+          f"mesh fsdp={sizes['fsdp']} tensor={sizes['tensor']} sequence={sizes['sequence']} "
+          f"(product {other}) does not divide the number of devices, {n_devices} (data=-1 takes "
+          f"the rest)")
+    sizes["data"] = n_devices // other
   shape = tuple(sizes[a] for a in MESH_AXES)
   if sizes["data"] < 1 or int(np.prod(shape)) != n_devices:
     raise MeshError(
         f"mesh data={mesh_cfg.get('data', 1)} fsdp={sizes['fsdp']} tensor={sizes['tensor']} "
-        f"sequence={sizes['sequence']} (product {int(np.prod([max(s, 0) for s in shape]))}) must "
+        f"sequence={sizes['sequence']} (product {int(np.prod(shape))}) must "
         f"equal the number of devices, {n_devices}")
   return shape
 
 
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """The (data, fsdp, tensor, sequence) mesh of `config.mesh` over `devices` (all by default)."""
+  """The (data, fsdp, tensor, sequence) mesh of `config.mesh` over `devices` (all by default).
+
+  When `mesh_cfg` has ``rules`` they become the process's logical-axis rules (`set_rules`).
+  """
   devices = list(jax.devices() if devices is None else devices)
+  if mesh_cfg.get("rules", None):
+    set_rules(mesh_cfg["rules"])
   shape = mesh_shape(mesh_cfg, len(devices))
   return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
                        devices=devices)
@@ -152,8 +195,30 @@ def state_shardings(state: Any, mesh: jax.sharding.Mesh) -> Any:
 
 
 def batch_spec(mesh: jax.sharding.Mesh | None = None) -> P:
-  """Batches (B, N): B over (data, fsdp), N over sequence."""
-  return P(DATA_AXES, "sequence")
+  """Batches (B, N): the "activation_batch" and "activation_length" rules (by default B over
+  (data, fsdp), N over sequence)."""
+  return P(LOGICAL_AXIS_RULES.get("activation_batch"), LOGICAL_AXIS_RULES.get("activation_length"))
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+  """Pins the sharding of an activation by logical axis names (MaxText's ``activation_*``).
+
+  Without a mesh in context (eager calls, one device, traced outside `with_mesh_context`) or
+  on a mesh of one device this is the identity, so models run unchanged everywhere. Under a
+  mesh it is ``with_sharding_constraint`` to `logical_to_spec(names)`: XLA keeps e.g. the batch
+  split over (data, fsdp) instead of gathering it next to an fsdp-sharded weight.
+
+  Args:
+    x: the activation.
+    names: one logical name (or None) per axis of x.
+
+  Returns:
+    x, with a sharding constraint when a mesh is active.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty or mesh.size == 1:
+    return x
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, x.shape, mesh)))
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

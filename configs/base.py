@@ -13,6 +13,7 @@ import ml_collections
 
 from bk_jax.data.config import default_data_config
 from bk_jax.models.config import default_model_config
+from bk_jax.sharding import default_rules_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -30,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   t.sequence_lengths = (128, 512, 2048, 8192, 32768, 131072)
   t.batch_size = 8  # sequences per batch (when tokens_per_batch == 0)
   t.tokens_per_batch = 0  # > 0: batch size = tokens_per_batch // seq_len for every length
+  # Microbatches per optimizer step inside the jitted step (bk_jax.train.step): the batch of
+  # every length must divide by grad_accum_steps x (mesh.data x mesh.fsdp).
+  t.grad_accum_steps = 1
   t.epochs = 3  # passes over the training split per length (when steps_per_length == 0)
   t.steps_per_length = 0  # > 0: train exactly this many steps per length instead of epochs
   t.lr = 1e-3  # peak learning rate
@@ -54,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
   k.every_steps = 500  # periodic checkpoints (plus one at every length boundary and the end)
   k.keep = 3  # periodic checkpoints kept (named *_final checkpoints are always kept)
   k.resume = True  # resume from the latest checkpoint in save_dir
+  # Also keep save_dir/checkpoint_seq{N}_best: the weights of the lowest eval/loss seen at each
+  # length (needs eval.every_steps > 0; saved synchronously at every improvement).
+  k.keep_best = False
 
   lg = c.logging = ml_collections.ConfigDict()
   lg.tensorboard = True  # event files under save_dir/tensorboard
@@ -66,12 +73,25 @@ def get_config() -> ml_collections.ConfigDict:
   e.eval_tokens = 1_000_000  # tokens to evaluate
   e.chunk_size = 4096  # streaming chunk length
   e.split = "test"  # data split to evaluate (the held-out test split unless overridden)
+  # Validation during training (bk_jax.train.validation): every `every_steps` global steps and
+  # at the end of each length, the first `batches` training-shape batches of the valid split;
+  # logged as eval/loss, eval/perplexity, eval/bits_per_byte. 0 turns it off.
+  e.every_steps = 500
+  e.batches = 16
+  e.samples = 2  # generated continuations logged as TensorBoard text at each validation (0: off)
+  e.sample_tokens = 64  # new tokens per sample
+  e.sample_temperature = 0.8  # sampling temperature of those samples (0: greedy)
 
   m = c.mesh = ml_collections.ConfigDict()
   m.data = -1  # -1: all devices left over by the other axes
   m.fsdp = 1
   m.tensor = 1
   m.sequence = 1
+  # Logical axis -> mesh axes (bk_jax.sharding.DEFAULT_RULES): parameter axes ("embed" over
+  # fsdp, "vocab"/"mlp"/"heads" over tensor, ...) and MaxText-style activation axes
+  # ("activation_batch" over (data, fsdp), "activation_length" over sequence, ...), read by
+  # make_mesh; a pair is (name, mesh axis | tuple of mesh axes | None).
+  m.rules = default_rules_config()
 
   # Multi-host (bk_jax.distributed): "" / 0 / -1 fall back to JAX_COORDINATOR_ADDRESS,
   # JAX_NUM_PROCESSES, JAX_PROCESS_ID (or a cluster JAX auto-detects); unset = one process.

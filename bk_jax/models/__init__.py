@@ -18,7 +18,7 @@ from flax import nnx
 from bk_jax.models.config import default_model_config, execution_paths, validate_model_config
 from bk_jax.models.lm import LanguageModel
 
-__all__ = ["LanguageModel", "build_model", "default_model_config", "execution_paths",
+__all__ = ["LanguageModel", "build_model", "count_params", "default_model_config", "execution_paths",
            "validate_model_config"]
 
 
@@ -43,3 +43,24 @@ def build_model(model_cfg: Any, *, rngs: nnx.Rngs | None = None) -> LanguageMode
   # (nnx.get_partition_spec + its logical->mesh rules).
   with nnx.use_eager_sharding(False):
     return LanguageModel(model_cfg, rngs=rngs)
+
+
+def count_params(model_cfg: Any) -> int:
+  """Number of parameters of the model `model_cfg` describes, from shapes only.
+
+  The model is built under ``nnx.eval_shape``: no parameter is allocated, so a 7B config counts
+  in seconds on a laptop.
+
+  Args:
+    model_cfg: a model ConfigDict.
+
+  Returns:
+    The total element count of every nnx.Param.
+  """
+  import math
+
+  import jax
+
+  abstract = nnx.eval_shape(lambda: build_model(model_cfg))
+  params = nnx.state(abstract, nnx.Param)
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))

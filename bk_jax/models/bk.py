@@ -37,6 +37,7 @@ from flax import nnx
 from bk_jax.models.layers import FFN, RMSNorm, dense, per_token
 from bk_jax.models.moe import MoE
 from bk_jax.ops import birman_schwinger, resolvent, semiseparable
+from bk_jax.sharding import constrain
 
 PRIME_BUMP_EPS = 0.05  # epsilon of DESIGN §2.7 (bump width sqrt(eps) in log-position)
 PRIME_BUMP_KMAX = 2
@@ -181,7 +182,9 @@ class BKBlock(nnx.Module):
     if carry is None:
       carry = self.init_carry(x.shape[0])
     u = self.norm(x)
-    v = per_token(self.w_v, u).astype(jnp.float32)
+    # per-head potentials: heads over tensor, tokens over sequence (the resolvent's layout)
+    v = constrain(per_token(self.w_v, u).astype(jnp.float32),
+                  ("activation_batch", "activation_length", "activation_heads"))
     if bias is not None:
       v = v + bias[:, None]
     u_low = None

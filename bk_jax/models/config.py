@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from bk_jax.models.transformer import attention_implementation
 from bk_jax.ops.linear_scan import resolve_scan_method
 from bk_jax.ops.resolvent import resolve_method
 
@@ -122,31 +123,27 @@ def execution_paths(cfg: ml_collections.ConfigDict, platform: str | None = None,
                     batch: int | None = None, seq_len: int | None = None) -> dict[str, str]:
   """The concrete implementations `cfg` runs on `platform` (for banners, results and benchmarks).
 
-  "auto" choices are resolved with the same rules the model applies when traced
-  (`bk_jax.ops.scan.prefers_parallel`; the Transformer's `resolve_attention`), so this names
-  what actually runs.
+  "auto" choices are resolved with the same rule the model applies when traced
+  (`bk_jax.ops.scan.prefers_parallel`), so this names what actually runs.
 
   Args:
     cfg: a model ConfigDict.
     platform: "cpu", "gpu", "tpu", ...; default `jax.default_backend()`.
-    batch, seq_len: the step's shape; the Transformer's "auto" attention depends on it (without
-      them its requested value is reported).
+    batch, seq_len: the training shape; the Transformer's "auto" attention depends on it
+      (without it the configured value, e.g. "auto", is reported).
 
   Returns:
     {"dtype": activation dtype} plus, by kind, "resolvent_method" (resnet_bk: "scan" |
     "associative" | "chunked"), "mamba_scan" (mamba: "sequential" | "associative") or
-    "attention" (transformer: "cudnn" | "xla" | "blockwise", or the requested value).
+    "attention" (transformer).
   """
   paths = {"dtype": str(cfg.dtype)}
   if cfg.kind == "resnet_bk":
     paths["resolvent_method"] = resolve_method(cfg.resolvent_method, platform)
   elif cfg.kind == "mamba":
     paths["mamba_scan"] = resolve_scan_method(cfg.mamba.scan_method, platform)
-  elif batch is not None and seq_len is not None:
-    from bk_jax.models.transformer import attention_implementation  # transformer imports layers
-
-    paths["attention"] = attention_implementation(cfg, batch=batch, seq_len=seq_len,
-                                                  platform=platform)
   else:
-    paths["attention"] = str(cfg.transformer.attention)
+    paths["attention"] = (str(cfg.transformer.attention) if batch is None or seq_len is None else
+                          attention_implementation(cfg, batch=batch, seq_len=seq_len,
+                                                   platform=platform))
   return paths

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bk_jax.models.bk import BKBlock, prime_bump_potential
+from bk_jax.sharding import constrain
 from bk_jax.models.layers import RMSNorm, dense, embedding, to_dtype
 from bk_jax.models.mamba import MambaBlock
 from bk_jax.models.transformer import TransformerBlock
@@ -40,6 +41,10 @@ _AUX_REDUCE = {
     "bk/precision_flags": jnp.sum,
     "bk/precision_upgrades": jnp.sum,
 }
+
+# logical axes of the residual stream and of the logits (bk_jax.sharding rules "activation_*")
+_BLD = ("activation_batch", "activation_length", "activation_embed")
+_BLV = ("activation_batch", "activation_length", "activation_vocab")
 
 _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -111,7 +116,8 @@ class LanguageModel(nnx.Module):
     """Runs every block; returns (x, stacked new carries, stacked per-layer aux)."""
 
     def call(block, x, carry):
-      return block(x, carry, pos, bias)
+      x, carry, aux = block(x, carry, pos, bias)
+      return constrain(x, _BLD), carry, aux  # block boundary: keep batch/length sharded
 
     if self.remat_policy is not None:
       call = nnx.remat(call, policy=self.remat_policy)
@@ -152,10 +158,10 @@ class LanguageModel(nnx.Module):
     bias = None
     if self.prime_bump_scale is not None:
       bias = prime_bump_potential(pos + jnp.arange(n, dtype=jnp.int32), self.prime_bump_scale)
-    x = self.embed(tokens)
+    x = constrain(self.embed(tokens), _BLD)
     carries = None if cache is None else cache["layers"]
     x, new_carries, aux = self._run_blocks(x, carries, pos, bias)
-    logits = self.head(self.final_norm(x)).astype(jnp.float32)
+    logits = constrain(self.head(self.final_norm(x)).astype(jnp.float32), _BLV)
     out = (logits,)
     if cache is not None:
       out += ({"layers": new_carries, "pos": pos + n},)

@@ -1,0 +1,14 @@
+"""Transformer baseline with the parameter count of configs/bk_1b.py (same width, depth,
+vocabulary, data, precision, mesh and lengths; attention 4 x d_model^2 per block, so the FFN is
+narrower; checked by tests/test_scale_configs.py)."""
+from configs import bk_1b
+
+D_FF = 6144
+
+
+def get_config():
+  c = bk_1b.get_config()
+  c.save_dir = "runs/transformer_1b"
+  c.model.kind = "transformer"
+  c.model.d_ff = D_FF
+  return c
