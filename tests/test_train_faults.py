@@ -163,6 +163,24 @@ def test_latest_checkpoint_deleted_between_pick_and_load_is_picked_again(base_ru
   assert eval_ckpt.resolved_meta(cfg.save_dir)["config"]["model"]["d_model"] == 32
 
 
+@pytest.mark.slow  # a live trainer subprocess plus repeated loads
+def test_eval_of_a_live_run_reads_a_stable_checkpoint(corpus, tmp_path):
+  """A trainer saving every step and keeping one checkpoint deletes them continuously; loading
+  "latest" meanwhile must always succeed (before the retry, about half of such loads failed)."""
+  from bk_jax.eval.checkpoint import load_checkpoint
+
+  cfg = tiny_config(str(tmp_path / "run"), *corpus, steps=100_000)
+  cfg.checkpoint.every_steps, cfg.checkpoint.keep = 1, 1
+  p = _start_trainer(_config_file(tmp_path, cfg))
+  try:
+    _wait_for_step(p)
+    names = [load_checkpoint(cfg.save_dir, None).name for _ in range(8)]
+  finally:
+    p.send_signal(signal.SIGTERM)
+    p.communicate(timeout=240)
+  assert len(names) == 8 and all(n.startswith("checkpoints") for n in names)
+
+
 def _start_trainer(cfg_file, extra=()):
   return subprocess.Popen([sys.executable, "-u", TRAIN, "--config", cfg_file, *extra],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -135,8 +135,11 @@ class Checkpoints:
     src = os.path.join(self.save_dir, "checkpoints", str(step))
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     dst = os.path.join(self.save_dir, DAMAGED_DIR, f"{step}-{stamp}")
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    shutil.move(src, dst)
+    if jax.process_index() == 0:  # multi-host: every process saw the damage; one moves it
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      shutil.move(src, dst)
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes(f"bk_jax_quarantine_{step}")
     self.manager.reload()
     return dst
 
