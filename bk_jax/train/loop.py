@@ -481,14 +481,16 @@ class Trainer:
     return {k: s[k] for k in keys if s.get(k) is not None}
 
   def _install_sigterm(self):
-    """SIGTERM and SIGINT (Ctrl-C) stop after the current step with a checkpoint; a second one
-    interrupts at once (KeyboardInterrupt)."""
+    """SIGTERM and SIGINT (Ctrl-C) stop after the current step with a checkpoint; a second
+    Ctrl-C interrupts at once (KeyboardInterrupt), a repeated SIGTERM is ignored."""
     if threading.current_thread() is not threading.main_thread():
       return None
 
     def handler(signum, _frame):
       if self._stop_signal.is_set():
-        raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+          raise KeyboardInterrupt
+        return
       self._signal_name = signal.Signals(signum).name
       self._stop_signal.set()
 
