@@ -323,22 +323,29 @@ def check_restore(ckpt_dir, mesh_spec):
   _result(losses=losses, devices=jax.device_count(), on_mesh=on_mesh)
 
 
-def check_multiprocess_step(out_path):
-  """Worker of the 2-process test: the global batch is split by process (shard_batch)."""
+def check_multiprocess_step(out_path, mesh_spec="-1,1,1,1"):
+  """Worker of the 2-process tests: the global batch is split by process (shard_batch) along B;
+  with a sequence axis each process feeds whole rows to its own devices' (fsdp, sequence)
+  shards."""
   import jax
 
   from bk_jax import distributed
+  from bk_jax.ops import sharded_scan
   from bk_jax.sharding import make_mesh
 
+  calls = []
+  orig = sharded_scan.sequence_parallel_causal_diag
+  sharded_scan.sequence_parallel_causal_diag = lambda *a, **k: calls.append(1) or orig(*a, **k)
   distributed.maybe_initialize(None)
   n_proc, pid = jax.process_count(), jax.process_index()
-  cfg = tiny_config(mesh=(-1, 1, 1, 1))
+  cfg = tiny_config(mesh=tuple(int(x) for x in mesh_spec.split(",")))
   mesh = make_mesh(cfg.mesh)
   batches = random_batches(3, batch=8, seq_len=64, vocab=64, seed=2)
   per = 8 // n_proc
   local = [{k: v[pid * per:(pid + 1) * per] for k, v in b.items()} for b in batches]
   losses, _ = train_losses(cfg, mesh, local if n_proc > 1 else batches)
-  _result(losses=losses, processes=n_proc, process=pid, devices=jax.device_count())
+  _result(losses=losses, processes=n_proc, process=pid, devices=jax.device_count(),
+          sequence_parallel_calls=len(calls))
   if out_path != "-":
     with open(f"{out_path}.{pid}", "w") as f:
       json.dump(dict(losses=losses, processes=n_proc), f)
