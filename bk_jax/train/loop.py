@@ -76,7 +76,8 @@ def prepare(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDic
   cfg.model.seed = int(cfg.seed)  # one seed per run: model init and data order
   mesh = make_mesh(cfg.mesh)
   check_model_fits_mesh(cfg.model, cfg.mesh)
-  plans = plan_lengths(cfg, process_count=jax.process_count(), batch_divisor=data_parallel_size(mesh))
+  plans = plan_lengths(cfg, process_count=jax.process_count(),
+                       batch_divisor=data_parallel_size(mesh) * cfg.train.grad_accum_steps)
   return cfg, mesh, plans
 
 
