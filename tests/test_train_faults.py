@@ -268,6 +268,7 @@ def diverged_run(corpus, tmp_path_factory):
   cfg.checkpoint.every_steps = 5
   cfg.debug.nonfinite_grad_steps = (3, 4, 5)
   cfg.train.divergence_patience, cfg.train.max_recoveries = 2, 1
+  cfg.data.data_limit = 600  # 4 steps per epoch: each attempt ends an epoch before giving up
   cfg.logging.console = False
   return cfg, run(cfg)
 
@@ -287,6 +288,7 @@ def test_diverged_length_keeps_every_attempt_and_true_counts(diverged_run):
   assert nan >= 4 and s["nan_steps"] == nan
   assert s["steps"] == len(hist)  # every step is logged (log_interval 1)
   assert s["attempts"] == 2 and s["abandoned_steps"] == len(hist)
+  assert [e["attempt"] for e in res["results_by_length"]["32"]] == [0, 1]
   g = res["gradient_statistics"]["32"]
   finite = [h["train/grad_norm"] for h in hist if not (h["train/is_nan"] or h["train/is_inf"])]
   assert g["mean"] == pytest.approx(np.mean(finite), rel=1e-4)

@@ -218,7 +218,7 @@ class Trainer:
     sil = self.meta["position"][1]
     if sil == 0:
       self.state = self.state.replace(monitors=put_replicated(MonitorState.zeros(), self.mesh))
-      self.meta["results_by_length"][key] = []
+      self.meta["results_by_length"].setdefault(key, [])  # a recovery to here keeps earlier attempts
       self._save()  # the length's start is a good checkpoint for recovery
     poison = plan.seq_len in tuple(int(n) for n in cfg.debug.nonfinite_grad_seq_lens)
     step_fn = jit_train_step(make_train_step(self.graphdef, self.tx, self.lr_fn, cfg,
