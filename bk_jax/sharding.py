@@ -38,7 +38,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from bk_jax.train.config_validation import ConfigError
+from bk_jax.runtime.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 DATA_AXES = ("data", "fsdp")  # the batch axis is split over both (fsdp is data parallel too)

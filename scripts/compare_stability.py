@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from bk_jax.data.tokenizers import ByteTokenizer  # noqa: E402
 from bk_jax.reports import common, plots, runs, stats  # noqa: E402
-from bk_jax.train.monitors import perplexity  # noqa: E402
+from bk_jax.runtime.metrics import perplexity  # noqa: E402
 
 METRICS = (("val_loss", True), ("val_ppl", True), ("grad_norm_cv", True),
            ("spikes_per_1000", True), ("final_train_loss", True))

@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     if rest:
       from bk_jax.train.config_validation import ConfigError
       raise ConfigError(f"unrecognised arguments: {' '.join(rest)} (see train.py --help)")
-    from bk_jax.train.loop import run
+    from bk_jax.entry import run
     from bk_jax.train.rundir import EXIT_INTERRUPTED
     res = run(config)
   return EXIT_INTERRUPTED if res.get("interrupted") else 0

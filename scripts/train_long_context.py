@@ -22,7 +22,7 @@ def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   with one_line_errors("train_long_context.py"):
     config = reference_config(argv)
-    from bk_jax.train.loop import run
+    from bk_jax.entry import run
     from bk_jax.train.rundir import EXIT_INTERRUPTED
     res = run(config)
   return EXIT_INTERRUPTED if res.get("interrupted") else 0

@@ -72,7 +72,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
     from flax import nnx
-    from bk_jax.memory import memory_usage
+    from bk_jax.runtime.memory import memory_usage
     from bk_jax.eval.streaming import StreamingEvaluator
     from bk_jax.models import build_model, default_model_config
     n, chunk = int(sys.argv[1]), 4096

@@ -1,11 +1,11 @@
-"""bk_jax.memory: the figure is named by what it measures (host RSS on the CPU, device peak since
+"""bk_jax.runtime.memory: the figure is named by what it measures (host RSS on the CPU, device peak since
 start on accelerators) and follows real allocations."""
 
 import jax
 import numpy as np
 import psutil
 
-from bk_jax.memory import DEVICE_PEAK, HOST_RSS, headline, memory_usage
+from bk_jax.runtime.memory import DEVICE_PEAK, HOST_RSS, headline, memory_usage
 
 
 def test_cpu_reports_host_rss_close_to_psutil():

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from bk_jax.train.config_validation import ConfigError
+from bk_jax.entry import run as entry_run
 from bk_jax.train.loop import run
 from bk_jax.train.testing import tiny_config, write_pattern_corpus
 
@@ -364,7 +365,7 @@ def test_eval_only_without_checkpoint_names_the_scripts_flag(corpus, tmp_path):
   for streaming in (True, False):
     cfg.eval.streaming = streaming
     with pytest.raises(ConfigError, match="--save_dir DIR to train_long_context.py") as e:
-      run(cfg)
+      entry_run(cfg)
     assert "--checkpoint_dir" not in str(e.value)
 
 

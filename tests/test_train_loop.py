@@ -195,7 +195,8 @@ def test_eval_only_evaluates_the_latest_checkpoint(multi_run):
   cfg, res = multi_run
   cfg = cfg.copy_and_resolve_references()
   cfg.eval.eval_only, cfg.eval.eval_tokens, cfg.eval.split = True, 2000, "valid"
-  out = run(cfg)
+  from bk_jax.entry import run as entry_run  # what train.py runs: eval_only dispatches to eval
+  out = entry_run(cfg)
   assert out["tokens"] >= 2000 and math.isfinite(out["loss"])
   assert out["checkpoint_step"] == 20
   assert out["loss"] < res["metrics_history"][0]["train/loss"]  # the trained model, not a fresh one

@@ -103,7 +103,7 @@ def test_learning_rate_schedule_warmup_then_cosine():
 
 
 def test_perplexity_is_exp_loss_without_a_cap():
-  from bk_jax.train.monitors import perplexity
+  from bk_jax.runtime.metrics import perplexity
 
   assert perplexity(0.0) == 1.0
   assert perplexity(25.0) == pytest.approx(7.200489e10, rel=1e-6)  # no silent cap at e^20

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bk_jax.train.monitors import perplexity
+from bk_jax.runtime.metrics import perplexity
 
 DEFAULT_EDGES = (0, 1_000, 10_000, 100_000, 1_000_000)
 

@@ -22,8 +22,9 @@ import ml_collections
 from flax import nnx
 
 from bk_jax.models.config import default_model_config
-from bk_jax.train.checkpoint import ARCH_FIELDS, DATA_FIELDS, config_differences, damage_reason  # noqa: F401
-from bk_jax.train.config_validation import ConfigError
+from bk_jax.runtime.checkpoint_meta import (ARCH_FIELDS, DATA_FIELDS, config_differences,  # noqa: F401
+                                            damage_reason, get_dotted)
+from bk_jax.runtime.errors import ConfigError
 
 #: How often a "latest" pick is retried when the trainer's retention removes it while loading.
 LATEST_RETRIES = 5
@@ -108,15 +109,6 @@ def resolve_checkpoint(save_dir: str, checkpoint: str | int | None = None) -> st
                   f"{', '.join(have) if have else 'none'}")
 
 
-def _get(cfg, dotted: str):
-  node = cfg
-  for k in dotted.split("."):
-    if node is None or k not in node:
-      return None
-    node = node[k]
-  return node
-
-
 def check_compatible(config: ml_collections.ConfigDict, ckpt_config: ml_collections.ConfigDict,
                      path: str) -> None:
   """EvalError naming every architecture / tokenizer field where `config` differs."""
@@ -156,14 +148,14 @@ def merged_config(ckpt_config: dict, config: ml_collections.ConfigDict | None) -
     cfg.save_dir = config.save_dir
     # runtime-only model choices (not part of the parameters) follow the caller
     for f in RUNTIME_FIELDS:
-      v = _get(config.model, f)
+      v = get_dotted(config.model, f)
       if v is not None:
         _set(cfg.model, f, v)
   # runtime fields added after a checkpoint was written take today's defaults
   defaults = default_model_config()
   for f in RUNTIME_FIELDS:
-    if _get(cfg.model, f) is None:
-      _set(cfg.model, f, _get(defaults, f))
+    if get_dotted(cfg.model, f) is None:
+      _set(cfg.model, f, get_dotted(defaults, f))
   return cfg
 
 

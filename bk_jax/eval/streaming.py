@@ -30,8 +30,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from bk_jax.memory import memory_usage
-from bk_jax.train.monitors import perplexity
+from bk_jax.runtime.devices import select_device
+from bk_jax.runtime.jsonio import write_json
+from bk_jax.runtime.memory import memory_usage
+from bk_jax.runtime.metrics import perplexity
 from bk_jax.eval.buckets import DEFAULT_EDGES, bucket_table, check_edges, format_bucket_table
 from bk_jax.eval.checkpoint import EvalError, diverged_lengths, load_checkpoint
 
@@ -296,15 +298,6 @@ def default_output_path(save_dir: str, checkpoint_name: str, split: str) -> str:
   return os.path.join(os.path.abspath(save_dir), f"streaming_eval_{split}_{tag}.json")
 
 
-def write_json(path: str, obj: Any) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=float)
-  os.replace(tmp, path)
-  return path
-
-
 def run_streaming_eval(config: ml_collections.ConfigDict, checkpoint: str | None = None, *,
                        config_is_explicit: bool = True, output: str | None = None) -> dict:
   """Loads a trainer checkpoint of config.save_dir and streams config.eval over it.
@@ -320,7 +313,6 @@ def run_streaming_eval(config: ml_collections.ConfigDict, checkpoint: str | None
     dict with loss, perplexity, bits_per_byte (text data), tokens, chunks, tokens_per_s,
     peak_memory_gb + memory_kind, buckets (loss per position bucket), checkpoint, output path.
   """
-  from bk_jax.train.loop import select_device
 
   select_device(str(config.get("device", "auto")))
   ck = load_checkpoint(config.save_dir, checkpoint, config if config_is_explicit else None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -10,7 +9,7 @@ import shlex
 import sys
 import time
 
-from bk_jax.train.results import json_safe
+from bk_jax.runtime.jsonio import write_json as write_json_file
 
 
 def out_dir(path: str | None, name: str, quick: bool = False) -> str:
@@ -43,11 +42,7 @@ def command() -> str:
 def write_json(d: str, name: str, payload: dict) -> str:
   payload = dict(command=command(), machine=machine(),
                  written=time.strftime("%Y-%m-%d %H:%M:%S %Z"), **payload)
-  path = os.path.join(d, name)
-  with open(path + ".tmp", "w") as f:
-    json.dump(json_safe(payload), f, indent=1)
-  os.replace(path + ".tmp", path)
-  return path
+  return write_json_file(os.path.join(d, name), payload, indent=1)
 
 
 def md_table(header: list[str], rows: list[list]) -> str:

@@ -205,7 +205,7 @@ class _Emitter:
     self.path, self.stage = path, stage
 
   def _write(self, rec: dict) -> None:
-    from bk_jax.train.results import json_safe
+    from bk_jax.runtime.jsonio import json_safe
 
     with open(self.path, "a") as f:
       f.write(json.dumps(json_safe(dict(rec, stage=self.stage))) + "\n")

@@ -33,7 +33,7 @@ from flax import nnx
 from bk_jax.models import build_model, count_params
 from bk_jax.ops.resolvent import resolve_method
 from bk_jax.sharding import batch_sharding, make_mesh, state_shardings
-from bk_jax.train.config_validation import ConfigError
+from bk_jax.runtime.errors import ConfigError
 from bk_jax.train.schedule import learning_rate_schedule
 from bk_jax.train.state import create_train_state
 from bk_jax.train.step import jit_train_step, make_optimizer, make_train_step

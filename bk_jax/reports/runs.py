@@ -1,7 +1,7 @@
 """Short trainings through bk_jax.train.loop.run and the figures the reports read from them.
 
 Nothing here re-implements training or evaluation: a run is `loop.run(config)` with a config
-built from configs/base.py plus overrides; validation is `loop.run` with `eval.eval_only`
+built from configs/base.py plus overrides; validation is `bk_jax.train.evaluate.run_eval` (`eval.eval_only`
 (bk_jax.train.evaluate, batched at the training length); the per-run figures come from the
 returned long_context_results.json dict (metrics_history, gradient_statistics, status,
 recoveries, length_summary).
@@ -104,12 +104,12 @@ def train(c: ml_collections.ConfigDict, *, budget_s: float | None = None, fresh:
 
 def validate(c: ml_collections.ConfigDict, eval_tokens: int, split: str = "valid") -> dict:
   """Validation loss of the run's latest checkpoint (bk_jax.train.evaluate, batched)."""
-  from bk_jax.train import loop
+  from bk_jax.train.evaluate import run_eval
 
   e = copy.deepcopy(c)
   e.eval.eval_only, e.eval.streaming = True, False
   e.eval.eval_tokens, e.eval.split = int(eval_tokens), split
-  return loop.run(e)
+  return run_eval(e)
 
 
 def _f(x) -> float:

@@ -10,11 +10,9 @@ import math
 
 import ml_collections
 
+from bk_jax.runtime.errors import ConfigError  # noqa: F401 - re-exported for train modules
+
 DEVICES = ("auto", "cpu", "gpu", "cuda", "tpu")
-
-
-class ConfigError(ValueError):
-  """A bad configuration value; the message is one line."""
 
 
 def _need(cond: bool, msg: str) -> None:

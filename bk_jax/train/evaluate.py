@@ -1,8 +1,8 @@
-"""`eval.eval_only`: evaluate the latest checkpoint of save_dir.
+"""Batched evaluation of the latest checkpoint of save_dir (`eval.eval_only` without streaming).
 
-With eval.streaming the chunked, state-carrying evaluator (bk_jax.eval.streaming) runs; otherwise
-the mask-weighted mean loss over eval.eval_tokens tokens of eval.split in batches of the training
-shape (first training length).
+The mask-weighted mean loss over eval.eval_tokens tokens of eval.split in batches of the training
+shape (first training length). The streaming evaluator is bk_jax.eval.streaming; `bk_jax.entry`
+chooses between them.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from flax import nnx
 from bk_jax.sharding import batch_sharding, state_shardings
 from bk_jax.train.checkpoint import Checkpoints, abstract_like
 from bk_jax.train.config_validation import ConfigError
-from bk_jax.train.monitors import perplexity
+from bk_jax.runtime.metrics import perplexity
 from bk_jax.train.state import create_train_state
 from bk_jax.train.step import make_optimizer, masked_cross_entropy
 
 
 #: eval_only without a run: the flags that name the run directory in the training scripts.
-_NO_CHECKPOINT = ("no checkpoint to evaluate in {} (eval_only reads the run directory save_dir: pass "
+NO_CHECKPOINT = ("no checkpoint to evaluate in {} (eval_only reads the run directory save_dir: pass "
                   "--save_dir DIR to train_long_context.py or --config.save_dir=DIR to train.py)")
 
 
@@ -38,7 +38,7 @@ def load_trained_model(config: ml_collections.ConfigDict, mesh=None):
   step = ck.latest_step()
   if step is None:
     ck.close()
-    raise ConfigError(_NO_CHECKPOINT.format(os.path.abspath(cfg.save_dir)))
+    raise ConfigError(NO_CHECKPOINT.format(os.path.abspath(cfg.save_dir)))
   model = build_model(cfg.model)
   graphdef, state = create_train_state(model, make_optimizer(cfg.train))
   abstract = abstract_like(state, state_shardings(state, mesh))
@@ -50,12 +50,6 @@ def load_trained_model(config: ml_collections.ConfigDict, mesh=None):
 
 def run_eval(config: ml_collections.ConfigDict) -> dict:
   e = config.eval
-  if e.streaming:
-    from bk_jax.eval.checkpoint import list_checkpoints
-    from bk_jax.eval.streaming import run_streaming_eval  # lazily: a separate module
-    if not list_checkpoints(config.save_dir):  # the eval's own hint names eval_streaming.py's flag
-      raise ConfigError(_NO_CHECKPOINT.format(os.path.abspath(config.save_dir)))
-    return run_streaming_eval(config, checkpoint=None)  # the run's most recent checkpoint
   from bk_jax import data as bk_data
   from bk_jax.train.schedule import plan_lengths
 

@@ -1,6 +1,6 @@
 """Console lines in the reference format (TensorBoard and the results JSON: train/metrics.py).
 
-Memory figures come from `bk_jax.memory` (device peak since start on accelerators, host RSS on
+Memory figures come from `bk_jax.runtime.memory` (device peak since start on accelerators, host RSS on
 every backend), named by what they measure.
 """
 
@@ -11,7 +11,7 @@ import sys
 
 import jax
 
-from bk_jax.memory import LABEL, headline
+from bk_jax.runtime.memory import LABEL, headline
 
 try:
   from tqdm.auto import tqdm

@@ -22,44 +22,25 @@ import numpy as np
 from flax import nnx
 
 from bk_jax import distributed
-from bk_jax.memory import memory_usage
+from bk_jax.runtime.memory import memory_usage
 from bk_jax.sharding import (batch_sharding, check_model_fits_mesh, data_parallel_size, make_mesh,
                              put_replicated, shard_batch)
 from bk_jax.train import results as results_lib
 from bk_jax.train import attempts, rundir
-from bk_jax.train.checkpoint import Checkpoints, config_differences
+from bk_jax.runtime.checkpoint_meta import config_differences
+from bk_jax.runtime.devices import select_device
+from bk_jax.train.checkpoint import Checkpoints
 from bk_jax.train.config_validation import ConfigError, validate_config
 from bk_jax.train import run_info
-from bk_jax.memory import memory_usage
+from bk_jax.runtime.memory import memory_usage
 from bk_jax.train.logging import Console
 from bk_jax.train.metrics import MetricWriter, memory_scalars
-from bk_jax.train.monitors import MonitorState, WindowStats, perplexity
+from bk_jax.runtime.metrics import perplexity
+from bk_jax.train.monitors import MonitorState, WindowStats
 from bk_jax.train.schedule import LengthPlan, learning_rate_schedule, plan_lengths
 from bk_jax.train.state import create_sharded_train_state
 from bk_jax.train.step import jit_train_step, make_optimizer, make_train_step
 from bk_jax.train.validation import Validator
-
-_PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "tpu": "tpu"}
-
-
-def select_device(device: str) -> None:
-  """Applies config.device before the first computation; ConfigError if JAX runs elsewhere."""
-  if device == "auto":
-    return
-  want = _PLATFORMS[device]
-  try:
-    jax.config.update("jax_platforms", want)
-  except Exception:  # noqa: BLE001 - backend already initialised: checked below
-    pass
-  try:
-    got = jax.default_backend()
-  except (AssertionError, RuntimeError) as e:  # the platform is not installed / has no device
-    why = str(e).splitlines()[0] if str(e) else "no such backend"
-    raise ConfigError(f"device={device!r} requested but this machine has no usable {want} device "
-                      f"({why}); use --config.device=auto or cpu") from None
-  if (want == "cuda" and got != "gpu") or (want != "cuda" and got != want):
-    raise ConfigError(f"device={device!r} requested but JAX runs on {got!r}")
-
 
 def prepare(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, Any, list[LengthPlan]]:
   """Validates, fixes vocab_size from the data and plans the lengths; no compile happens here.
@@ -505,11 +486,8 @@ class Trainer:
 
 
 def run(config: ml_collections.ConfigDict, *, on_step: Callable[[int], None] | None = None) -> dict:
-  """Trains (or, with config.eval.eval_only, evaluates) as configured; returns the results dict.
+  """Trains as configured; returns the results dict (`bk_jax.entry.run` also dispatches eval_only).
 
   Raises ConfigError / bk_jax.data.DataError (one-line ValueErrors) before any compile.
   """
-  if config.eval.eval_only:
-    from bk_jax.train.evaluate import run_eval
-    return run_eval(config)
   return Trainer(config, on_step=on_step).run()

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from bk_jax.memory import memory_usage
+from bk_jax.runtime.memory import memory_usage
 
 #: results-JSON history names written through `MetricWriter.write`.
 STREAMS = ("metrics_history", "eval_history")
@@ -54,7 +54,7 @@ def flatten_scalars(metrics: dict[str, Any]) -> dict[str, float | bool]:
 
 
 def memory_scalars() -> dict[str, float]:
-  """This process's memory figures named for what they measure (bk_jax.memory; GB = 1e9 bytes)."""
+  """This process's memory figures named for what they measure (bk_jax.runtime.memory; GB = 1e9 bytes)."""
   return memory_usage().scalars()
 
 

@@ -147,11 +147,3 @@ def update_monitors(mon: MonitorState, *, loss, grad_norm, upgrades=0, spike_fac
   flags = dict(finite=finite, is_nan=is_nan, is_inf=is_inf, is_spike=is_spike,
                spike_ratio=spike_ratio, bad=bad)
   return new, flags
-
-
-def perplexity(loss: float) -> float:
-  """exp(loss) on the host: inf past float64's range (never a silent cap), nan stays nan."""
-  try:
-    return math.exp(loss)
-  except OverflowError:
-    return float("inf")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
+
+from bk_jax.runtime.jsonio import json_safe, write_json
 
 #: Keys every metrics_history record has (the metric writer adds bk/*, moe/*, train/aux_loss
 #: only when those features are on; memory: perf/host_rss_gb always, plus
-#: perf/device_peak_since_start_gb on accelerators, see bk_jax.memory).
+#: perf/device_peak_since_start_gb on accelerators, see bk_jax.runtime.memory).
 HISTORY_KEYS = ("step", "epoch", "seq_len", "train/loss", "train/perplexity", "train/grad_norm",
                 "train/param_norm", "train/learning_rate", "train/is_nan", "train/is_inf",
                 "train/is_spike", "train/spike_ratio", "train/spike_count", "train/skipped_steps",
@@ -22,17 +22,6 @@ EPOCH_KEYS = ("epoch_mean_loss", "epoch_mean_perplexity", "epoch_time", "spike_c
 GRAD_KEYS = ("mean", "std", "min", "max")
 
 
-def json_safe(x):
-  """JSON-safe: non-finite floats become strings ("nan", "inf") instead of invalid JSON."""
-  if isinstance(x, float) and not math.isfinite(x):
-    return str(x)
-  if isinstance(x, dict):
-    return {str(k): json_safe(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [json_safe(v) for v in x]
-  return x
-
-
 def build_results(*, args: dict, results_by_length: dict, metrics_history: list,
                   gradient_statistics: dict, status: dict, memory_kind: str, extra: dict) -> dict:
   return json_safe(dict(args=args, results_by_length=results_by_length, metrics_history=metrics_history,
@@ -42,9 +31,4 @@ def build_results(*, args: dict, results_by_length: dict, metrics_history: list,
 
 def write_results(save_dir: str, results: dict) -> str:
   """Atomic write (tmp + rename) of the results JSON; returns its path."""
-  path = os.path.join(save_dir, "long_context_results.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(results, f, indent=2)
-  os.replace(tmp, path)
-  return path
+  return write_json(os.path.join(save_dir, "long_context_results.json"), results)

@@ -31,7 +31,7 @@ from flax import nnx
 
 from bk_jax.sharding import (batch_sharding, data_parallel_size, jit_sharded, replicated, shard_batch,
                              state_shardings)
-from bk_jax.train.monitors import perplexity
+from bk_jax.runtime.metrics import perplexity
 from bk_jax.train.step import masked_cross_entropy
 
 #: Tokens of each sample prompt (cut from the start of a valid-split window).

@@ -1,0 +1,82 @@
+"""What makes a checkpoint fit a model, and how a damaged checkpoint is recognised.
+
+Shared by the trainer's resume (bk_jax.train.checkpoint) and evaluation's loader
+(bk_jax.eval.checkpoint), which must agree on both.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+#: Model fields that fix the parameter shapes/structure: a checkpoint only restores into a model
+#: with the same values (used by the trainer's resume and by bk_jax.eval.checkpoint).
+ARCH_FIELDS = ("kind", "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "use_semiseparable",
+               "semiseparable_rank", "use_scattering_router", "num_experts", "router", "top_k",
+               "scan_layers", "prime_bump", "prime_bump_scale", "param_dtype",
+               "mamba.d_state", "mamba.d_conv", "mamba.expand", "transformer.n_heads")
+#: Data fields that fix the token ids the model was trained on.
+DATA_FIELDS = ("tokenizer",)
+
+def get_dotted(cfg, dotted: str):
+  """cfg["a"]["b"] for "a.b" (ConfigDict or dict); None where a key is missing."""
+  node = cfg
+  for k in dotted.split("."):
+    if node is None or k not in node:
+      return None
+    node = node[k]
+  return node
+
+
+def config_differences(config, ckpt_config, *, skip: tuple[str, ...] = ()) -> list[str]:
+  """["model.d_model=64 (checkpoint 32)", ...]: the ARCH_FIELDS / DATA_FIELDS that differ.
+
+  Args:
+    config, ckpt_config: configs (ConfigDict or dict) with `model` and `data` sections.
+    skip: model fields not to compare (e.g. "vocab_size" when `config` has not set it yet).
+  """
+  diffs = []
+  for f in ARCH_FIELDS:
+    if f in skip:
+      continue
+    a, b = get_dotted(config["model"], f), get_dotted(ckpt_config["model"], f)
+    if a != b:
+      diffs.append(f"model.{f}={a!r} (checkpoint {b!r})")
+  for f in DATA_FIELDS:
+    a, b = get_dotted(config["data"], f), get_dotted(ckpt_config["data"], f)
+    if a != b:
+      diffs.append(f"data.{f}={a!r} (checkpoint {b!r})")
+  return diffs
+
+
+def _chain(e: BaseException):
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    yield e
+    e = e.__cause__ or e.__context__
+
+
+def damage_reason(e: BaseException) -> str | None:
+  """One line saying how a checkpoint on disk is damaged, or None when `e` is not damage.
+
+  Damage = files that are missing, truncated or unparsable (tensorstore OUT_OF_RANGE /
+  DATA_LOSS / NOT_FOUND / Truncated-stream errors, a missing item, bad JSON). A shape or tree
+  structure mismatch is not damage: the checkpoint is intact and belongs to another model.
+  """
+  for x in _chain(e):
+    msg = re.sub(r' in OCDBT database at local file "[^"]*"', "", " ".join(str(x).split()))
+    if isinstance(x, FileNotFoundError):
+      return f"a file is missing ({x.filename or msg[:200]})"
+    if isinstance(x, KeyError) and "was not found in the checkpoint" in msg:
+      return f"an item is missing: {msg.strip(chr(39) + chr(34))[:200]}"
+    if isinstance(x, json.JSONDecodeError):
+      return f"unreadable JSON ({msg[:200]})"
+    if "Requested byte range" in msg or "OUT_OF_RANGE" in msg:
+      return f"an array file is truncated ({msg[:200]})"
+    if "Truncated" in msg and "stream" in msg:
+      return f"an array file is missing or truncated ({msg[:200]})"
+    for code in ("DATA_LOSS", "NOT_FOUND", "FAILED_PRECONDITION: Error reading"):
+      if code in msg:
+        return f"an array file is missing or corrupt ({msg[:200]})"
+  return None
