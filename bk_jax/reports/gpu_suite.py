@@ -193,7 +193,8 @@ def _stream(spec: dict, c, out: str) -> dict:
                                                          spec["stream_chunk"], "train")
   t0 = time.perf_counter()
   r = run_streaming_eval(c, output=os.path.join(out, "stream_eval.json"))
-  keep = ("loss", "tokens", "chunks", "tokens_per_s", "peak_memory_gb", "memory_kind")
+  keep = ("loss", "tokens", "chunks", "tokens_per_s", "compile_seconds", "peak_memory_gb",
+          "memory_kind")
   return dict({k: r.get(k) for k in keep}, wall_s=time.perf_counter() - t0,
               chunk_size=spec["stream_chunk"], paths=execution_paths(c.model))
 
