@@ -60,7 +60,6 @@ def suite_spec(quick: bool = False, budget_scale: float = 1.0) -> dict:
                          "models:transformer": 45.0, "train": 55.0, "stream": 35.0})
   spec["budgets"] = {k: v * budget_scale for k, v in spec["budgets"].items()}
   spec.update(quick=quick, vocab=259, ops_methods=["associative", "scan", "chunked"],
-              kinds=["resnet_bk", "mamba", "transformer"],
               train_config=os.path.join(REPO, "configs", "seq32k.py"))
   return spec
 
