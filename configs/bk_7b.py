@@ -5,11 +5,12 @@ Model: d_model 4096, 32 blocks, 128 BK heads, GELU FFN 25600 (6.25 x d_model), B
 and AdamW moments, bfloat16 matmuls/activations, float32 resolvent (complex64), norms, logits
 and loss.
 
-Mesh: fsdp=16 x sequence=1 (two nodes of 8 GPUs), data = the remaining devices: the smallest
+Mesh: data=-1 (the devices left over), fsdp=16, sequence=2: 32 GPUs (4 nodes of 8), the smallest
 mesh on which the 131k step fits in 80 GB per device according to
-`python scripts/plan_memory.py --config configs/bk_7b.py --find_min_mesh` (results/plan_memory/);
-f32 parameters + gradients + two AdamW moments are 16 bytes x 7B = 112 GB before activations,
-so no single 8-GPU node holds them unsharded, and 8 devices hold 14 GB each of state.
+`python scripts/plan_memory.py --config configs/bk_7b.py --find_min_mesh` (results/plan_memory/;
+8 and 16 devices do not fit). f32 parameters + gradients + two AdamW moments are 16 bytes x 7B =
+112 GB before activations; fsdp=16 leaves 7 GB of that per device, and the sequence axis halves
+the activations of the one 131k sequence each fsdp group holds (16 sequences per step).
 
 Lengths: 32768 then 131072 tokens per sequence at 2,097,152 tokens per optimizer step
 (64 x 32k, then 16 x 131k sequences).
@@ -25,5 +26,5 @@ def get_config():
   m.transformer.n_heads = 32  # head dim 128 in the transformer_7b config
   c.train.tokens_per_batch = 1 << 21
   c.train.lr = 1.5e-4
-  c.mesh.data, c.mesh.fsdp, c.mesh.tensor, c.mesh.sequence = -1, 16, 1, 1
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor, c.mesh.sequence = -1, 16, 1, 2
   return c

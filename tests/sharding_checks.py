@@ -298,6 +298,49 @@ def check_train_meshes(*meshes):
   _result(**out)
 
 
+def reduced_1b_config(mesh=(1, 1, 1, 1)):
+  """configs/bk_1b.py at 1/8 width (d_model 256, 8 BK heads, d_ff 1280, vocab 4096), 2 layers.
+
+  Same structure: scanned, fully rematerialised layers, resolvent "auto", the activation rules.
+  Compute is float32 (the config's bf16 would make the comparison measure bf16 rounding of
+  differently ordered reductions, not the sharding), warm-up 2 steps so 3 steps move the weights.
+  """
+  from bk_jax.train.cli import load_config
+
+  c = load_config(os.path.join(ROOT, "configs", "bk_1b.py"))
+  m = c.model
+  m.d_model, m.n_heads, m.d_ff, m.n_layers = 2048 // 8, 64 // 8, 10240 // 8, 2
+  m.vocab_size = c.data.vocab_size // 8
+  m.dtype = "float32"
+  c.train.lr, c.train.warmup_steps = 3e-3, 2
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor, c.mesh.sequence = mesh
+  return c
+
+
+def check_reduced_1b(mesh_spec):
+  """The reduced 1B config: 3 steps on `mesh_spec` vs one device (losses, parameters)."""
+  import jax
+
+  from bk_jax.ops import sharded_scan
+  from bk_jax.sharding import make_mesh
+
+  calls = []
+  orig = sharded_scan.sequence_parallel_causal_diag
+  sharded_scan.sequence_parallel_causal_diag = lambda *a, **k: calls.append(1) or orig(*a, **k)
+  ref_cfg = reduced_1b_config()
+  # one batch three times: the loss must fall (memorisation), so the steps really train
+  batches = random_batches(1, batch=8, seq_len=256, vocab=ref_cfg.model.vocab_size, seed=3) * 3
+  ref_losses, ref_state = train_losses(ref_cfg, make_mesh(ref_cfg.mesh, jax.devices()[:1]), batches)
+  shape = tuple(int(x) for x in mesh_spec.split(","))
+  cfg = reduced_1b_config(mesh=shape)
+  losses, state = train_losses(cfg, make_mesh(cfg.mesh), batches)
+  _result(loss=max(abs(a - b) for a, b in zip(losses, ref_losses)),
+          params=_max_tree_diff(jax.device_get(state.params), jax.device_get(ref_state.params)),
+          losses=losses, reference_losses=ref_losses, sequence_parallel_calls=len(calls),
+          specs=sorted({str(x.sharding.spec) for x in jax.tree.leaves(state.params)}),
+          devices=jax.device_count())
+
+
 def check_save(ckpt_dir):
   """8 devices, mesh (2,2,2,1): 2 steps, checkpoint, 2 more steps (reference losses)."""
   import jax
@@ -338,22 +381,29 @@ def check_restore(ckpt_dir, mesh_spec):
   _result(losses=losses, devices=jax.device_count(), on_mesh=on_mesh)
 
 
-def check_multiprocess_step(out_path):
-  """Worker of the 2-process test: the global batch is split by process (shard_batch)."""
+def check_multiprocess_step(out_path, mesh_spec="-1,1,1,1"):
+  """Worker of the 2-process tests: the global batch is split by process (shard_batch) along B;
+  with a sequence axis each process feeds whole rows to its own devices' (fsdp, sequence)
+  shards."""
   import jax
 
   from bk_jax import distributed
+  from bk_jax.ops import sharded_scan
   from bk_jax.sharding import make_mesh
 
+  calls = []
+  orig = sharded_scan.sequence_parallel_causal_diag
+  sharded_scan.sequence_parallel_causal_diag = lambda *a, **k: calls.append(1) or orig(*a, **k)
   distributed.maybe_initialize(None)
   n_proc, pid = jax.process_count(), jax.process_index()
-  cfg = tiny_config(mesh=(-1, 1, 1, 1))
+  cfg = tiny_config(mesh=tuple(int(x) for x in mesh_spec.split(",")))
   mesh = make_mesh(cfg.mesh)
   batches = random_batches(3, batch=8, seq_len=64, vocab=64, seed=2)
   per = 8 // n_proc
   local = [{k: v[pid * per:(pid + 1) * per] for k, v in b.items()} for b in batches]
   losses, _ = train_losses(cfg, mesh, local if n_proc > 1 else batches)
-  _result(losses=losses, processes=n_proc, process=pid, devices=jax.device_count())
+  _result(losses=losses, processes=n_proc, process=pid, devices=jax.device_count(),
+          sequence_parallel_calls=len(calls))
   if out_path != "-":
     with open(f"{out_path}.{pid}", "w") as f:
       json.dump(dict(losses=losses, processes=n_proc), f)

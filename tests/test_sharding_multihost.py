@@ -15,6 +15,17 @@ def test_two_processes_match_single_process_loss():
     assert max(abs(a - b) for a, b in zip(r["losses"], single["losses"])) <= 1e-5, (r, single)
 
 
+def test_two_processes_fsdp_x_sequence_match_single_device():
+  """2 processes x 2 devices on mesh fsdp=2 x sequence=2 (sequence-parallel BK core across
+  devices, fsdp across processes): losses equal the one-device run."""
+  single = run_check("multiprocess_step", "-", "1,1,1,1", devices=1)
+  multi = run_multiprocess("multiprocess_step", "-", "1,2,1,2", processes=2,
+                           devices_per_process=2)
+  for r in multi:
+    assert r["processes"] == 2 and r["devices"] == 4 and r["sequence_parallel_calls"] > 0, r
+    assert max(abs(a - b) for a, b in zip(r["losses"], single["losses"])) <= 1e-5, (r, single)
+
+
 @pytest.mark.slow
 def test_two_process_trainer_writes_outputs_once(tmp_path):
   """The full Trainer on 2 processes: collective checkpoints, results/TensorBoard by process 0."""

@@ -27,3 +27,13 @@ def test_save_on_8_restore_on_4_and_1(tmp_path):
     r = run_check("restore", ck, mesh, devices=devices)
     assert r["devices"] == devices and r["on_mesh"]
     assert max(abs(a - b) for a, b in zip(r["losses"], ref["losses"])) <= 1e-5, (mesh, r, ref)
+
+
+@pytest.mark.slow
+def test_reduced_1b_on_fsdp_x_sequence_equals_single_device():
+  """configs/bk_1b.py at 1/8 width, 2 layers: 3 steps on mesh fsdp=4 x sequence=2 == 1 device."""
+  r = run_check("reduced_1b", "1,4,1,2")
+  assert r["devices"] == 8 and r["sequence_parallel_calls"] > 0, r
+  assert r["loss"] <= 1e-5 and r["params"] <= 1e-5, r
+  assert r["reference_losses"][2] < r["reference_losses"][0], r  # it trained
+  assert any("fsdp" in s for s in r["specs"]), r

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from bk_jax.train.loop import run
 from bk_jax.train.testing import tiny_config, write_pattern_corpus
@@ -73,11 +74,12 @@ def test_best_checkpoint_is_the_min_eval_loss_step(eval_run):
   ck = load_checkpoint(cfg.save_dir, "checkpoint_seq32_best")
   assert ck.meta["position"] == [0, best["step"]]
   ds = bk_data.make_train_dataset(ck.config.data, 32, 4, seed=cfg.seed, split="valid", num_epochs=1)
+  forward = nnx.jit(lambda m, x: m(x))
   tot = n = 0.0
   for i, b in enumerate(bk_data.make_iterator(ds, ck.config.data)):
     if i == 2:
       break
-    ce = masked_cross_entropy(ck.model(jnp.asarray(b["inputs"])), b["targets"], b["mask"])
+    ce = masked_cross_entropy(forward(ck.model, jnp.asarray(b["inputs"])), b["targets"], b["mask"])
     tot, n = tot + float(ce) * b["mask"].sum(), n + b["mask"].sum()
   assert tot / n == pytest.approx(best["eval/loss"], rel=1e-5)
 
@@ -142,3 +144,16 @@ def test_console_lines(tmp_path, capsys):
   assert "Epoch mean train loss:" in out
   for col in ("Last step loss", "Epoch mean loss", "Epoch mean PPL", "Eval loss"):
     assert col in out
+
+
+def test_short_valid_split_halves_the_eval_batch_or_skips_the_length(tmp_path):
+  # valid split: 1,001 tokens = 3 windows of 256 (batch 4 -> 2), none of 1024 (skipped)
+  corpus = write_pattern_corpus(str(tmp_path / "p.txt"), n_chars=20_000)
+  cfg = tiny_config(str(tmp_path / "run"), corpus, str(tmp_path / "cache"), lengths=(256, 1024), steps=1)
+  cfg.eval.every_steps, cfg.eval.batches, cfg.eval.samples = 1, 4, 0
+  cfg.logging.console = False
+  res = run(cfg)
+  assert res["run"]["data"]["split_tokens"]["valid"] // 256 == 3
+  assert [(e["seq_len"], e["eval/tokens"]) for e in res["eval_history"]] == [(256, 2 * 256)]
+  assert list(res["eval_skipped"]) == ["1024"] and "valid split has" in res["eval_skipped"]["1024"]
+  assert res["status"] == {"256": "trained", "1024": "trained"}

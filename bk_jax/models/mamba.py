@@ -146,7 +146,8 @@ class MambaBlock(nnx.Module):
     xpad = jnp.concatenate([conv_state.astype(xi.dtype), xi], axis=1)  # (B, k-1+N, D)
     n = xi.shape[1]
     w = self.conv_w[...].astype(xi.dtype)
-    conv = sum(xpad[:, k:k + n] * w[k] for k in range(self.d_conv)) + self.conv_b[...]
+    conv = (sum(xpad[:, k:k + n] * w[k] for k in range(self.d_conv))
+            + self.conv_b[...].astype(xi.dtype))  # an f32 bias would promote xc to f32
     new_conv_state = xpad[:, n:]  # the last d_conv-1 inputs
     xc = jax.nn.silu(conv)
     dt_in, b, c = jnp.split(self.x_proj(xc), [self.dt_rank, self.dt_rank + self.d_state], -1)

@@ -81,8 +81,8 @@ def _generate(graphdef, states, prompt, key, *, max_new_tokens, temperature, top
   def step(carry, k):
     last, cache = carry
     tok = sample_logits(k, last, temperature=temperature, top_k=top_k, top_p=top_p)
-    # fresh Variables at this scan body's trace level: the model's own nnx.remat / nnx.scan
-    # (remat "full"/"dots", scan_layers) refuse Variables of the outer trace (TraceContextError)
+    # A fresh copy inside the scan body: nnx.remat / nnx.scan in the model refuse Variables
+    # created at the outer trace level (the fix eval/streaming.py needs for the same reason).
     m = nnx.merge(graphdef, *states, copy=True)
     logits, cache = m(tok[:, None], cache=cache)  # one token, O(1) in the position
     return (logits[:, -1], cache), tok

@@ -142,6 +142,8 @@ ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "blockwise")  # what `resolve_atten
 #   d_model 128 ( 4 heads): N 512  1,544 / 25,922; N 2k 859 / 5,422; N 8k 85 / 590
 #   d_model 256 ( 8 heads): N 512    962 /  1,507; N 2k 168 /   698; N 8k  - / 219
 #   d_model 512 (16 heads): N 512    732 /    811; N 2k 107 /   546; N 8k  - / 108
+# Rerun (d_model 128 / 512 only, load average 27): N 512 2,568 / 4,903 and 548 / 626;
+# N 2k 397 / 1,401 and 105 / 368. Blockwise: 1.1-17x at N 512 (noisy), 3.5-7x at N 2k-8k.
 # XLA's compiled fwd+bwd memory at 8k: 4.0 / 8.1 / 16.1 GB (4, 8, 16 heads; not run above
 # 8 GB) against 0.07 / 0.14 / 0.28 GB blockwise. Accelerators without cuDNN (f32 on a GPU,
 # TPU) keep XLA's single fused kernel up to 2 GiB of scores (not measured here: no GPU).

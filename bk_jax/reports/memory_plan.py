@@ -32,7 +32,7 @@ from flax import nnx
 
 from bk_jax.models import build_model, count_params
 from bk_jax.ops.resolvent import resolve_method
-from bk_jax.sharding import make_mesh, state_shardings
+from bk_jax.sharding import batch_sharding, make_mesh, state_shardings
 from bk_jax.train.config_validation import ConfigError
 from bk_jax.train.schedule import learning_rate_schedule
 from bk_jax.train.state import create_train_state
@@ -161,7 +161,6 @@ def plan(config: ml_collections.ConfigDict, mesh_shape: tuple[int, int, int, int
   import time
 
   from bk_jax.data import batch_size_for
-  from bk_jax.sharding import batch_sharding
   from bk_jax.train.config_validation import train_lengths
 
   cfg = ml_collections.ConfigDict(config.to_dict())

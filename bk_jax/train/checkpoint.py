@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shutil
 from typing import Any, Callable
 
@@ -79,7 +80,7 @@ def damage_reason(e: BaseException) -> str | None:
   structure mismatch is not damage: the checkpoint is intact and belongs to another model.
   """
   for x in _chain(e):
-    msg = " ".join(str(x).split())
+    msg = re.sub(r' in OCDBT database at local file "[^"]*"', "", " ".join(str(x).split()))
     if isinstance(x, FileNotFoundError):
       return f"a file is missing ({x.filename or msg[:200]})"
     if isinstance(x, KeyError) and "was not found in the checkpoint" in msg:
@@ -135,8 +136,11 @@ class Checkpoints:
     src = os.path.join(self.save_dir, "checkpoints", str(step))
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     dst = os.path.join(self.save_dir, DAMAGED_DIR, f"{step}-{stamp}")
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    shutil.move(src, dst)
+    if jax.process_index() == 0:  # multi-host: every process saw the damage; one moves it
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      shutil.move(src, dst)
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes(f"bk_jax_quarantine_{step}")
     self.manager.reload()
     return dst
 

@@ -218,7 +218,7 @@ def reference_config(argv: Sequence[str]) -> ml_collections.ConfigDict:
       v = max(int(v), 0)
     if flag == "use_wandb":
       print(f"--use_wandb: W&B is not used; logging to TensorBoard in "
-            f"{os.path.join(config.save_dir if args.save_dir is None else args.save_dir, 'tensorboard')}",
+            f"{config.save_dir if args.save_dir is None else args.save_dir}",
             file=sys.stderr)
     *parents, leaf = field.split(".")
     node = config

@@ -72,6 +72,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for n in lengths:
       _need(t.tokens_per_batch % n == 0,
             f"train.tokens_per_batch={t.tokens_per_batch} is not divisible by sequence length {n}")
+  _need(t.grad_accum_steps >= 1, f"train.grad_accum_steps must be >= 1, got {t.grad_accum_steps}")
+  for n in lengths:
+    bs = max(1, t.tokens_per_batch // n) if t.tokens_per_batch > 0 else t.batch_size
+    _need(bs % t.grad_accum_steps == 0,
+          f"batch size {bs} at length {n} is not divisible by train.grad_accum_steps={t.grad_accum_steps}")
   _need(t.epochs > 0 or t.steps_per_length > 0,
         f"need train.epochs > 0 or train.steps_per_length > 0 (got {t.epochs}, {t.steps_per_length})")
   _need(t.steps_per_length >= 0, f"train.steps_per_length must be >= 0, got {t.steps_per_length}")

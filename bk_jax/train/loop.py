@@ -76,7 +76,8 @@ def prepare(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDic
   cfg.model.seed = int(cfg.seed)  # one seed per run: model init and data order
   mesh = make_mesh(cfg.mesh)
   check_model_fits_mesh(cfg.model, cfg.mesh)
-  plans = plan_lengths(cfg, process_count=jax.process_count(), batch_divisor=data_parallel_size(mesh))
+  plans = plan_lengths(cfg, process_count=jax.process_count(),
+                       batch_divisor=data_parallel_size(mesh) * cfg.train.grad_accum_steps)
   return cfg, mesh, plans
 
 
@@ -114,7 +115,7 @@ class Trainer:
     self.writer = MetricWriter(self.save_dir, tensorboard=cfg.logging.tensorboard,
                                console=self.console, meta=lambda: self.meta)
     self.validator = Validator(cfg, self.graphdef, self.state, self.mesh, bk_data)
-    self.validator.check(self.plans)
+    self.eval_skipped = {str(n): r for n, r in self.validator.plan_batches(self.plans).items()}
     self.memory_kind = memory_usage().kind  # what the headline memory figure measures
     self.meta = dict(position=[0, 0], metrics_history=[], eval_history=[], best_eval={},
                      results_by_length={}, gradient_statistics={}, length_summary={}, status={},
@@ -217,7 +218,7 @@ class Trainer:
     sil = self.meta["position"][1]
     if sil == 0:
       self.state = self.state.replace(monitors=put_replicated(MonitorState.zeros(), self.mesh))
-      self.meta["results_by_length"][key] = []
+      self.meta["results_by_length"].setdefault(key, [])  # a recovery to here keeps earlier attempts
       self._save()  # the length's start is a good checkpoint for recovery
     poison = plan.seq_len in tuple(int(n) for n in cfg.debug.nonfinite_grad_seq_lens)
     step_fn = jit_train_step(make_train_step(self.graphdef, self.tx, self.lr_fn, cfg,
@@ -260,7 +261,7 @@ class Trainer:
       if self._diverged:
         self.console.close_bar()
         return "recover"
-      if self.validator.due(gstep):
+      if self.validator.due(gstep, plan.seq_len):
         self._validate(plan)
       if gstep % cfg.checkpoint.every_steps == 0:
         self._flush()
@@ -273,7 +274,7 @@ class Trainer:
     self.console.close_bar()
     if self._diverged or bool(self._monitors().diverged):
       return "recover"
-    if self.validator.enabled and self._last_eval_step != self._gstep:
+    if self.validator.active(plan.seq_len) and self._last_eval_step != self._gstep:
       self._validate(plan)  # every length ends with a validation point
     return "done"
 
@@ -281,11 +282,11 @@ class Trainer:
     """eval/* scalars, samples as text, and the best checkpoint of this length (if enabled)."""
     self._flush()
     step, key = self._gstep, str(plan.seq_len)
-    sc = self.validator.evaluate(self.state, plan.seq_len, plan.batch_size)
+    sc = self.validator.evaluate(self.state, plan.seq_len)
     self._last_eval_step = step
     self.writer.write("eval_history", sc, step=step, seq_len=plan.seq_len,
                       epoch=plan.epoch_of(max(self.meta["position"][1] - 1, 0)))
-    texts = self.validator.samples(self.state, plan.seq_len, plan.batch_size)
+    texts = self.validator.samples(self.state, plan.seq_len)
     if texts:
       self.writer.text(f"seq{plan.seq_len}/eval/samples", "\n\n".join(texts), step)
     best = self.meta["best_eval"].get(key)
@@ -408,6 +409,8 @@ class Trainer:
                        f"data {cfg.data.dataset} | "
                        f"model {cfg.model.kind} ({self.n_params:,} parameters; {ran}) | lengths "
                        f"{[p.seq_len for p in self.plans]} | {self.total_steps} steps | {self.save_dir}")
+    for n, why in self.eval_skipped.items():
+      self.console.print(f"N={n}: no validation at this length ({why})")
     self._resume()
     self._gstep = int(self.state.step)
     self.run_section = run_info.run_section(cfg, started=self.started, save_dir=self.save_dir,
@@ -461,7 +464,7 @@ class Trainer:
         status=m["status"], memory_kind=self.memory_kind,
         extra=dict(schema_version=run_info.SCHEMA_VERSION, units=run_info.UNITS,
                    run=self.run_section, save_dir=self.save_dir, eval_history=m["eval_history"],
-                   best_eval=m["best_eval"], length_summary=m["length_summary"],
+                   best_eval=m["best_eval"], eval_skipped=self.eval_skipped, length_summary=m["length_summary"],
                    recoveries=m["recoveries"],
                    total_steps=int(self.state.step), planned_steps=self.total_steps,
                    interrupted=interrupted, n_params=self.n_params,
@@ -481,14 +484,16 @@ class Trainer:
     return {k: s[k] for k in keys if s.get(k) is not None}
 
   def _install_sigterm(self):
-    """SIGTERM and SIGINT (Ctrl-C) stop after the current step with a checkpoint; a second one
-    interrupts at once (KeyboardInterrupt)."""
+    """SIGTERM and SIGINT (Ctrl-C) stop after the current step with a checkpoint; a second
+    Ctrl-C interrupts at once (KeyboardInterrupt), a repeated SIGTERM is ignored."""
     if threading.current_thread() is not threading.main_thread():
       return None
 
     def handler(signum, _frame):
       if self._stop_signal.is_set():
-        raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+          raise KeyboardInterrupt
+        return
       self._signal_name = signal.Signals(signum).name
       self._stop_signal.set()
 

@@ -10,9 +10,9 @@ import ml_collections
 import optax
 from flax import nnx
 
-from bk_jax.sharding import jit_sharded, replicated
+from bk_jax.models.lm import _AUX_REDUCE
+from bk_jax.sharding import batch_sharding, constrain, jit_sharded, replicated, state_shardings
 from bk_jax.train import monitors as mon_lib
-from bk_jax.sharding import batch_sharding, state_shardings
 from bk_jax.train.state import TrainState
 
 
@@ -54,20 +54,60 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr_schedule: Cal
   figure ("bk/..." with monitors on, "moe/..." with the MoE), and the loop's control flags
   control/finite, control/diverged (not logged).
   A non-finite loss or gradient leaves params and optimizer state unchanged (counted in
-  monitors.*.skipped).
+  monitors.*.skipped). With `train.grad_accum_steps` = k > 1 the batch is split into k
+  microbatches inside the step (lax.scan): one optimizer update from the summed, mask-weighted
+  gradients, equal to the full-batch step up to float32 summation order; activation memory is
+  that of B / k rows.
   """
   t = config.train
   bad_steps = tuple(int(s) for s in config.debug.nonfinite_grad_steps)
+  accum = int(t.grad_accum_steps)
+
+  def loss_fn(params, model_state, mb, weight):
+    model = nnx.merge(graphdef, params, model_state)
+    logits, aux = model(mb["inputs"], return_aux=True)
+    ce = masked_cross_entropy(logits, mb["targets"], mb["mask"])
+    new_model_state = nnx.state(model, nnx.Not(nnx.Param))
+    if weight is None:  # the whole batch at once
+      return ce + aux["aux_loss"], (ce, aux, new_model_state)
+    # microbatch: its share of the batch's masked mean, and 1/accum of the (per-batch) aux loss
+    return weight * ce + aux["aux_loss"] / accum, (weight * ce, aux, new_model_state)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def accumulated(params, model_state, batch):
+    """Microbatches of B / accum rows (row r goes to microbatch r % accum, so every device keeps
+    its own rows), run by lax.scan; gradients are summed in float32. Each microbatch's CE is
+    weighted by its share of the batch's mask, so loss and gradients equal the full batch's."""
+    b = batch["inputs"].shape[0]
+    if b % accum:
+      raise ValueError(f"batch size {b} is not divisible by train.grad_accum_steps={accum}")
+    micro = jax.tree.map(lambda x: constrain(
+        jnp.swapaxes(x.reshape(b // accum, accum, *x.shape[1:]), 0, 1),
+        (None, "activation_batch", "activation_length")), batch)
+    total_mask = jnp.sum(batch["mask"].astype(jnp.float32))
+    weights = jnp.where(total_mask > 0,
+                        jnp.sum(micro["mask"].astype(jnp.float32), axis=(1, 2)) / total_mask,
+                        1.0 / accum)
+
+    def one(carry, xs):
+      gsum, mstate = carry
+      mb, w = xs
+      (obj, (ce, aux, mstate)), g = grad_fn(params, mstate, mb, w)
+      gsum = jax.tree.map(lambda a, b: a + b.astype(a.dtype), gsum, g)
+      return (gsum, mstate), (obj, ce, aux)
+
+    g0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    (grads, mstate), (objs, ces, auxes) = jax.lax.scan(one, (g0, model_state), (micro, weights))
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+    aux = {k: (jnp.mean(v) if k == "aux_loss" else _AUX_REDUCE[k](v)) for k, v in auxes.items()}
+    return (jnp.sum(objs), (jnp.sum(ces), aux, mstate)), grads
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    def loss_fn(params):
-      model = nnx.merge(graphdef, params, state.model_state)
-      logits, aux = model(batch["inputs"], return_aux=True)
-      ce = masked_cross_entropy(logits, batch["targets"], batch["mask"])
-      new_model_state = nnx.state(model, nnx.Not(nnx.Param))
-      return ce + aux["aux_loss"], (ce, aux, new_model_state)
-
-    (total, (ce, aux, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if accum == 1:
+      (total, (ce, aux, model_state)), grads = grad_fn(state.params, state.model_state, batch, None)
+    else:
+      (total, (ce, aux, model_state)), grads = accumulated(state.params, state.model_state, batch)
     if inject_nonfinite_all or bad_steps:
       poison = jnp.asarray(inject_nonfinite_all) | jnp.isin(state.step, jnp.asarray(bad_steps or (-1,)))
       grads = jax.tree.map(lambda g: g * jnp.where(poison, jnp.nan, 1.0).astype(g.dtype), grads)

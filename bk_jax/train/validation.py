@@ -10,7 +10,9 @@ shape, so one compile per length) and writes
                       datasets only (a synthetic task has no bytes),
   eval/tokens         tokens scored.
 
-The batches are the same at every evaluation (a fixed shuffle of the valid split with the run
+A length whose valid split cannot fill the training batch is scored with the largest halving
+of it that fits; one that holds no batch at all is not validated (listed in the results under
+`eval_skipped`). The batches are the same at every evaluation (a fixed shuffle of the valid split with the run
 seed), so the curve moves only because the model does. With `eval.samples > 0` a few
 continuations of valid-split prompts are generated with the streaming cache
 (`bk_jax.models.sampling`) and logged as TensorBoard text.
@@ -27,7 +29,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from bk_jax.sharding import batch_sharding, jit_sharded, replicated, shard_batch, state_shardings
+from bk_jax.sharding import (batch_sharding, data_parallel_size, jit_sharded, replicated, shard_batch,
+                             state_shardings)
 from bk_jax.train.monitors import perplexity
 from bk_jax.train.step import masked_cross_entropy
 
@@ -68,23 +71,48 @@ class Validator:
     self.batches = int(cfg.eval.batches)
     self.step_fn = make_eval_step(graphdef, state, mesh) if self.every > 0 else None
     self.corpus = None
+    self.batch_size: dict[int, int] = {}  # seq_len -> eval batch size (plan_batches)
     if self.every > 0 and cfg.data.dataset != "synthetic":
       self.corpus = bk_data.load_corpus(cfg.data)
 
-  def check(self, plans) -> None:
-    """DataError (one line) now, not mid-run, when the valid split cannot fill one batch."""
-    if self.enabled:
-      for p in plans:
-        self.bk_data.make_train_dataset(self.cfg.data, p.seq_len, p.batch_size, seed=self.cfg.seed,
-                                        split="valid", process_index=jax.process_index(),
-                                        process_count=jax.process_count(), num_epochs=1)
+  def plan_batches(self, plans) -> dict[int, str]:
+    """Picks each length's eval batch size before training; returns {N: reason} for skipped N.
+
+    The training batch size when the valid split fills it, else the largest halving of it
+    that the split fills and the data-parallel mesh divides; a length whose valid split holds
+    no such batch is not validated (reported, never an error mid-run).
+    """
+    skipped = {}
+    if not self.enabled:
+      return skipped
+    div = data_parallel_size(self.mesh)
+    for p in plans:
+      b, err = p.batch_size, None
+      while b >= 1:
+        if b % div == 0:
+          try:
+            self.bk_data.make_train_dataset(self.cfg.data, p.seq_len, b, seed=self.cfg.seed,
+                                            split="valid", process_index=jax.process_index(),
+                                            process_count=jax.process_count(), num_epochs=1)
+            break
+          except self.bk_data.DataError as e:
+            err = str(e)
+        b //= 2
+      if b >= 1:
+        self.batch_size[p.seq_len] = b
+      else:
+        skipped[p.seq_len] = err or f"no valid batch divisible by the data-parallel size {div}"
+    return skipped
 
   @property
   def enabled(self) -> bool:
     return self.every > 0
 
-  def due(self, gstep: int) -> bool:
-    return self.every > 0 and gstep % self.every == 0
+  def due(self, gstep: int, seq_len: int) -> bool:
+    return seq_len in self.batch_size and gstep % self.every == 0
+
+  def active(self, seq_len: int) -> bool:
+    return seq_len in self.batch_size
 
   def _batches(self, seq_len: int, batch_size: int):
     ds = self.bk_data.make_train_dataset(self.cfg.data, seq_len, batch_size, seed=self.cfg.seed,
@@ -96,10 +124,10 @@ class Validator:
         break
       yield batch
 
-  def evaluate(self, state, seq_len: int, batch_size: int) -> dict[str, Any]:
+  def evaluate(self, state, seq_len: int) -> dict[str, Any]:
     """The eval/* scalars of `state` at this length (one host sync at the end)."""
     total, count = jnp.float32(0.0), jnp.float32(0.0)
-    for batch in self._batches(seq_len, batch_size):
+    for batch in self._batches(seq_len, self.batch_size[seq_len]):
       s, n = self.step_fn(state, shard_batch(batch, self.mesh))
       total, count = total + s, count + n
     total, count = float(total), float(count)
@@ -110,10 +138,11 @@ class Validator:
     out["eval/tokens"] = count
     return out
 
-  def samples(self, state, seq_len: int, batch_size: int) -> list[str]:
+  def samples(self, state, seq_len: int) -> list[str]:
     """`eval.samples` generated continuations of valid-split prompts, as markdown-ready text."""
     from bk_jax.models.sampling import generate
 
+    batch_size = self.batch_size[seq_len]
     n = min(int(self.cfg.eval.samples), batch_size)
     if n <= 0 or self.corpus is None:
       return []
