@@ -2,12 +2,15 @@
 
     python scripts/bench_ops.py                   # full grid (a few minutes on 2 CPU cores)
     python scripts/bench_ops.py --quick           # tiny grid (seconds), used by the test suite
+    python scripts/bench_ops.py --op green --d 8  # resolvent.causal_green (d values per head)
 
 For every method in bk_jax.ops.resolvent.METHODS, sequence length N and head count H it times
 the jitted forward pass and forward+backward (gradient of a scalar loss w.r.t. v), reports the
 median over repeats in ns per (position, head) element, XLA's temporary-memory estimate of the
 compiled program, and the ratio to a memory-bandwidth roofline measured in the same run: a numpy
-copy of the bytes the op must touch (float32 v in, complex64 g out: 12 bytes per element).
+copy of the bytes the op must touch (float32 v in, complex64 g out: 12 bytes per element; for
+--op green also float32 x in and complex64 y out, 4 + 12 d bytes). temp/g is XLA's temporary
+memory over the output's size (g, or y for --op green).
 """
 
 from __future__ import annotations
@@ -37,21 +40,31 @@ def _median_seconds(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def roofline_ns_per_element(n_elements: int, repeats: int) -> float:
+def bytes_per_element(op: str, d: int) -> int:
+  """Bytes the op must touch per (position, head): causal_green also reads x and writes y."""
+  return BYTES_PER_ELEMENT if op == "diag" else 4 + 4 * d + 8 * d
+
+
+def roofline_ns_per_element(n_elements: int, repeats: int,
+                            nbytes: int = BYTES_PER_ELEMENT) -> float:
   """ns/element of a numpy copy moving the same bytes (the memory-bandwidth floor)."""
-  src = np.ones(n_elements * BYTES_PER_ELEMENT // 4, np.float32)
+  src = np.ones(n_elements * nbytes // 4, np.float32)
   dst = np.empty_like(src)
   np.copyto(dst, src)
   return _median_seconds(lambda: np.copyto(dst, src), repeats) / n_elements * 1e9
 
 
-def bench_one(method: str, n: int, heads: int, backward: bool, repeats: int) -> dict:
+def bench_one(method: str, n: int, heads: int, backward: bool, repeats: int, op: str = "diag",
+              d: int = 8) -> dict:
   rng = np.random.default_rng(0)
   v = jnp.asarray(rng.normal(size=(n, heads)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(n, heads, d)), jnp.float32)
   hopping = jnp.ones((heads,), jnp.float32)
   z = jnp.asarray(np.linspace(-3.5, -0.5, heads) + 1j * np.geomspace(0.1, 1.0, heads), jnp.complex64)
 
   def forward(v_):
+    if op == "green":  # values x fixed; the gradient is taken w.r.t. v as for causal_diag
+      return resolvent.causal_green(v_, x, hopping=hopping, z=z, method=method)[0]
     return resolvent.causal_diag(v_, hopping=hopping, z=z, method=method)[0]
 
   def loss(v_):
@@ -63,8 +76,9 @@ def bench_one(method: str, n: int, heads: int, backward: bool, repeats: int) -> 
   temp_bytes = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
   jax.block_until_ready(compiled(v))  # warm-up
   seconds = _median_seconds(lambda: compiled(v), repeats)
-  g_bytes = n * heads * 8
+  g_bytes = n * heads * 8 * (d if op == "green" else 1)  # the output: g, or y for green
   return {
+      "op": op if op == "diag" else f"green(d={d})",
       "method": method,
       "N": n,
       "H": heads,
@@ -82,6 +96,9 @@ def main(argv=None) -> int:
   parser.add_argument("--lengths", default="1024,8192,65536,131072")
   parser.add_argument("--heads", default="16,256")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--op", choices=("diag", "green"), default="diag",
+                      help="causal_diag, or causal_green with d values per head")
+  parser.add_argument("--d", type=int, default=8, help="values per head for --op green")
   parser.add_argument("--out", default="results/bench_ops.json")
   args = parser.parse_args(argv)
   if args.quick:
@@ -94,7 +111,8 @@ def main(argv=None) -> int:
   lengths = [int(x) for x in args.lengths.split(",")]
   heads_list = [int(x) for x in args.heads.split(",")]
 
-  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}, "
+  op_name = f"green (d={args.d})" if args.op == "green" else "diag"
+  print(f"op {op_name}; jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}, "
         f"{os.cpu_count()} host cores; medians of {args.repeats} repeats", flush=True)
   header = f"{'method':>12} {'N':>7} {'H':>4} {'pass':>8} {'ns/elem':>9} {'roofline':>9} {'ratio':>7} {'temp MiB':>9} {'temp/g':>7}"
   print(header)
@@ -102,10 +120,11 @@ def main(argv=None) -> int:
   rows = []
   for n in lengths:
     for heads in heads_list:
-      roof = roofline_ns_per_element(n * heads, args.repeats)
+      roof = roofline_ns_per_element(n * heads, args.repeats,
+                                     bytes_per_element(args.op, args.d))
       for method in methods:
         for backward in (False, True):
-          row = bench_one(method, n, heads, backward, args.repeats)
+          row = bench_one(method, n, heads, backward, args.repeats, args.op, args.d)
           row["roofline_ns_per_element"] = roof
           row["ratio_to_roofline"] = row["ns_per_element"] / roof
           rows.append(row)

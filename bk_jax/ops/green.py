@@ -109,7 +109,7 @@ def causal_green(
     return sharded_scan.sequence_parallel_causal_green(
         v, x, hopping=hopping, z=z, carry=carry, mesh=mesh, method=method, chunk_size=chunk_size)
   g_prev, y_prev = (None, None) if carry is None else carry
-  v, shift, t2, g_prev = resolvent._prepare(v, hopping, z, g_prev)
+  v, shift, t2, g_prev = resolvent.prepare_inputs(v, hopping, z, g_prev)
   g, g_last = resolvent.causal_diag_prepared(v, shift, t2, g_prev, method, chunk_size)
   c, b = affine_terms(g, cast_values(v, x), hopping)
   y_shape = b.shape[:-3] + b.shape[-2:]

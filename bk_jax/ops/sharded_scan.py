@@ -230,7 +230,7 @@ def sequence_parallel_causal_green(v, x, *, hopping, z, carry=None, mesh=None,
 
   def local(v_s, hop, z_s, x_s, g0, y0):
     g_in = _local_incoming_g(v_s, hop, z_s, g0, axis, size)
-    g, g_last = resolvent.causal_diag_prepared(*resolvent._prepare(v_s, hop, z_s, g_in),
+    g, g_last = resolvent.causal_diag_prepared(*resolvent.prepare_inputs(v_s, hop, z_s, g_in),
                                                method, chunk_size)
     c, b = green.affine_terms(g, x_s, hop)
     # Channel d is the prefix product A_i of c (start 1, no input); channels < d are Y (start 0).
