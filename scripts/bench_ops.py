@@ -2,12 +2,15 @@
 
     python scripts/bench_ops.py                   # full grid (a few minutes on 2 CPU cores)
     python scripts/bench_ops.py --quick           # tiny grid (seconds), used by the test suite
+    python scripts/bench_ops.py --op green --d 8  # resolvent.causal_green (d values per head)
 
 For every method in bk_jax.ops.resolvent.METHODS, sequence length N and head count H it times
 the jitted forward pass and forward+backward (gradient of a scalar loss w.r.t. v), reports the
 median over repeats in ns per (position, head) element, XLA's temporary-memory estimate of the
 compiled program, and the ratio to a memory-bandwidth roofline measured in the same run: a numpy
-copy of the bytes the op must touch (float32 v in, complex64 g out: 12 bytes per element).
+copy of the bytes the op must touch (float32 v in, complex64 g out: 12 bytes per element; for
+--op green also float32 x in and complex64 y out, 4 + 12 d bytes). temp/g is XLA's temporary
+memory over the output's size (g, or y for --op green).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import jax
 from bk_jax.ops import resolvent
 # the timing of one causal_diag cell lives in bk_jax.reports (shared with the GPU suite)
 from bk_jax.reports.throughput import bench_resolvent as bench_one
-from bk_jax.reports.throughput import roofline_ns_per_element
+from bk_jax.reports.throughput import bytes_per_element, roofline_ns_per_element
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -31,6 +34,9 @@ def main(argv=None) -> int:
   parser.add_argument("--lengths", default="1024,8192,65536,131072")
   parser.add_argument("--heads", default="16,256")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--op", choices=("diag", "green"), default="diag",
+                      help="causal_diag, or causal_green with d values per head")
+  parser.add_argument("--d", type=int, default=8, help="values per head for --op green")
   parser.add_argument("--out", default="results/bench_ops.json")
   args = parser.parse_args(argv)
   if args.quick:
@@ -43,7 +49,8 @@ def main(argv=None) -> int:
   lengths = [int(x) for x in args.lengths.split(",")]
   heads_list = [int(x) for x in args.heads.split(",")]
 
-  print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}, "
+  op_name = f"green (d={args.d})" if args.op == "green" else "diag"
+  print(f"op {op_name}; jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}, "
         f"{os.cpu_count()} host cores; medians of {args.repeats} repeats", flush=True)
   header = f"{'method':>12} {'N':>7} {'H':>4} {'pass':>8} {'ns/elem':>9} {'roofline':>9} {'ratio':>7} {'temp MiB':>9} {'temp/g':>7}"
   print(header)
@@ -51,10 +58,11 @@ def main(argv=None) -> int:
   rows = []
   for n in lengths:
     for heads in heads_list:
-      roof = roofline_ns_per_element(n * heads, args.repeats)
+      roof = roofline_ns_per_element(n * heads, args.repeats,
+                                     bytes_per_element(args.op, args.d))
       for method in methods:
         for backward in (False, True):
-          row = bench_one(method, n, heads, backward, args.repeats)
+          row = bench_one(method, n, heads, backward, args.repeats, op=args.op, d=args.d)
           row["roofline_ns_per_element"] = roof
           row["ratio_to_roofline"] = row["ns_per_element"] / roof
           rows.append(row)

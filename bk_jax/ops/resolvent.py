@@ -13,7 +13,9 @@ depends on v_0..v_i only, so a causal language model can use it without seeing t
 |g_i| <= 1/eta and Im g_i > 0 hold for every input because H is real symmetric; no clamps are
 needed.
 
-One public entry, `causal_diag`, with three interchangeable evaluation strategies:
+Public entries: `causal_diag` (below) and `causal_green` (the Green's-function mixer, DESIGN §2.10,
+implemented in ops/green.py and re-exported here); `causal_diag` has three interchangeable
+evaluation strategies:
 
 * "scan":        sequential `lax.scan` (fastest on CPU).
 * "associative": `lax.associative_scan` over normalised 2x2 Mobius matrices (log-depth, GPU).
@@ -92,7 +94,7 @@ def per_position(param: jax.Array, v_shape: tuple[int, ...], name: str) -> bool:
   return True
 
 
-def _prepare(v, hopping, z, carry):
+def prepare_inputs(v, hopping, z, carry):
   """Casts inputs; returns (v, shift, t2, g_prev) with a_i = v_i - shift_i, shift = 2 + z.
 
   shift (complex) and t2 = hopping^2 (real) are (H,) for per-head parameters and broadcast to
@@ -320,7 +322,7 @@ _causal_exact.defvjp(_causal_exact_fwd, _causal_exact_bwd)
 
 
 def causal_diag_prepared(v, shift, t2, g_prev, method: str, chunk_size: int = DEFAULT_CHUNK):
-  """The local (single-device) g for `_prepare`d inputs and a concrete method."""
+  """The local (single-device) g for `prepare_inputs`-ed inputs and a concrete method."""
   if method == "chunked":
     return _forward_chunked(v, shift, t2, g_prev, chunk_size)
   return _causal_exact(v, shift, t2, g_prev, method == "associative", shift.ndim > 1)
@@ -362,7 +364,7 @@ def causal_diag(
   if (mesh := sharded_scan.sequence_mesh_for(v)) is not None:  # mesh "sequence" axis > 1
     return sharded_scan.sequence_parallel_causal_diag(
         v, hopping=hopping, z=z, carry=carry, mesh=mesh, method=method, chunk_size=chunk_size)
-  return causal_diag_prepared(*_prepare(v, hopping, z, carry), method, chunk_size)
+  return causal_diag_prepared(*prepare_inputs(v, hopping, z, carry), method, chunk_size)
 
 
 def full_diag(v: jax.Array, *, hopping: jax.Array, z: jax.Array, method: Method = "scan"):
@@ -385,8 +387,13 @@ def full_diag(v: jax.Array, *, hopping: jax.Array, z: jax.Array, method: Method 
   g_left, _ = causal_diag(v, hopping=hopping, z=z, method=method)
   g_right, _ = causal_diag(jnp.flip(v, -2), hopping=hopping, z=z, method=method)
   g_right = jnp.flip(g_right, -2)
-  v, shift, t2, _ = _prepare(v, hopping, z, None)
+  v, shift, t2, _ = prepare_inputs(v, hopping, z, None)
   zeros = jnp.zeros_like(g_left[..., :1, :])
   left = jnp.concatenate([zeros, g_left[..., :-1, :]], axis=-2)
   right = jnp.concatenate([g_right[..., 1:, :], zeros], axis=-2)
   return 1.0 / ((v[..., :, :] - shift) - t2 * left - t2 * right)
+
+
+# The Green's-function mixer lives in ops/green.py (it builds on this module); this is its public
+# name (DESIGN §4). Safe at the bottom: everything green.py reads from here is defined above.
+from bk_jax.ops.green import GreenCarry, causal_green  # noqa: E402

@@ -138,17 +138,23 @@ def _median_seconds(fn, repeats: int, max_s: float | None = None) -> float:
   return statistics.median(times)
 
 
-def roofline_ns_per_element(n_elements: int, repeats: int) -> float:
+def bytes_per_element(op: str, d: int) -> int:
+  """Bytes the op must touch per (position, head): causal_green also reads x and writes y."""
+  return BYTES_PER_ELEMENT if op == "diag" else 4 + 4 * d + 8 * d
+
+
+def roofline_ns_per_element(n_elements: int, repeats: int,
+                            nbytes: int = BYTES_PER_ELEMENT) -> float:
   """ns/element of a numpy copy moving the same bytes (the memory-bandwidth floor)."""
-  src = np.ones(n_elements * BYTES_PER_ELEMENT // 4, np.float32)
+  src = np.ones(n_elements * nbytes // 4, np.float32)
   dst = np.empty_like(src)
   np.copyto(dst, src)
   return _median_seconds(lambda: np.copyto(dst, src), repeats) / n_elements * 1e9
 
 
 def bench_resolvent(method: str, n: int, heads: int, backward: bool, repeats: int,
-                    max_s: float | None = None) -> dict:
-  """Times jitted `resolvent.causal_diag` (forward, or gradient of a scalar loss w.r.t. v).
+                    max_s: float | None = None, op: str = "diag", d: int = 8) -> dict:
+  """Times jitted `resolvent.causal_diag` or `causal_green` (forward, or gradient w.r.t. v).
 
   Args:
     method: a `causal_diag` method ("auto" is resolved and recorded in "method_ran").
@@ -156,6 +162,8 @@ def bench_resolvent(method: str, n: int, heads: int, backward: bool, repeats: in
     backward: time forward+backward instead of forward only.
     repeats: timed calls after one warm-up (median reported).
     max_s: stop repeating once this many seconds are spent (slow cells still get one timing).
+    op: "diag" (causal_diag) or "green" (causal_green with fixed values x of d per head).
+    d: values per head for op "green".
 
   Returns:
     dict with method, method_ran, N, H, pass, seconds, tokens_per_s (positions/s),
@@ -165,11 +173,14 @@ def bench_resolvent(method: str, n: int, heads: int, backward: bool, repeats: in
 
   rng = np.random.default_rng(0)
   v = jnp.asarray(rng.normal(size=(n, heads)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(n, heads, d)), jnp.float32) if op == "green" else None
   hopping = jnp.ones((heads,), jnp.float32)
   z = jnp.asarray(np.linspace(-3.5, -0.5, heads) + 1j * np.geomspace(0.1, 1.0, heads),
                   jnp.complex64)
 
   def forward(v_):
+    if op == "green":  # values x fixed; the gradient is taken w.r.t. v as for causal_diag
+      return resolvent.causal_green(v_, x, hopping=hopping, z=z, method=method)[0]
     return resolvent.causal_diag(v_, hopping=hopping, z=z, method=method)[0]
 
   def loss(v_):
@@ -181,8 +192,9 @@ def bench_resolvent(method: str, n: int, heads: int, backward: bool, repeats: in
   temp_bytes = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
   jax.block_until_ready(compiled(v))  # warm-up
   seconds = _median_seconds(lambda: compiled(v), repeats, max_s)
-  g_bytes = n * heads * 8
+  g_bytes = n * heads * 8 * (d if op == "green" else 1)  # the output: g, or y for green
   return {
+      "op": op if op == "diag" else f"green(d={d})",
       "method": method,
       "method_ran": resolvent.resolve_method(method),
       "N": n,
