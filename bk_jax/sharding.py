@@ -100,12 +100,17 @@ def mesh_shape(mesh_cfg, n_devices: int) -> tuple[int, int, int, int]:
     if sizes[a] < 1:
       raise MeshError(f"mesh.{a} must be >= 1, got {sizes[a]}")
   if sizes["data"] == -1:
-    sizes["data"] = n_devices // other if n_devices % other == 0 else 0
+    if n_devices % other:  # data=-1 fills the rest; the other axes must divide the devices
+      raise MeshError(
+          f"mesh fsdp={sizes['fsdp']} tensor={sizes['tensor']} sequence={sizes['sequence']} "
+          f"(product {other}) does not divide the number of devices, {n_devices} (data=-1 takes "
+          f"the rest)")
+    sizes["data"] = n_devices // other
   shape = tuple(sizes[a] for a in MESH_AXES)
   if sizes["data"] < 1 or int(np.prod(shape)) != n_devices:
     raise MeshError(
         f"mesh data={mesh_cfg.get('data', 1)} fsdp={sizes['fsdp']} tensor={sizes['tensor']} "
-        f"sequence={sizes['sequence']} (product {int(np.prod([max(s, 0) for s in shape]))}) must "
+        f"sequence={sizes['sequence']} (product {int(np.prod(shape))}) must "
         f"equal the number of devices, {n_devices}")
   return shape
 

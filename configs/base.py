@@ -58,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
   k.every_steps = 500  # periodic checkpoints (plus one at every length boundary and the end)
   k.keep = 3  # periodic checkpoints kept (named *_final checkpoints are always kept)
   k.resume = True  # resume from the latest checkpoint in save_dir
+  # Also keep save_dir/checkpoint_seq{N}_best: the weights of the lowest eval/loss seen at each
+  # length (needs eval.every_steps > 0; saved synchronously at every improvement).
+  k.keep_best = False
 
   lg = c.logging = ml_collections.ConfigDict()
   lg.tensorboard = True  # event files under save_dir/tensorboard
@@ -70,6 +73,14 @@ def get_config() -> ml_collections.ConfigDict:
   e.eval_tokens = 1_000_000  # tokens to evaluate
   e.chunk_size = 4096  # streaming chunk length
   e.split = "test"  # data split to evaluate (the held-out test split unless overridden)
+  # Validation during training (bk_jax.train.validation): every `every_steps` global steps and
+  # at the end of each length, the first `batches` training-shape batches of the valid split;
+  # logged as eval/loss, eval/perplexity, eval/bits_per_byte. 0 turns it off.
+  e.every_steps = 500
+  e.batches = 16
+  e.samples = 2  # generated continuations logged as TensorBoard text at each validation (0: off)
+  e.sample_tokens = 64  # new tokens per sample
+  e.sample_temperature = 0.8  # sampling temperature of those samples (0: greedy)
 
   m = c.mesh = ml_collections.ConfigDict()
   m.data = -1  # -1: all devices left over by the other axes

@@ -18,4 +18,8 @@ def get_config():
   c.train.warmup_steps = 40
   c.train.log_interval = 25
   c.checkpoint.every_steps = 300
+  c.checkpoint.keep_best = True  # runs/quickstart/checkpoint_seq256_best
+  c.eval.every_steps = 150  # validation curve: 4 points (150, 300, 450, 600)
+  c.eval.batches = 8  # 8 x 16 x 256 = 32,768 valid tokens per point
+  c.eval.samples = 2
   return c

@@ -15,65 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from bk_jax.ops import resolvent
-
-BYTES_PER_ELEMENT = 4 + 8  # float32 v read, complex64 g written
-
-
-def _median_seconds(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
-def roofline_ns_per_element(n_elements: int, repeats: int) -> float:
-  """ns/element of a numpy copy moving the same bytes (the memory-bandwidth floor)."""
-  src = np.ones(n_elements * BYTES_PER_ELEMENT // 4, np.float32)
-  dst = np.empty_like(src)
-  np.copyto(dst, src)
-  return _median_seconds(lambda: np.copyto(dst, src), repeats) / n_elements * 1e9
-
-
-def bench_one(method: str, n: int, heads: int, backward: bool, repeats: int) -> dict:
-  rng = np.random.default_rng(0)
-  v = jnp.asarray(rng.normal(size=(n, heads)), jnp.float32)
-  hopping = jnp.ones((heads,), jnp.float32)
-  z = jnp.asarray(np.linspace(-3.5, -0.5, heads) + 1j * np.geomspace(0.1, 1.0, heads), jnp.complex64)
-
-  def forward(v_):
-    return resolvent.causal_diag(v_, hopping=hopping, z=z, method=method)[0]
-
-  def loss(v_):
-    return jnp.sum(jnp.abs(forward(v_)) ** 2)
-
-  fn = jax.jit(jax.grad(loss) if backward else forward)
-  compiled = fn.lower(v).compile()
-  mem = compiled.memory_analysis()
-  temp_bytes = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
-  jax.block_until_ready(compiled(v))  # warm-up
-  seconds = _median_seconds(lambda: compiled(v), repeats)
-  g_bytes = n * heads * 8
-  return {
-      "method": method,
-      "N": n,
-      "H": heads,
-      "pass": "fwd+bwd" if backward else "fwd",
-      "ns_per_element": seconds / (n * heads) * 1e9,
-      "temp_bytes": temp_bytes,
-      "temp_over_g": None if temp_bytes is None else temp_bytes / g_bytes,
-  }
-
+# the timing of one causal_diag cell lives in bk_jax.reports (shared with the GPU suite)
+from bk_jax.reports.throughput import bench_resolvent as bench_one
+from bk_jax.reports.throughput import roofline_ns_per_element
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

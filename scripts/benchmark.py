@@ -11,6 +11,12 @@ benchmark.png (tokens/s and memory against N) under --out (default results/bench
   python scripts/benchmark.py                                     # 2k ... 131k, 131,072 tokens/step
   python scripts/benchmark.py --lengths 2048,8192,32768 --tokens-per-step 32768
   python scripts/benchmark.py --quick                             # seconds: tiny sizes (tests)
+  python scripts/benchmark.py --suite gpu                         # the GPU suite (< 5 min, one GPU)
+  python scripts/benchmark.py --suite gpu --quick                 # the same stages, tiny, on CPU
+
+`--suite gpu` runs bk_jax.reports.gpu_suite instead (ops grid, every kind at d_model 512 on its
+fastest path in bf16, configs/seq32k.py for 40 steps, 1M-token streaming; each stage under its
+own time budget) and writes gpu_suite.json/.md/.png under --out (default results/gpu_suite/).
 """
 
 from __future__ import annotations
@@ -37,7 +43,17 @@ def main(argv=None) -> dict:
                   help="skip the (quadratic) Transformer above this N")
   ap.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
   ap.add_argument("--out", default=None)
+  ap.add_argument("--suite", choices=("cpu", "gpu"), default="cpu",
+                  help="cpu: the table above; gpu: the time-bounded GPU suite")
+  ap.add_argument("--stages", default=None, help="--suite gpu: comma-separated subset of stages")
+  ap.add_argument("--budget-scale", type=float, default=1.0,
+                  help="--suite gpu: multiply every stage's time budget")
   args = ap.parse_args(argv)
+  if args.suite == "gpu":
+    from bk_jax.reports import gpu_suite
+    return gpu_suite.run_suite(common.out_dir(args.out, "gpu_suite", args.quick), quick=args.quick,
+                               stages=args.stages.split(",") if args.stages else None,
+                               budget_scale=args.budget_scale)
   if args.quick:
     args.lengths, args.tokens_per_step, args.repeats = "64", 128, 1
     args.d_model, args.n_layers = 32, 1

@@ -26,7 +26,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bk_jax.data.tokenizers import ByteTokenizer  # noqa: E402
 from bk_jax.reports import common, plots, runs, stats  # noqa: E402
+from bk_jax.train.monitors import perplexity  # noqa: E402
 
 METRICS = (("val_loss", True), ("val_ppl", True), ("grad_norm_cv", True),
            ("spikes_per_1000", True), ("final_train_loss", True))
@@ -68,7 +70,7 @@ def main(argv=None) -> dict:
         "train.tokens_per_batch": args.tokens, "train.steps_per_length": args.steps,
         "train.lr": args.lr, "train.warmup_steps": max(1, args.steps // 10)})
 
-  target = runs.n_params(cfg("resnet_bk", 0, lengths[0]).model, 259)
+  target = runs.n_params(cfg("resnet_bk", 0, lengths[0]).model, ByteTokenizer.vocab_size)
   layers = {}
   for kind in kinds:
     c = cfg(kind, 0, lengths[0])
@@ -89,7 +91,7 @@ def main(argv=None) -> dict:
           f["val_loss"] = val["loss"]
         except Exception as e:  # a diverged run may have nothing finite to evaluate
           f["val_loss"], f["val_error"] = math.nan, f"{type(e).__name__}: {e}"
-        f["val_ppl"] = math.exp(min(f["val_loss"], 50.0)) if math.isfinite(f["val_loss"]) else math.nan
+        f["val_ppl"] = perplexity(f["val_loss"])
         f.update(kind=kind, seed=seed, params=res["n_params"], n_layers=layers[kind],
                  wall_s=res["wall_s"])
         records.append(f)

@@ -54,9 +54,8 @@ def main(argv=None) -> int:
     if path is not None:
       config = load_config(path)
     elif args.checkpoint_dir:
-      from bk_jax.eval.checkpoint import read_meta, resolve_checkpoint
-      config = ml_collections.ConfigDict(
-          read_meta(resolve_checkpoint(args.checkpoint_dir, args.checkpoint))["config"])
+      from bk_jax.eval.checkpoint import resolved_meta
+      config = ml_collections.ConfigDict(resolved_meta(args.checkpoint_dir, args.checkpoint)["config"])
     else:
       raise ConfigError("give --checkpoint_dir or --config FILE")
     for key, val in overrides:

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     args, unknown = parser().parse_known_args(rest)
     if unknown:
       raise ConfigError(f"unrecognised arguments: {' '.join(unknown)}")
-    from bk_jax.eval.checkpoint import read_meta, resolve_checkpoint
+    from bk_jax.eval.checkpoint import resolved_meta
     if path is not None:
       config = load_config(path)
       save_dir = args.checkpoint_dir or config.save_dir
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
       if not args.checkpoint_dir:
         raise ConfigError("give --checkpoint_dir (the run directory) or --config FILE")
       save_dir = args.checkpoint_dir
-      config = ml_collections.ConfigDict(read_meta(resolve_checkpoint(save_dir, args.checkpoint))["config"])
+      config = ml_collections.ConfigDict(resolved_meta(save_dir, args.checkpoint)["config"])
       config.eval.split = "test"  # the script's default split
     config.save_dir = save_dir
     for key, val in overrides:

@@ -6,7 +6,8 @@
     python scripts/train_long_context.py --eval_only --seq_len 1048576 --streaming
 
 Every reference flag maps onto a config field (README "Reference CLI"); `--config FILE` and
-`--config.a.b=value` work here too.
+`--config.a.b=value` work here too. `--sequence_lengths` needs `--multi_length`.
+Exit status as scripts/train.py: 0 done, 2 bad input, 3 interrupted (resumable), 4 save_dir busy.
 """
 
 import os
@@ -22,8 +23,9 @@ def main(argv=None) -> int:
   with one_line_errors("train_long_context.py"):
     config = reference_config(argv)
     from bk_jax.train.loop import run
-    run(config)
-  return 0
+    from bk_jax.train.rundir import EXIT_INTERRUPTED
+    res = run(config)
+  return EXIT_INTERRUPTED if res.get("interrupted") else 0
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ VARIANTS = {
     "resnet_bk_moe_learned": dict(use_scattering_router=True, router="learned"),
     "mamba": dict(),
     "mamba_scan_dots": dict(scan_layers=True, remat="dots"),
-    "transformer": dict(),
+    "mamba_associative": {"mamba.scan_method": "associative"},
+    "transformer": dict(),  # attention "auto"
+    "transformer_xla": {"transformer.attention": "xla"},  # jax.nn.dot_product_attention
 }
 
 

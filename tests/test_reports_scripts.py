@@ -64,6 +64,24 @@ def test_quality_anchor_quick(tmp_path, corpus):
                                   "--out", str(tmp_path)])
   row = _read(tmp_path, "quality_anchor.json")["rows"][0]
   assert row["steps"] == 6 and 0 < row["val_loss"] < 10
+  assert row["mode"] == "equal_tokens" and row["tokens_seen"] == 6 * 4 * 32
+  assert row["s_per_step"] > 0
+
+
+def test_quality_anchor_equal_tokens_and_wall_clock_planning(tmp_path, corpus):
+  from bk_jax.reports import quality, runs
+  with pytest.raises(ValueError, match="exactly one"):
+    quality.Budget(tokens=10, seconds=5.0)
+  c = runs.make_config("resnet_bk", str(tmp_path / "r"), {
+      "data.dataset": "text", "data.path": corpus, "data.tokenizer": "byte",
+      "model.d_model": 16, "model.n_heads": 2, "model.d_ff": 32, "model.n_layers": 1,
+      "train.seq_len": 32, "train.batch_size": 4})
+  # equal tokens: ceil(T / (B * N)) steps, no timing at all (independent of machine load)
+  assert quality.plan_steps(c, quality.Budget(tokens=1000)) == dict(
+      steps=8, timed_step_s=None, timed_steps=0)
+  p = quality.plan_steps(c, quality.Budget(seconds=2.0), timing_steps=3)
+  assert p["timed_steps"] == 3 and p["timed_step_s"] > 0
+  assert p["steps"] == max(10, int(0.9 * 2.0 / p["timed_step_s"]))
 
 
 def test_induction_anchor_quick(tmp_path):

@@ -3,6 +3,8 @@
 See README.md ("Data") for datasets, cache layout and token ids.
 """
 
+import os as _os
+
 from bk_jax.data.config import (DATASETS, SPLITS, SYNTHETIC_TASKS, TOKENIZERS,
                                 default_data_config, default_synthetic_config)
 from bk_jax.data.corpus import Corpus, load_corpus, vocab_size
@@ -13,8 +15,11 @@ from bk_jax.data.synthetic import check_sample, make_synthetic_batch
 from bk_jax.data.tokenizers import (BPETokenizer, ByteTokenizer, Tokenizer, WordTokenizer,
                                     load_tokenizer)
 
+#: The bundled Tiny Shakespeare text (public domain; see bk_jax/data/assets/README.md).
+TINY_SHAKESPEARE = _os.path.join(_os.path.dirname(__file__), "assets", "tinyshakespeare.txt")
+
 __all__ = [
-    "BPETokenizer", "ByteTokenizer", "Corpus", "DATASETS", "DataError", "SPLITS",
+    "TINY_SHAKESPEARE", "BPETokenizer", "ByteTokenizer", "Corpus", "DATASETS", "DataError", "SPLITS",
     "SYNTHETIC_TASKS", "TOKENIZERS", "Tokenizer", "WordTokenizer", "batch_size_for",
     "check_sample", "cli_errors", "default_data_config", "default_synthetic_config",
     "load_corpus", "load_tokenizer", "make_iterator", "make_synthetic_batch",

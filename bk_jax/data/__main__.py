@@ -2,7 +2,7 @@
 
 Example::
 
-    python -m bk_jax.data --dataset text --path ../shared/data/tinyshakespeare/input.txt
+    python -m bk_jax.data --dataset text --path bk_jax/data/assets/tinyshakespeare.txt
 """
 
 from __future__ import annotations

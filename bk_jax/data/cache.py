@@ -136,3 +136,42 @@ def read_meta(directory: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return meta if meta.get("version") == CACHE_VERSION else None
+
+
+def entry_problem(directory: Path, splits) -> str | None:
+    """Why an existing entry cannot be used (garbage meta.json, token file of the wrong size,
+    missing file), or None when it is intact or does not exist at all."""
+    if not directory.exists():
+        return None
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+    except FileNotFoundError:
+        return "meta.json is missing"
+    except (OSError, ValueError) as e:
+        return f"meta.json is unreadable ({type(e).__name__})"
+    if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
+        return "meta.json is not a bk_jax cache description of this version"
+    try:
+        itemsize = np.dtype(meta["dtype"]).itemsize
+        for split in splits:
+            want = int(meta["lengths"][split]) * itemsize
+            path = directory / f"{split}.bin"
+            have = path.stat().st_size if path.exists() else None
+            if have is None and want:
+                return f"{split}.bin is missing"
+            if have is not None and have != want:
+                return f"{split}.bin has {have:,} bytes, meta.json says {want:,}"
+        int(meta["vocab_size"]), dict(meta["bytes"])
+    except (KeyError, TypeError, ValueError) as e:
+        return f"meta.json lacks or garbles a field ({type(e).__name__}: {e})"
+    return None
+
+
+def discard(directory: Path) -> None:
+    """Removes a corrupt entry: renamed away first (atomic for other readers), then deleted."""
+    trash = directory.parent / f".corrupt-{directory.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(directory, trash)
+    except FileNotFoundError:
+        return  # someone else discarded it already
+    shutil.rmtree(trash, ignore_errors=True)

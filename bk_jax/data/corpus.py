@@ -118,7 +118,9 @@ def load_corpus(cfg) -> Corpus:
     """Tokenizes ``cfg``'s dataset once into the cache and memory-maps it.
 
     The first call for a given (sources, tokenizer, vocab cap, data_limit) tokenizes with a
-    progress bar on stderr; later calls only stat the source files and open the memmaps.
+    progress bar on stderr; later calls only stat the source files and open the memmaps. A
+    corrupt entry (truncated or missing token file, garbage meta.json) is reported in one line
+    on stderr and rebuilt.
 
     Args:
       cfg: config.data (see ``default_data_config``).
@@ -129,6 +131,10 @@ def load_corpus(cfg) -> Corpus:
         Nothing is left on disk in that case.
     """
     source, entry, key = corpus_entry(cfg)
+    problem = cache.entry_problem(entry, SPLITS)
+    if problem is not None:  # truncated token file, garbage meta.json, ...: tokenize again
+        print(f"token cache entry {entry} is corrupt ({problem}); rebuilding it", file=sys.stderr)
+        cache.discard(entry)
     meta = cache.read_meta(entry)
     if meta is None:
         cache.build_atomically(entry, lambda tmp: _build(tmp, cfg, source, key))

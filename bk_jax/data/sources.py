@@ -149,7 +149,7 @@ def _text_files(path: str) -> list[Path]:
     if p.is_file():
         return [p]
     raise DataError(f"data.path {path!r} does not exist: dataset 'text' reads a UTF-8 file, a "
-                    "directory of files or a glob (e.g. ../shared/data/tinyshakespeare/input.txt)")
+                    "directory of files or a glob (e.g. bk_jax/data/assets/tinyshakespeare.txt)")
 
 
 def _wikitext_files(name: str, path: str) -> dict[str, Path]:

@@ -15,25 +15,29 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import time
 
 import jax
 import ml_collections
 from flax import nnx
 
+from bk_jax.models.config import default_model_config
+from bk_jax.train.checkpoint import ARCH_FIELDS, DATA_FIELDS, config_differences, damage_reason  # noqa: F401
 from bk_jax.train.config_validation import ConfigError
+
+#: How often a "latest" pick is retried when the trainer's retention removes it while loading.
+LATEST_RETRIES = 5
 
 
 class EvalError(ConfigError):
   """A one-line evaluation error (missing checkpoint, config mismatch, ...); scripts exit 2."""
 
 
-#: Model fields that fix the parameter shapes/structure: they must match the checkpoint.
-ARCH_FIELDS = ("kind", "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "use_semiseparable",
-               "semiseparable_rank", "use_scattering_router", "num_experts", "router", "top_k",
-               "scan_layers", "prime_bump", "prime_bump_scale", "param_dtype",
-               "mamba.d_state", "mamba.d_conv", "mamba.expand", "transformer.n_heads")
-#: Data fields that fix the token ids the model was trained on.
-DATA_FIELDS = ("tokenizer",)
+#: Model fields that choose how the same parameters are computed: the caller's value wins.
+RUNTIME_FIELDS = ("resolvent_method", "remat", "dtype", "transformer.cache_window",
+                  "transformer.block_size", "transformer.attention", "mamba.chunk",
+                  "mamba.scan_method",
+                  "use_birman_schwinger")
 
 
 @dataclasses.dataclass
@@ -116,17 +120,8 @@ def _get(cfg, dotted: str):
 def check_compatible(config: ml_collections.ConfigDict, ckpt_config: ml_collections.ConfigDict,
                      path: str) -> None:
   """EvalError naming every architecture / tokenizer field where `config` differs."""
-  diffs = []
-  for f in ARCH_FIELDS:
-    if f == "vocab_size":
-      continue  # the trainer sets it from the data; checked via the tokenizer and the data below
-    a, b = _get(config.model, f), _get(ckpt_config.model, f)
-    if a != b:
-      diffs.append(f"model.{f}={a!r} (checkpoint {b!r})")
-  for f in DATA_FIELDS:
-    a, b = _get(config.data, f), _get(ckpt_config.data, f)
-    if a != b:
-      diffs.append(f"data.{f}={a!r} (checkpoint {b!r})")
+  # vocab_size: the trainer sets it from the data; checked via the tokenizer and the data
+  diffs = config_differences(config, ckpt_config, skip=("vocab_size",))
   if diffs:
     raise EvalError(f"config does not match checkpoint {path}: {'; '.join(diffs)} (pass the "
                     f"training config, or run scripts/eval_streaming.py --checkpoint_dir without "
@@ -140,6 +135,9 @@ def read_meta(path: str) -> dict:
     r = ocp.Checkpointer(ocp.CompositeCheckpointHandler()).restore(
         path, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
   except Exception as e:  # noqa: BLE001 - any orbax failure: one line
+    why = damage_reason(e)
+    if why is not None:
+      raise EvalError(f"checkpoint {path} is damaged: {why}") from None
     raise EvalError(f"cannot read checkpoint metadata at {path}: {type(e).__name__}: "
                     f"{str(e).splitlines()[0] if str(e) else ''}") from None
   meta = dict(r["meta"] or {})
@@ -157,21 +155,37 @@ def merged_config(ckpt_config: dict, config: ml_collections.ConfigDict | None) -
         cfg[k] = ml_collections.ConfigDict(config[k].to_dict())
     cfg.save_dir = config.save_dir
     # runtime-only model choices (not part of the parameters) follow the caller
-    for f in ("resolvent_method", "remat", "dtype", "transformer.cache_window",
-              "transformer.block_size", "mamba.chunk", "use_birman_schwinger"):
+    for f in RUNTIME_FIELDS:
       v = _get(config.model, f)
       if v is not None:
-        *par, leaf = f.split(".")
-        node = cfg.model
-        for q in par:
-          node = node[q]
-        node[leaf] = v
+        _set(cfg.model, f, v)
+  # runtime fields added after a checkpoint was written take today's defaults
+  defaults = default_model_config()
+  for f in RUNTIME_FIELDS:
+    if _get(cfg.model, f) is None:
+      _set(cfg.model, f, _get(defaults, f))
   return cfg
+
+
+def _set(cfg, dotted: str, value) -> None:
+  *par, leaf = dotted.split(".")
+  for q in par:
+    cfg = cfg[q]
+  cfg[leaf] = value
+
+
+def diverged_lengths(meta: dict) -> list[int]:
+  """Training lengths that the run marked DIVERGED (their weights are a restored, earlier state)."""
+  return sorted(int(n) for n, st in (meta.get("status") or {}).items() if st == "DIVERGED")
 
 
 def load_checkpoint(save_dir: str, checkpoint: str | int | None = None,
                     config: ml_collections.ConfigDict | None = None) -> LoadedCheckpoint:
   """Builds the checkpoint's model and restores its parameters (onto the default device).
+
+  With checkpoint None / "latest" on a run that is still training, the trainer's retention may
+  delete the picked checkpoint between the pick and the load: then the newest one is picked
+  again (up to LATEST_RETRIES times), so a live run is read from a stable checkpoint.
 
   Args:
     save_dir: run directory (used to resolve `checkpoint`).
@@ -181,12 +195,40 @@ def load_checkpoint(save_dir: str, checkpoint: str | int | None = None,
 
   Returns:
     LoadedCheckpoint; `.config` is the checkpoint's config merged with the caller's choices.
+
+  Raises:
+    EvalError: one line: nothing to load, another architecture, or a damaged checkpoint (naming
+      what is missing or truncated).
   """
+  return _on_resolved(save_dir, checkpoint, lambda path: _load(save_dir, path, config))
+
+
+def resolved_meta(save_dir: str, checkpoint: str | int | None = None) -> dict:
+  """`read_meta` of `resolve_checkpoint(save_dir, checkpoint)`, safe against a live run's retention."""
+  return _on_resolved(save_dir, checkpoint, read_meta)
+
+
+def _on_resolved(save_dir: str, checkpoint, fn):
+  """fn(resolved path); for "latest", picks again when the picked checkpoint vanished meanwhile."""
+  latest = checkpoint is None or str(checkpoint) in ("", "latest")
+  for attempt in range(LATEST_RETRIES if latest else 1):
+    path = resolve_checkpoint(save_dir, checkpoint)
+    try:
+      return fn(path)
+    except EvalError:
+      if not latest or attempt == LATEST_RETRIES - 1:
+        raise
+      time.sleep(0.5)  # a deletion in progress: let it finish before looking
+      if _committed(path):
+        raise
+      # deleted by the trainer's keep-N retention between the pick and the load: pick again
+
+
+def _load(save_dir: str, path: str, config: ml_collections.ConfigDict | None) -> LoadedCheckpoint:
   import orbax.checkpoint as ocp
 
   from bk_jax.models import build_model
 
-  path = resolve_checkpoint(save_dir, checkpoint)
   meta = read_meta(path)
   ckpt_cfg = ml_collections.ConfigDict(meta["config"])
   if config is not None:
@@ -207,7 +249,10 @@ def load_checkpoint(save_dir: str, checkpoint: str | int | None = None,
         path, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
             item=item, partial_restore=True,
             restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=dev), item))))
-  except Exception as e:  # noqa: BLE001 - shape/structure mismatch and I/O errors: one line
+  except Exception as e:  # noqa: BLE001 - damage, shape/structure mismatch: one line each
+    why = damage_reason(e)
+    if why is not None:
+      raise EvalError(f"checkpoint {path} is damaged: {why}") from None
     msg = " ".join(str(e).split())[:300]
     raise EvalError(f"checkpoint {path} does not match its model ({cfg.model.kind}, d_model="
                     f"{cfg.model.d_model}, n_layers={cfg.model.n_layers}): {type(e).__name__}: "

@@ -32,6 +32,7 @@ def plot_degradation(path: str, buckets: list[dict] | None, per_length: list[dic
                      *, title: str = "") -> str:
   """Loss per position bucket (left) and loss versus training length (right) in one PNG."""
   plt = pyplot()
+  per_length = [r for r in per_length or [] if r.get("loss") is not None] or None  # DIVERGED: unscored
   panels = [p for p in (buckets, per_length) if p]
   fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(6 * max(len(panels), 1), 4), squeeze=False)
   i = 0

@@ -15,10 +15,10 @@ from typing import Any
 
 from flax import nnx
 
-from bk_jax.models.config import default_model_config, validate_model_config
+from bk_jax.models.config import default_model_config, execution_paths, validate_model_config
 from bk_jax.models.lm import LanguageModel
 
-__all__ = ["LanguageModel", "build_model", "count_params", "default_model_config",
+__all__ = ["LanguageModel", "build_model", "count_params", "default_model_config", "execution_paths",
            "validate_model_config"]
 
 

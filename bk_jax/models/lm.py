@@ -59,11 +59,12 @@ def _make_block(cfg: Any, rngs: nnx.Rngs) -> nnx.Module:
   if cfg.kind == "mamba":
     m = cfg.mamba
     return MambaBlock(cfg.d_model, d_state=m.d_state, d_conv=m.d_conv, expand=m.expand,
-                      chunk=m.chunk, n_layers=cfg.n_layers, rngs=rngs, dtype=dt, param_dtype=pdt)
+                      chunk=m.chunk, n_layers=cfg.n_layers, rngs=rngs, dtype=dt, param_dtype=pdt,
+                      scan_method=m.scan_method)
   t = cfg.transformer
   return TransformerBlock(cfg.d_model, t.n_heads, cfg.d_ff, block_size=t.block_size,
                           cache_window=t.cache_window, n_layers=cfg.n_layers, rngs=rngs,
-                          dtype=dt, param_dtype=pdt)
+                          attention=t.attention, dtype=dt, param_dtype=pdt)
 
 
 class LanguageModel(nnx.Module):
@@ -89,9 +90,12 @@ class LanguageModel(nnx.Module):
     else:
       self.blocks = nnx.List([_make_block(cfg, rngs) for _ in range(cfg.n_layers)])
     self.final_norm = RMSNorm(cfg.d_model, param_dtype=pdt)
-    # small head: logits ~ N(0, 0.01) at init, so the initial loss is ~log(vocab)
+    # small head: logits ~ N(0, 0.01) at init, so the initial loss is ~log(vocab). The head
+    # computes in float32 whatever `dtype` is: bf16 logits would carry ~0.4% relative error
+    # straight into the loss (mixed precision: features in bf16, logits and loss in float32).
+    self.logits_dtype = jnp.promote_types(dt, jnp.float32)
     self.head = dense(cfg.d_model, cfg.vocab_size, ("embed", "vocab"), scale=0.01, rngs=rngs,
-                      dtype=dt, param_dtype=pdt)
+                      dtype=self.logits_dtype, param_dtype=pdt)
 
   def _first_block(self) -> nnx.Module:
     # init_carry only reads static attributes, which a stacked module shares across layers
@@ -160,7 +164,8 @@ class LanguageModel(nnx.Module):
     x = constrain(self.embed(tokens), _BLD)
     carries = None if cache is None else cache["layers"]
     x, new_carries, aux = self._run_blocks(x, carries, pos, bias)
-    logits = constrain(self.head(self.final_norm(x)).astype(jnp.float32), _BLV)
+    logits = constrain(self.head(self.final_norm(x).astype(self.logits_dtype)).astype(jnp.float32),
+                       _BLV)
     out = (logits,)
     if cache is not None:
       out += ({"layers": new_carries, "pos": pos + n},)

@@ -125,7 +125,10 @@ class MoE(nnx.Module):
     else:
       weights, aux_loss = self._learned_route(u)
     dt = self.dtype
-    h = jnp.einsum("bnd,edf->bnef", u.astype(dt), self.w_in[...].astype(dt)) + self.b_in[...]
+    # every parameter is cast to the activation dtype: an f32 bias would silently promote the
+    # expert matmuls and the residual stream to f32 under bf16 mixed precision
+    h = jnp.einsum("bnd,edf->bnef", u.astype(dt), self.w_in[...].astype(dt))
+    h = h + self.b_in[...].astype(dt)
     h = jax.nn.gelu(h) * weights[..., None].astype(dt)
     y = jnp.einsum("bnef,efd->bnd", h, self.w_out[...].astype(dt))
     y = y + jnp.einsum("bne,ed->bnd", weights.astype(dt), self.b_out[...].astype(dt))

@@ -76,3 +76,29 @@ def plot_bars(path: str, labels: list[str], groups: dict[str, list[float]], ylab
   ax.legend(fontsize=8)
   ax.set_title(title, fontsize=9)
   return save_figure(fig, path)
+
+
+def plot_gpu_suite(path: str, rows: list[dict], title: str = "") -> str:
+  """Two panels: resolvent tokens/s per method against N, training tokens/s per kind against N."""
+  plt = pyplot()
+  fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+  ok = [r for r in rows if r.get("status") == "ok" and r.get("tokens_per_s")]
+  ops = [r for r in ok if r["stage"] == "ops"]
+  for method in sorted({r["method"] for r in ops}):
+    rr = sorted((r for r in ops if r["method"] == method), key=lambda r: r["n"])
+    ax[0].plot([r["n"] for r in rr], [r["tokens_per_s"] for r in rr], marker="o", label=method)
+  models = [r for r in ok if r["stage"].startswith("models:")]
+  for kind in sorted({r["kind"] for r in models}):
+    rr = sorted((r for r in models if r["kind"] == kind), key=lambda r: r["n"])
+    ax[1].plot([r["n"] for r in rr], [r["tokens_per_s"] for r in rr], marker="o",
+               color=COLORS.get(kind), label=kind)
+  for a, t in zip(ax, ("causal_diag fwd+bwd (positions/s)", "training step tokens/s")):
+    a.set_xscale("log", base=2)
+    a.set_yscale("log")
+    a.set_xlabel("sequence length N")
+    a.set_title(t, fontsize=9)
+    a.grid(True, which="both", alpha=0.3)
+    if a.get_legend_handles_labels()[0]:
+      a.legend(fontsize=8)
+  fig.suptitle(title, fontsize=9)
+  return save_figure(fig, path)

@@ -20,8 +20,7 @@ import time
 import ml_collections
 import numpy as np
 
-TINY_SHAKESPEARE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data",
-                                "tinyshakespeare", "input.txt")
+from bk_jax.data import TINY_SHAKESPEARE  # re-exported: the report scripts' default corpus
 
 
 def set_dotted(c: ml_collections.ConfigDict, key: str, value) -> None:
@@ -56,7 +55,8 @@ def vocab_of(c: ml_collections.ConfigDict) -> int:
     from bk_jax.data.synthetic import task_vocab_size
     return int(task_vocab_size(c.data.synthetic))
   if c.data.tokenizer == "byte":
-    return 259
+    from bk_jax.data.tokenizers import ByteTokenizer
+    return ByteTokenizer.vocab_size
   return int(c.data.vocab_size)
 
 
@@ -122,12 +122,15 @@ def _f(x) -> float:
 def length_figures(res: dict, seq_len: int) -> dict:
   """Per-length stability figures of one run (metrics_history must hold every step)."""
   key = str(seq_len)
+  # metrics_history keys: "train/..." (schema 2); plain names in files of schema 1
   hist = [h for h in res.get("metrics_history", []) if int(h["seq_len"]) == seq_len]
+  g_ = lambda h, k, old: h[k] if k in h else h[old]
   steps = [int(h["step"]) for h in hist]
-  loss = [_f(h["loss"]) for h in hist]
-  gn = [_f(h["gradient_norm"]) for h in hist]
-  spikes = sum(bool(h["is_spike"]) for h in hist)
-  nonfinite = sum(bool(h["is_nan"]) or bool(h["is_inf"]) for h in hist)
+  loss = [_f(g_(h, "train/loss", "loss")) for h in hist]
+  gn = [_f(g_(h, "train/grad_norm", "gradient_norm")) for h in hist]
+  spikes = sum(bool(g_(h, "train/is_spike", "is_spike")) for h in hist)
+  nonfinite = sum(bool(g_(h, "train/is_nan", "is_nan")) or bool(g_(h, "train/is_inf", "is_inf"))
+                  for h in hist)
   status = res.get("status", {}).get(key, "interrupted" if res.get("interrupted") else "unknown")
   rec = [r for r in res.get("recoveries", []) if int(r["seq_len"]) == seq_len]
   g = np.asarray([x for x in gn if math.isfinite(x)], np.float64)

@@ -119,3 +119,78 @@ def add_mfu(row: dict, peak_flops: float) -> dict:
     f = row.get(key)
     row[out] = None if not f else f / row["step_s"] / peak_flops
   return row
+
+
+# --- the BK resolvent alone (scripts/bench_ops.py and the GPU suite's ops grid) ---
+
+BYTES_PER_ELEMENT = 4 + 8  # float32 v read, complex64 g written
+
+
+def _median_seconds(fn, repeats: int, max_s: float | None = None) -> float:
+  """Median wall time of `repeats` calls; with max_s, stops early once that much time is spent."""
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+    if max_s is not None and sum(times) > max_s:
+      break
+  return statistics.median(times)
+
+
+def roofline_ns_per_element(n_elements: int, repeats: int) -> float:
+  """ns/element of a numpy copy moving the same bytes (the memory-bandwidth floor)."""
+  src = np.ones(n_elements * BYTES_PER_ELEMENT // 4, np.float32)
+  dst = np.empty_like(src)
+  np.copyto(dst, src)
+  return _median_seconds(lambda: np.copyto(dst, src), repeats) / n_elements * 1e9
+
+
+def bench_resolvent(method: str, n: int, heads: int, backward: bool, repeats: int,
+                    max_s: float | None = None) -> dict:
+  """Times jitted `resolvent.causal_diag` (forward, or gradient of a scalar loss w.r.t. v).
+
+  Args:
+    method: a `causal_diag` method ("auto" is resolved and recorded in "method_ran").
+    n, heads: sequence length and heads (batch 1).
+    backward: time forward+backward instead of forward only.
+    repeats: timed calls after one warm-up (median reported).
+    max_s: stop repeating once this many seconds are spent (slow cells still get one timing).
+
+  Returns:
+    dict with method, method_ran, N, H, pass, seconds, tokens_per_s (positions/s),
+    ns_per_element (per position and head), temp_bytes (XLA temporaries) and temp_over_g.
+  """
+  from bk_jax.ops import resolvent
+
+  rng = np.random.default_rng(0)
+  v = jnp.asarray(rng.normal(size=(n, heads)), jnp.float32)
+  hopping = jnp.ones((heads,), jnp.float32)
+  z = jnp.asarray(np.linspace(-3.5, -0.5, heads) + 1j * np.geomspace(0.1, 1.0, heads),
+                  jnp.complex64)
+
+  def forward(v_):
+    return resolvent.causal_diag(v_, hopping=hopping, z=z, method=method)[0]
+
+  def loss(v_):
+    return jnp.sum(jnp.abs(forward(v_)) ** 2)
+
+  fn = jax.jit(jax.grad(loss) if backward else forward)
+  compiled = fn.lower(v).compile()
+  mem = compiled.memory_analysis()
+  temp_bytes = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
+  jax.block_until_ready(compiled(v))  # warm-up
+  seconds = _median_seconds(lambda: compiled(v), repeats, max_s)
+  g_bytes = n * heads * 8
+  return {
+      "method": method,
+      "method_ran": resolvent.resolve_method(method),
+      "N": n,
+      "H": heads,
+      "pass": "fwd+bwd" if backward else "fwd",
+      "seconds": seconds,
+      "tokens_per_s": n / seconds,
+      "ns_per_element": seconds / (n * heads) * 1e9,
+      "temp_bytes": temp_bytes,
+      "temp_over_g": None if temp_bytes is None else temp_bytes / g_bytes,
+  }

@@ -10,12 +10,91 @@ Every checkpoint is a Composite of
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
-from typing import Any
+import re
+import shutil
+from typing import Any, Callable
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+#: Model fields that fix the parameter shapes/structure: a checkpoint only restores into a model
+#: with the same values (used by the trainer's resume and by bk_jax.eval.checkpoint).
+ARCH_FIELDS = ("kind", "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "use_semiseparable",
+               "semiseparable_rank", "use_scattering_router", "num_experts", "router", "top_k",
+               "scan_layers", "prime_bump", "prime_bump_scale", "param_dtype",
+               "mamba.d_state", "mamba.d_conv", "mamba.expand", "transformer.n_heads")
+#: Data fields that fix the token ids the model was trained on.
+DATA_FIELDS = ("tokenizer",)
+
+#: Where damaged periodic checkpoints are moved (never deleted): save_dir/damaged/<step>-<time>.
+DAMAGED_DIR = "damaged"
+
+
+def _get(cfg, dotted: str):
+  node = cfg
+  for k in dotted.split("."):
+    if node is None or k not in node:
+      return None
+    node = node[k]
+  return node
+
+
+def config_differences(config, ckpt_config, *, skip: tuple[str, ...] = ()) -> list[str]:
+  """["model.d_model=64 (checkpoint 32)", ...]: the ARCH_FIELDS / DATA_FIELDS that differ.
+
+  Args:
+    config, ckpt_config: configs (ConfigDict or dict) with `model` and `data` sections.
+    skip: model fields not to compare (e.g. "vocab_size" when `config` has not set it yet).
+  """
+  diffs = []
+  for f in ARCH_FIELDS:
+    if f in skip:
+      continue
+    a, b = _get(config["model"], f), _get(ckpt_config["model"], f)
+    if a != b:
+      diffs.append(f"model.{f}={a!r} (checkpoint {b!r})")
+  for f in DATA_FIELDS:
+    a, b = _get(config["data"], f), _get(ckpt_config["data"], f)
+    if a != b:
+      diffs.append(f"data.{f}={a!r} (checkpoint {b!r})")
+  return diffs
+
+
+def _chain(e: BaseException):
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    yield e
+    e = e.__cause__ or e.__context__
+
+
+def damage_reason(e: BaseException) -> str | None:
+  """One line saying how a checkpoint on disk is damaged, or None when `e` is not damage.
+
+  Damage = files that are missing, truncated or unparsable (tensorstore OUT_OF_RANGE /
+  DATA_LOSS / NOT_FOUND / Truncated-stream errors, a missing item, bad JSON). A shape or tree
+  structure mismatch is not damage: the checkpoint is intact and belongs to another model.
+  """
+  for x in _chain(e):
+    msg = re.sub(r' in OCDBT database at local file "[^"]*"', "", " ".join(str(x).split()))
+    if isinstance(x, FileNotFoundError):
+      return f"a file is missing ({x.filename or msg[:200]})"
+    if isinstance(x, KeyError) and "was not found in the checkpoint" in msg:
+      return f"an item is missing: {msg.strip(chr(39) + chr(34))[:200]}"
+    if isinstance(x, json.JSONDecodeError):
+      return f"unreadable JSON ({msg[:200]})"
+    if "Requested byte range" in msg or "OUT_OF_RANGE" in msg:
+      return f"an array file is truncated ({msg[:200]})"
+    if "Truncated" in msg and "stream" in msg:
+      return f"an array file is missing or truncated ({msg[:200]})"
+    for code in ("DATA_LOSS", "NOT_FOUND", "FAILED_PRECONDITION: Error reading"):
+      if code in msg:
+        return f"an array file is missing or corrupt ({msg[:200]})"
+  return None
 
 
 def _save_args(state, data_iter, meta) -> ocp.args.Composite:
@@ -50,6 +129,46 @@ class Checkpoints:
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def quarantine(self, step: int) -> str:
+    """Moves periodic checkpoint `step` to save_dir/damaged/<step>-<UTC time>; returns the path."""
+    self.manager.wait_until_finished()
+    src = os.path.join(self.save_dir, "checkpoints", str(step))
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    dst = os.path.join(self.save_dir, DAMAGED_DIR, f"{step}-{stamp}")
+    if jax.process_index() == 0:  # multi-host: every process saw the damage; one moves it
+      os.makedirs(os.path.dirname(dst), exist_ok=True)
+      shutil.move(src, dst)
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes(f"bk_jax_quarantine_{step}")
+    self.manager.reload()
+    return dst
+
+  def restore_newest_intact(self, restore: Callable[[int], Any],
+                            warn: Callable[[str], None]) -> int | None:
+    """Calls `restore(step)` on the newest periodic checkpoint that restores.
+
+    A checkpoint that fails with damage (see `damage_reason`) is reported in one line through
+    `warn`, moved aside with `quarantine` and the next older one is tried. Any other error
+    (e.g. another model's shapes) propagates.
+
+    Returns:
+      The restored step, or None when there is no (intact) checkpoint.
+    """
+    while (step := self.latest_step()) is not None:
+      try:
+        restore(step)
+        return step
+      except Exception as e:  # noqa: BLE001 - classified below; anything else re-raised
+        why = damage_reason(e)
+        if why is None:
+          raise
+        where = self.quarantine(step)
+        nxt = self.latest_step()
+        warn(f"checkpoint step {step} in {self.save_dir} is damaged: {why}; moved to {where}; "
+             + (f"falling back to step {nxt}" if nxt is not None else "no intact checkpoint left, "
+                "starting from scratch"))
+    return None
 
   def save(self, step: int, state, data_iter, meta: dict, *, force: bool = False) -> bool:
     """Asynchronous periodic save; returns False when `step` is already saved."""

@@ -34,10 +34,30 @@ def load_config(path: str) -> ml_collections.ConfigDict:
       sys.path.insert(0, root)
   spec = importlib.util.spec_from_file_location(f"_bk_config_{abs(hash(path))}", path)
   mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
+  try:
+    spec.loader.exec_module(mod)
+  except SyntaxError as e:
+    raise ConfigError(f"config file {e.filename or path}, line {e.lineno}: {e.msg}") from None
+  except Exception as e:  # noqa: BLE001 - any error while importing the file: where and what
+    raise ConfigError(f"config file {path}{_line_in(e, path)}: {type(e).__name__}: {e}") from None
   if not hasattr(mod, "get_config"):
     raise ConfigError(f"config file {path} has no get_config()")
-  return mod.get_config()
+  try:
+    return mod.get_config()
+  except Exception as e:  # noqa: BLE001
+    raise ConfigError(f"config file {path}{_line_in(e, path)}: get_config() failed: "
+                      f"{type(e).__name__}: {e}") from None
+
+
+def _line_in(e: BaseException, path: str) -> str:
+  """", line N" of the innermost traceback frame in `path` (or "" if none)."""
+  import traceback
+
+  line = ""
+  for fr in traceback.extract_tb(e.__traceback__):
+    if os.path.abspath(fr.filename) == path:
+      line = f", line {fr.lineno}"
+  return line
 
 
 def _parse_value(text: str, current):
@@ -130,12 +150,19 @@ def parse_config_args(argv: Sequence[str], default_config: str | None = None) ->
 def one_line_errors(prog: str) -> Iterator[None]:
   """Config and data errors become `<prog>: error: <message>` on stderr and exit status 2."""
   from bk_jax.data import DataError
+  from bk_jax.train.rundir import EXIT_BAD_INPUT, EXIT_BUSY, RunDirBusy
 
   try:
     yield
   except (ConfigError, DataError) as e:
     print(f"{prog}: error: {e}", file=sys.stderr)
-    raise SystemExit(2) from None
+    raise SystemExit(EXIT_BAD_INPUT) from None
+  except RunDirBusy as e:
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    raise SystemExit(EXIT_BUSY) from None
+  except KeyboardInterrupt:  # Ctrl-C before training started (later ones save and exit 3)
+    print(f"{prog}: interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
 
 # ------------------------------------------------------------------ the reference CLI
@@ -180,6 +207,9 @@ def reference_config(argv: Sequence[str]) -> ml_collections.ConfigDict:
   config, rest = parse_config_args(argv, default_config=DEFAULT_CONFIG)
   parser = reference_parser()
   args = parser.parse_args(rest)
+  if args.sequence_lengths is not None and not args.multi_length and not config.train.multi_length:
+    raise ConfigError(f"--sequence_lengths {' '.join(map(str, args.sequence_lengths))} needs "
+                      f"--multi_length (without it only --seq_len is trained)")
   for flag, field in REFERENCE_FLAGS.items():
     v = getattr(args, flag)
     if v is None:
@@ -188,7 +218,7 @@ def reference_config(argv: Sequence[str]) -> ml_collections.ConfigDict:
       v = max(int(v), 0)
     if flag == "use_wandb":
       print(f"--use_wandb: W&B is not used; logging to TensorBoard in "
-            f"{os.path.join(config.save_dir if args.save_dir is None else args.save_dir, 'tensorboard')}",
+            f"{config.save_dir if args.save_dir is None else args.save_dir}",
             file=sys.stderr)
     *parents, leaf = field.split(".")
     node = config

@@ -56,6 +56,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _need(d.dataset in DATASETS, f"data.dataset={d.dataset!r} is not one of {DATASETS}")
   _need(d.tokenizer in TOKENIZERS, f"data.tokenizer={d.tokenizer!r} is not one of {TOKENIZERS}")
   _need(d.data_limit >= 0, f"data.data_limit must be >= 0, got {d.data_limit}")
+  _need(not (d.dataset in ("pystdlib", "synthetic") and str(d.path)),
+        f"data.path={d.path!r} is ignored by data.dataset={d.dataset!r}; to train on that file set "
+        f"--config.data.dataset=text (or wikitext2 / wikitext103), or clear data.path")
 
   lengths = train_lengths(config)
   _need(len(lengths) > 0, "train.sequence_lengths is empty")
@@ -99,6 +102,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _need(e.split in SPLITS, f"eval.split={e.split!r} is not one of {SPLITS}")
   _need(e.eval_tokens > 0, f"eval.eval_tokens must be > 0, got {e.eval_tokens}")
   _need(e.chunk_size > 0, f"eval.chunk_size must be > 0, got {e.chunk_size}")
+  _need(e.every_steps >= 0, f"eval.every_steps must be >= 0 (0 = no validation), got {e.every_steps}")
+  _need(e.batches > 0, f"eval.batches must be > 0, got {e.batches}")
+  _need(e.samples >= 0 and e.sample_tokens > 0,
+        f"eval.samples must be >= 0 and eval.sample_tokens > 0, got {e.samples}, {e.sample_tokens}")
+  _need(e.sample_temperature >= 0, f"eval.sample_temperature must be >= 0, got {e.sample_temperature}")
+  _need(not (k.keep_best and e.every_steps == 0),
+        "checkpoint.keep_best needs validation: set eval.every_steps > 0")
 
   m = config.mesh
   for name in ("fsdp", "tensor", "sequence"):

@@ -22,6 +22,11 @@ from bk_jax.train.state import create_train_state
 from bk_jax.train.step import make_optimizer, masked_cross_entropy
 
 
+#: eval_only without a run: the flags that name the run directory in the training scripts.
+_NO_CHECKPOINT = ("no checkpoint to evaluate in {} (eval_only reads the run directory save_dir: pass "
+                  "--save_dir DIR to train_long_context.py or --config.save_dir=DIR to train.py)")
+
+
 def load_trained_model(config: ml_collections.ConfigDict, mesh=None):
   """(model, meta) from the latest checkpoint of config.save_dir (config as given to `run`)."""
   from bk_jax.models import build_model
@@ -33,7 +38,7 @@ def load_trained_model(config: ml_collections.ConfigDict, mesh=None):
   step = ck.latest_step()
   if step is None:
     ck.close()
-    raise ConfigError(f"no checkpoint in {os.path.abspath(cfg.save_dir)}/checkpoints to evaluate")
+    raise ConfigError(_NO_CHECKPOINT.format(os.path.abspath(cfg.save_dir)))
   model = build_model(cfg.model)
   graphdef, state = create_train_state(model, make_optimizer(cfg.train))
   abstract = abstract_like(state, state_shardings(state, mesh))
@@ -46,7 +51,10 @@ def load_trained_model(config: ml_collections.ConfigDict, mesh=None):
 def run_eval(config: ml_collections.ConfigDict) -> dict:
   e = config.eval
   if e.streaming:
+    from bk_jax.eval.checkpoint import list_checkpoints
     from bk_jax.eval.streaming import run_streaming_eval  # lazily: a separate module
+    if not list_checkpoints(config.save_dir):  # the eval's own hint names eval_streaming.py's flag
+      raise ConfigError(_NO_CHECKPOINT.format(os.path.abspath(config.save_dir)))
     return run_streaming_eval(config, checkpoint=None)  # the run's most recent checkpoint
   from bk_jax import data as bk_data
   from bk_jax.train.schedule import plan_lengths

@@ -1,13 +1,17 @@
-"""TensorBoard (tensorboardX, process 0), console lines in the reference format, memory figures."""
+"""Console lines in the reference format (TensorBoard and the results JSON: train/metrics.py).
+
+Memory figures come from `bk_jax.memory` (device peak since start on accelerators, host RSS on
+every backend), named by what they measure.
+"""
 
 from __future__ import annotations
 
 import os
-import resource
 import sys
 
 import jax
-import psutil
+
+from bk_jax.memory import LABEL, headline
 
 try:
   from tqdm.auto import tqdm
@@ -15,58 +19,6 @@ except ImportError:  # pragma: no cover
   tqdm = None
 
 
-def memory_gb() -> tuple[float, float, str]:
-  """(allocated, reserved, kind): device memory on an accelerator, process RSS on the CPU.
-
-  kind is "device" (bytes_in_use, peak/ reserved bytes of device 0) or "host_rss" (current RSS,
-  peak RSS of this process).
-  """
-  dev = jax.local_devices()[0]
-  if dev.platform != "cpu":
-    stats = dev.memory_stats() or {}
-    used = stats.get("bytes_in_use", 0)
-    reserved = stats.get("bytes_reserved", stats.get("peak_bytes_in_use", used))
-    return used / 1e9, reserved / 1e9, "device"
-  rss = psutil.Process().memory_info().rss
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-  return rss / 1e9, max(peak, rss) / 1e9, "host_rss"
-
-
-class TensorBoard:
-  """Scalars under save_dir/tensorboard with the DESIGN §5 tags (no-op when disabled)."""
-
-  def __init__(self, save_dir: str, enabled: bool):
-    self.writer = None
-    if enabled and jax.process_index() == 0:
-      from tensorboardX import SummaryWriter
-      self.logdir = os.path.join(save_dir, "tensorboard")
-      self.writer = SummaryWriter(logdir=self.logdir)
-
-  def log_step(self, rec: dict, spike_count: int, tokens_per_s: float, extra: dict) -> None:
-    if self.writer is None:
-      return
-    n, s = rec["seq_len"], rec["step"]
-    w = self.writer.add_scalar
-    w(f"seq{n}/loss", rec["loss"], s)
-    w(f"seq{n}/perplexity", rec["perplexity"], s)
-    w(f"seq{n}/gradient_norm", rec["gradient_norm"], s)
-    w(f"seq{n}/memory_gb", rec["memory_allocated_gb"], s)
-    w(f"seq{n}/spike_count", spike_count, s)
-    w(f"seq{n}/schatten_s1", rec["mean_schatten_s1"], s)
-    w(f"seq{n}/schatten_s2", rec["mean_schatten_s2"], s)
-    w(f"seq{n}/condition_number", rec["max_condition_number"], s)
-    w("learning_rate", rec["learning_rate"], s)
-    w("perf/tokens_per_s", tokens_per_s, s)
-    for k, v in extra.items():
-      w(f"seq{n}/{k}", v, s)
-
-  def flush(self) -> None:
-    if self.writer is not None:
-      self.writer.flush()
-
-  def close(self) -> None:
-    if self.writer is not None:
-      self.writer.close()
 
 
 class Console:
@@ -86,13 +38,25 @@ class Console:
       print(msg, flush=True)
 
   def step_line(self, rec: dict) -> None:
-    line = (f"Step {rec['step']:6d} | Loss: {rec['loss']:.4f} | PPL: {rec['perplexity']:.2f} | "
-            f"Grad: {rec['gradient_norm']:.2f} | Mem: {rec['memory_allocated_gb']:.2f}GB")
-    if rec["is_spike"]:
-      line += f" | SPIKE {rec['spike_ratio']:.2f}x"
-    if rec["is_nan"] or rec["is_inf"]:
-      line += f" | {'NaN' if rec['is_nan'] else 'Inf'} (update skipped)"
+    """One training record of the metric writer (namespaced keys)."""
+    mem = headline(rec)
+    line = (f"Step {rec['step']:6d} | Loss: {rec['train/loss']:.4f} | "
+            f"PPL: {rec['train/perplexity']:.2f} | Grad: {rec['train/grad_norm']:.2f}")
+    if mem is not None:
+      line += f" | Mem: {mem[1]:.2f}GB {LABEL[mem[0]]}"
+    if rec["train/is_spike"]:
+      line += f" | SPIKE {rec['train/spike_ratio']:.2f}x"
+    if rec["train/is_nan"] or rec["train/is_inf"]:
+      line += f" | {'NaN' if rec['train/is_nan'] else 'Inf'} (update skipped)"
     self.print(line)
+
+  def eval_line(self, rec: dict) -> None:
+    """One validation record of the metric writer."""
+    line = (f"Eval {rec['step']:6d} | N={rec['seq_len']} | Loss: {rec['eval/loss']:.4f} | "
+            f"PPL: {rec['eval/perplexity']:.2f}")
+    if "eval/bits_per_byte" in rec:
+      line += f" | bits/byte: {rec['eval/bits_per_byte']:.3f}"
+    self.print(line + f" | {int(rec['eval/tokens']):,} tokens (valid)")
 
   def start_bar(self, total: int, initial: int, desc: str) -> None:
     if self.use_bar:
@@ -115,25 +79,26 @@ class Console:
   def epoch_summary(self, epoch: int, seq_len: int, r: dict) -> None:
     self.print(f"\nEpoch {epoch} Summary (N={seq_len}):")
     self.print(f"  Time: {r['epoch_time']:.1f}s")
-    self.print(f"  Avg Loss: {r['avg_loss']:.4f}")
-    self.print(f"  Perplexity: {r['perplexity']:.2f}")
+    self.print(f"  Epoch mean train loss: {r['epoch_mean_loss']:.4f}")
+    self.print(f"  Epoch mean train perplexity: {r['epoch_mean_perplexity']:.2f}")
     self.print(f"  Gradient Norm: {r['grad_norm_mean']:.2f} ± {r['grad_norm_std']:.2f}")
     self.print(f"  Loss Spikes: {r['spike_count']}")
     if r.get("skipped_steps"):
       self.print(f"  Skipped (non-finite) updates: {r['skipped_steps']}")
 
-  def final_tables(self, results_by_length: dict, status: dict, grad_stats: dict) -> None:
-    self.print(f"\n{'=' * 60}\nMulti-Length Training Summary\n{'=' * 60}")
-    self.print(f"\n{'Seq Len':<10} {'Final PPL':<12} {'Spikes':<10} {'Grad Norm':<17} {'Status':<10}")
-    self.print("-" * 60)
-    for key, epochs in results_by_length.items():
-      st = status.get(key, "")
-      if epochs:
-        e = epochs[-1]
-        self.print(f"{key:<10} {e['perplexity']:<12.2f} {e['spike_count']:<10} "
-                   f"{e['grad_norm_mean']:.2f} ± {e['grad_norm_std']:<10.2f} {st:<10}")
-      else:
-        self.print(f"{key:<10} {'-':<12} {'-':<10} {'-':<17} {st:<10}")
+  def final_tables(self, length_summary: dict, status: dict, grad_stats: dict) -> None:
+    """The per-length table: each "final" loss under its own name (README "Results file")."""
+    f = lambda v, w, p: f"{v:<{w}.{p}f}" if isinstance(v, (int, float)) else f"{'-':<{w}}"
+    self.print(f"\n{'=' * 96}\nMulti-Length Training Summary\n{'=' * 96}")
+    self.print(f"\n{'Seq Len':<8} {'Last step loss':<15} {'Epoch mean loss':<16} "
+               f"{'Epoch mean PPL':<15} {'Eval loss':<10} {'Eval PPL':<10} {'Spikes':<7} "
+               f"{'Status':<10}")
+    self.print("-" * 96)
+    for key, s in length_summary.items():
+      self.print(f"{key:<8} {f(s.get('last_logged_loss'), 15, 4)} {f(s.get('epoch_mean_loss'), 16, 4)} "
+                 f"{f(s.get('epoch_mean_perplexity'), 15, 2)} {f(s.get('eval_loss'), 10, 4)} "
+                 f"{f(s.get('eval_perplexity'), 10, 2)} {s.get('spike_count', 0):<7} "
+                 f"{status.get(key, ''):<10}")
     self.print("\nGradient Norm Statistics by Sequence Length:")
     for key, s in grad_stats.items():
       self.print(f"  N={key:<6}: mean={s['mean']:.2f}, std={s['std']:.2f}, "

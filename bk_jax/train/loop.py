@@ -7,8 +7,10 @@ are fetched after the next step has been dispatched, so the device keeps running
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -20,16 +22,22 @@ import numpy as np
 from flax import nnx
 
 from bk_jax import distributed
+from bk_jax.memory import memory_usage
 from bk_jax.sharding import (batch_sharding, check_model_fits_mesh, data_parallel_size, make_mesh,
                              put_replicated, shard_batch)
 from bk_jax.train import results as results_lib
-from bk_jax.train.checkpoint import Checkpoints
+from bk_jax.train import attempts, rundir
+from bk_jax.train.checkpoint import Checkpoints, config_differences
 from bk_jax.train.config_validation import ConfigError, validate_config
-from bk_jax.train.logging import Console, TensorBoard, memory_gb
+from bk_jax.train import run_info
+from bk_jax.memory import memory_usage
+from bk_jax.train.logging import Console
+from bk_jax.train.metrics import MetricWriter, memory_scalars
 from bk_jax.train.monitors import MonitorState, WindowStats, perplexity
 from bk_jax.train.schedule import LengthPlan, learning_rate_schedule, plan_lengths
 from bk_jax.train.state import create_sharded_train_state
 from bk_jax.train.step import jit_train_step, make_optimizer, make_train_step
+from bk_jax.train.validation import Validator
 
 _PLATFORMS = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "tpu": "tpu"}
 
@@ -43,7 +51,12 @@ def select_device(device: str) -> None:
     jax.config.update("jax_platforms", want)
   except Exception:  # noqa: BLE001 - backend already initialised: checked below
     pass
-  got = jax.default_backend()
+  try:
+    got = jax.default_backend()
+  except (AssertionError, RuntimeError) as e:  # the platform is not installed / has no device
+    why = str(e).splitlines()[0] if str(e) else "no such backend"
+    raise ConfigError(f"device={device!r} requested but this machine has no usable {want} device "
+                      f"({why}); use --config.device=auto or cpu") from None
   if (want == "cuda" and got != "gpu") or (want != "cuda" and got != want):
     raise ConfigError(f"device={device!r} requested but JAX runs on {got!r}")
 
@@ -83,7 +96,9 @@ class Trainer:
     self.cfg, self.mesh, self.plans = prepare(config)
     cfg = self.cfg
     self.on_step = on_step
-    self.save_dir = os.path.abspath(cfg.save_dir)
+    self.save_dir = rundir.check_save_dir(cfg.save_dir)
+    # one trainer per run directory: taken before anything (orbax tmp cleanup included) touches it
+    self.lock = rundir.RunDirLock(self.save_dir) if jax.process_index() == 0 else None
     os.makedirs(self.save_dir, exist_ok=True)
     self.console = Console(cfg.logging.console, cfg.logging.progress_bar)
     self.total_steps = sum(p.steps for p in self.plans)
@@ -95,17 +110,26 @@ class Trainer:
     self.n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state.params))
     self.batch_sharding = batch_sharding(self.mesh)
     self.ckpt = Checkpoints(self.save_dir, keep=cfg.checkpoint.keep)
-    self.tb = TensorBoard(self.save_dir, cfg.logging.tensorboard)
-    self.memory_kind = memory_gb()[2]
-    self.meta = dict(position=[0, 0], metrics_history=[], results_by_length={},
-                     gradient_statistics={}, length_summary={}, status={}, recoveries=[],
-                     retries={}, config=cfg.to_dict())
+    self.started = run_info.utc_now()
+    self.data_identity = self._data_identity()
+    self.writer = MetricWriter(self.save_dir, tensorboard=cfg.logging.tensorboard,
+                               console=self.console, meta=lambda: self.meta)
+    self.validator = Validator(cfg, self.graphdef, self.state, self.mesh, bk_data)
+    self.eval_skipped = {str(n): r for n, r in self.validator.plan_batches(self.plans).items()}
+    self.memory_kind = memory_usage().kind  # what the headline memory figure measures
+    self.meta = dict(position=[0, 0], metrics_history=[], eval_history=[], best_eval={},
+                     results_by_length={}, gradient_statistics={}, length_summary={}, status={},
+                     recoveries=[], retries={}, config=cfg.to_dict())
+    self._finished_iter = None  # the data iterator of the last length finished in this process
+    self._last_eval_step = -1
     self.iterator = None
     self._pending = None
     self._diverged = False
     self._gstep = 0
     self._rep = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self._stop_signal = threading.Event()
+    self._signal_name = "SIGTERM"
+    self._t_epoch = None  # perf_counter at the start of the current epoch (None between lengths)
 
   # ---------------------------------------------------------------- data and checkpoints
   def _make_iterator(self, li: int):
@@ -113,10 +137,26 @@ class Trainer:
     ds = self.bk_data.make_train_dataset(self.cfg.data, p.seq_len, p.batch_size, seed=self.cfg.seed,
                                          process_index=jax.process_index(),
                                          process_count=jax.process_count())
+    self.meta["data_iterator"] = self._iterator_info(li)
     return self.bk_data.make_iterator(ds, self.cfg.data)
+
+  def _iterator_info(self, li: int) -> dict:
+    """What rebuilds the pipeline of length li (stored in every checkpoint's meta)."""
+    from bk_jax.data.pipeline import _mix_seed  # the seed make_train_dataset gives grain
+
+    p, ident = self.plans[li], self.data_identity
+    return dict(split="train", seq_len=p.seq_len, batch_size=p.batch_size, seed=int(self.cfg.seed),
+                grain_shuffle_seed=_mix_seed(int(self.cfg.seed)),
+                shuffle_seed_formula=run_info.SHUFFLE_SEED_FORMULA,
+                process_index=jax.process_index(), process_count=jax.process_count(),
+                cache_key=ident.get("cache_key"), cache_entry=ident.get("cache_entry"),
+                split_tokens=ident.get("split_tokens", {}).get("train"), dtype=ident.get("dtype"),
+                data=self.cfg.data.to_dict())
 
   def _save(self, *, force: bool = False) -> None:
     step = int(self.state.step)
+    # the epoch's time so far, so that a resumed epoch reports its whole time
+    self.meta["epoch_elapsed_s"] = 0.0 if self._t_epoch is None else time.perf_counter() - self._t_epoch
     self.ckpt.save(step, self.state, self.iterator, self.meta, force=force)
 
   def _restore(self, step: int) -> None:
@@ -124,6 +164,10 @@ class Trainer:
     self._pending, self._diverged = None, False  # logs of abandoned steps are dropped
     keep = {k: self.meta[k] for k in ("recoveries", "retries", "status")}
     meta = self.ckpt.restore_meta(step)
+    diffs = config_differences(self.cfg, meta["config"])
+    if diffs:
+      raise ConfigError(f"{self.save_dir} holds a run of another model: {'; '.join(diffs)}; use "
+                        f"another save_dir or the run's original settings")
     li = meta["position"][0]
     self.iterator = self._make_iterator(li) if li < len(self.plans) else None
     self.state, self.meta = self.ckpt.restore(step, self.abstract, self.iterator)
@@ -140,40 +184,28 @@ class Trainer:
       return
     metrics, info = self._pending
     self._pending = None
-    m = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
-    alloc, reserved, _ = memory_gb()
-    f = lambda k, d=0.0: float(m[k]) if k in m else d
-    rec = dict(step=info["step"], epoch=info["epoch"], seq_len=info["seq_len"], loss=f("loss"),
-               perplexity=f("perplexity"), gradient_norm=f("grad_norm"),
-               learning_rate=f("learning_rate"), step_time=info["step_time"],
-               memory_allocated_gb=alloc, memory_reserved_gb=reserved,
-               is_nan=bool(m["is_nan"]), is_inf=bool(m["is_inf"]), is_spike=bool(m["is_spike"]),
-               spike_ratio=f("spike_ratio"), mean_schatten_s1=f("bk/schatten_s1"),
-               mean_schatten_s2=f("bk/schatten_s2"), max_condition_number=f("bk/condition_number"))
-    self.meta["metrics_history"].append(rec)
-    extra = {"skipped_steps": float(m["length_skipped"]), "aux_loss": f("aux_loss")}
-    if "bk/precision_upgrades" in m:
-      extra["precision_upgrades"] = f("bk/precision_upgrades")
-    if "moe/routing_entropy" in m:
-      extra["router/entropy"] = f("moe/routing_entropy")
-    if "moe/expert_load" in m:
-      for e, v in enumerate(np.ravel(m["moe/expert_load"])):
-        extra[f"router/load_e{e}"] = float(v)
-    self.tb.log_step(rec, int(m["length_spikes"]), info["tokens_per_s"], extra)
-    self.console.step_line(rec)
-    self._diverged = bool(m["diverged"])
+    m = jax.device_get(metrics)
+    scalars = dict(m, **{"perf/step_time": info["step_time"], "perf/tokens_per_s": info["tokens_per_s"]},
+                   **memory_scalars(),
+                   attempt=int(self.meta["retries"].get(str(info["seq_len"]), 0)))
+    self.writer.write("metrics_history", scalars, step=info["step"], seq_len=info["seq_len"],
+                      epoch=info["epoch"])
+    self._diverged = bool(m["control/diverged"])
 
   # ---------------------------------------------------------------- one length
   def _epoch_result(self, epoch: int, plan: LengthPlan, epoch_time: float) -> None:
     mon = self._monitors()
     ep, ln = mon.epoch.summary(), mon.length.summary()
     avg = ep["avg_loss"]
-    r = dict(avg_loss=avg, perplexity=perplexity(avg),
+    # "final loss" has three meanings; each is named: the last logged step's loss
+    # (metrics_history, length_summary.last_logged_loss), this epoch's mean train loss and
+    # its perplexity (here), and the validation loss (eval_history, length_summary.eval_loss).
+    r = dict(epoch_mean_loss=avg, epoch_mean_perplexity=perplexity(avg),
              epoch_time=epoch_time, spike_count=ln["spike_count"],
              grad_norm_mean=ln["grad_norm"]["mean"], grad_norm_std=ln["grad_norm"]["std"],
              epoch=epoch, steps=ep["steps"], epoch_spike_count=ep["spike_count"],
              epoch_grad_norm_mean=ep["grad_norm"]["mean"], epoch_grad_norm_std=ep["grad_norm"]["std"],
-             skipped_steps=ep["skipped_steps"])
+             skipped_steps=ep["skipped_steps"], attempt=int(self.meta["retries"].get(str(plan.seq_len), 0)))
     self.meta["results_by_length"].setdefault(str(plan.seq_len), []).append(r)
     self.console.epoch_summary(epoch, plan.seq_len, r)
     self.state = self.state.replace(
@@ -186,7 +218,7 @@ class Trainer:
     sil = self.meta["position"][1]
     if sil == 0:
       self.state = self.state.replace(monitors=put_replicated(MonitorState.zeros(), self.mesh))
-      self.meta["results_by_length"][key] = []
+      self.meta["results_by_length"].setdefault(key, [])  # a recovery to here keeps earlier attempts
       self._save()  # the length's start is a good checkpoint for recovery
     poison = plan.seq_len in tuple(int(n) for n in cfg.debug.nonfinite_grad_seq_lens)
     step_fn = jit_train_step(make_train_step(self.graphdef, self.tx, self.lr_fn, cfg,
@@ -195,7 +227,8 @@ class Trainer:
     self.console.start_bar(plan.steps, sil, f"N={plan.seq_len}")
     tokens = plan.batch_size * plan.seq_len * jax.process_count()
     self._diverged = False
-    t_epoch = t_log = time.perf_counter()
+    t_log = time.perf_counter()
+    self._t_epoch = t_log - (float(self.meta.get("epoch_elapsed_s", 0.0)) if sil > 0 else 0.0)
     n_log, tps = 0, 0.0
     while sil < plan.steps:
       batch = shard_batch(next(self.iterator), self.mesh)  # per-process slices -> global batch
@@ -221,13 +254,15 @@ class Trainer:
         self.on_step(gstep)
       if epoch_end:
         self._flush()
-        self._epoch_result(epoch, plan, time.perf_counter() - t_epoch)
-        t_epoch = time.perf_counter()
+        self._epoch_result(epoch, plan, time.perf_counter() - self._t_epoch)
+        self._t_epoch = time.perf_counter()
         if sil < plan.steps:
           self.console.print(f"\nEpoch {epoch + 1} | Sequence Length: {plan.seq_len}\n" + "-" * 60)
       if self._diverged:
         self.console.close_bar()
         return "recover"
+      if self.validator.due(gstep, plan.seq_len):
+        self._validate(plan)
       if gstep % cfg.checkpoint.every_steps == 0:
         self._flush()
         mon = self._monitors()
@@ -239,37 +274,87 @@ class Trainer:
     self.console.close_bar()
     if self._diverged or bool(self._monitors().diverged):
       return "recover"
+    if self.validator.active(plan.seq_len) and self._last_eval_step != self._gstep:
+      self._validate(plan)  # every length ends with a validation point
     return "done"
+
+  def _validate(self, plan: LengthPlan) -> None:
+    """eval/* scalars, samples as text, and the best checkpoint of this length (if enabled)."""
+    self._flush()
+    step, key = self._gstep, str(plan.seq_len)
+    sc = self.validator.evaluate(self.state, plan.seq_len)
+    self._last_eval_step = step
+    self.writer.write("eval_history", sc, step=step, seq_len=plan.seq_len,
+                      epoch=plan.epoch_of(max(self.meta["position"][1] - 1, 0)))
+    texts = self.validator.samples(self.state, plan.seq_len)
+    if texts:
+      self.writer.text(f"seq{plan.seq_len}/eval/samples", "\n\n".join(texts), step)
+    best = self.meta["best_eval"].get(key)
+    loss = sc["eval/loss"]
+    if self.cfg.checkpoint.keep_best and np.isfinite(loss) and (best is None or loss < best["eval/loss"]):
+      name = f"checkpoint_seq{plan.seq_len}_best"
+      self.meta["best_eval"][key] = {"step": step, "eval/loss": loss,
+                                     "path": os.path.join(self.save_dir, name)}
+      self.ckpt.save_named(name, self.state, self.iterator, self.meta)
 
   def _finish_length(self, li: int, status: str) -> None:
     plan = self.plans[li]
     key = str(plan.seq_len)
-    summ = self._monitors().length.summary()
+    self._t_epoch = None
+    # the final attempt plus every abandoned one (divergence recoveries): true counts
+    summ = attempts.combine(self._monitors().length.summary(), self.meta.get("abandoned", {}).get(key))
     self.meta["gradient_statistics"][key] = {k: summ["grad_norm"][k] for k in ("mean", "std", "min", "max")}
+    hist = [h for h in self.meta["metrics_history"] if h["seq_len"] == plan.seq_len]
+    evals = [h for h in self.meta["eval_history"] if h["seq_len"] == plan.seq_len]
+    epochs = self.meta["results_by_length"].get(key) or [{}]
     self.meta["length_summary"][key] = dict(
+        last_logged_loss=hist[-1]["train/loss"] if hist else None,
+        last_logged_step=hist[-1]["step"] if hist else None,
+        epoch_mean_loss=epochs[-1].get("epoch_mean_loss"),
+        epoch_mean_perplexity=epochs[-1].get("epoch_mean_perplexity"),
+        eval_loss=evals[-1]["eval/loss"] if evals else None,
+        eval_perplexity=evals[-1]["eval/perplexity"] if evals else None,
+        eval_bits_per_byte=evals[-1].get("eval/bits_per_byte") if evals else None,
+        eval_step=evals[-1]["step"] if evals else None,
+        best_eval=self.meta["best_eval"].get(key),
         steps=summ["steps"], spike_count=summ["spike_count"], skipped_steps=summ["skipped_steps"],
         nan_steps=summ["nan_steps"], inf_steps=summ["inf_steps"],
         precision_upgrades=summ["precision_upgrades"], grad_norm_count=summ["grad_norm"]["count"],
-        batch_size=plan.batch_size, planned_steps=plan.steps)
+        batch_size=plan.batch_size, planned_steps=plan.steps,
+        # retries counts the give-up too: a DIVERGED length ran `retries` attempts
+        attempts=int(self.meta["retries"].get(key, 0)) + (status != "DIVERGED"),
+        abandoned_steps=int((self.meta.get("abandoned", {}).get(key) or {}).get("steps", 0)))
     self.meta["status"][key] = status
     self.meta["position"] = [li + 1, 0]
     planned = sum(p.steps for p in self.plans[: li + 1])
     if int(self.state.step) != planned:  # a DIVERGED length: keep the schedule position honest
       self.state = self.state.replace(step=put_replicated(jnp.int32(planned), self.mesh))
     self._gstep = planned
+    # Named checkpoints hold the data iterator of the length they finish (at its end position,
+    # described by meta["data_iterator"]); the periodic one holds the next length's (resume).
+    done_iter, done_info = self.iterator, self._iterator_info(li)
+    self._finished_iter = (done_iter, done_info)
     self.iterator = self._make_iterator(li + 1) if li + 1 < len(self.plans) else None
     self._save()
-    self.ckpt.save_named(f"checkpoint_seq{plan.seq_len}_final", self.state, self.iterator, self.meta)
+    self._save_named(f"checkpoint_seq{plan.seq_len}_final", done_iter, done_info)
     self.console.print(f"Checkpoint saved: {os.path.join(self.save_dir, f'checkpoint_seq{plan.seq_len}_final')}")
+
+  def _save_named(self, name: str, data_iter, data_info: dict) -> None:
+    meta = dict(self.meta, data_iterator=data_info)
+    self.ckpt.save_named(name, self.state, data_iter, meta)
 
   def _recover(self, li: int) -> bool:
     """Restores the last good checkpoint with a lower rate; False when retries are used up."""
     t, key = self.cfg.train, str(self.plans[li].seq_len)
+    self._flush()  # the steps after the detected one belong to this attempt's record too
     tries = self.meta["retries"].get(key, 0) + 1
     self.meta["retries"][key] = tries
     bad_step = self._gstep
-    step = self.ckpt.latest_step()
-    self._restore(step)
+    before, kept = self._monitors().length.summary(), attempts.history(self.meta)
+    step = self.ckpt.restore_newest_intact(self._restore, self._warn)
+    if step is None:
+      raise RuntimeError(f"N={key}: divergence at step {bad_step} and no intact checkpoint to recover from")
+    attempts.keep(self.meta, kept, key, before, self._monitors().length.summary())
     self._gstep = int(self.state.step)
     scale = float(t.recovery_lr_scale) ** min(tries, int(t.max_recoveries))
     self.meta["recoveries"].append(dict(seq_len=int(key), detected_at_step=bad_step, restored_step=step,
@@ -284,23 +369,53 @@ class Trainer:
     return True
 
   # ---------------------------------------------------------------- the run
+  def _warn(self, msg: str) -> None:
+    """A line on stderr (also with the console off): damaged checkpoints and the like."""
+    self.console.close_bar()
+    print(msg, file=sys.stderr, flush=True)
+
   def _resume(self) -> None:
-    step = self.ckpt.latest_step()
-    if not self.cfg.checkpoint.resume or step is None:
+    if not self.cfg.checkpoint.resume or self.ckpt.latest_step() is None:
       return
-    self._restore(step)
+    step = self.ckpt.restore_newest_intact(self._restore, self._warn)
+    if step is None:  # every checkpoint was damaged (and moved aside): a fresh start
+      self.iterator, self._pending, self._diverged = None, None, False
+      return
     li, sil = self.meta["position"]
     n = self.plans[li].seq_len if li < len(self.plans) else "-"
     self.console.print(f"Resumed from {self.save_dir} at step {step} (length index {li}, N={n}, "
                        f"step {sil} of the length)")
 
   def run(self) -> dict:
+    """Trains every planned length; on any error the checkpointer and TensorBoard are closed
+    (no half-finished async save, no event-loop noise) and the run directory is unlocked."""
+    try:
+      return self._run()
+    except BaseException:
+      with contextlib.suppress(Exception):
+        self.ckpt.close()
+      with contextlib.suppress(Exception):
+        self.tb.close()
+      raise
+    finally:
+      if self.lock is not None:
+        self.lock.release()
+
+  def _run(self) -> dict:
     cfg = self.cfg
+    paths = run_info.execution_paths(cfg)
+    ran = ", ".join(f"{k} {v}" for k, v in paths.items() if k != "kind")
     self.console.print(f"bk-jax training | backend {jax.default_backend()} x{jax.device_count()} | "
-                       f"model {cfg.model.kind} ({self.n_params:,} parameters) | lengths "
+                       f"data {cfg.data.dataset} | "
+                       f"model {cfg.model.kind} ({self.n_params:,} parameters; {ran}) | lengths "
                        f"{[p.seq_len for p in self.plans]} | {self.total_steps} steps | {self.save_dir}")
+    for n, why in self.eval_skipped.items():
+      self.console.print(f"N={n}: no validation at this length ({why})")
     self._resume()
     self._gstep = int(self.state.step)
+    self.run_section = run_info.run_section(cfg, started=self.started, save_dir=self.save_dir,
+                                            data=self.data_identity)
+    self.writer.config(cfg.to_dict(), self.run_section)
     old_handler = self._install_sigterm()
     interrupted = False
     try:
@@ -318,19 +433,25 @@ class Trainer:
       self._flush()
       self.console.close_bar()
       self._save(force=True)
-      self.console.print(f"\nSIGTERM: checkpoint saved at step {int(self.state.step)}; rerun to resume")
+      self.console.print(f"\n{self._signal_name}: checkpoint saved at step {int(self.state.step)}; "
+                         f"rerun to resume")
     finally:
       self._restore_sigterm(old_handler)
     if not interrupted:
-      self.ckpt.save_named("checkpoint_final", self.state, self.iterator, self.meta)
+      if self.iterator is None and self._finished_iter is not None:
+        self._save_named("checkpoint_final", *self._finished_iter)
+      else:
+        self.ckpt.save_named("checkpoint_final", self.state, self.iterator, self.meta)
     self.ckpt.close()
-    self.tb.close()
+    self.run_section["finished"] = run_info.utc_now()
     res = self._results(interrupted)
+    self.writer.hparams(cfg.to_dict(), self._final_metrics(), int(self.state.step))
+    self.writer.close()
     path = os.path.join(self.save_dir, "long_context_results.json")
     if jax.process_index() == 0:  # multi-host: one writer
       path = results_lib.write_results(self.save_dir, res)
     if not interrupted:
-      self.console.final_tables(self.meta["results_by_length"], self.meta["status"],
+      self.console.final_tables(self.meta["length_summary"], self.meta["status"],
                                 self.meta["gradient_statistics"])
     self.console.print(f"\nResults saved: {path}")
     return res
@@ -341,19 +462,46 @@ class Trainer:
         args=self.cfg.to_dict(), results_by_length=m["results_by_length"],
         metrics_history=m["metrics_history"], gradient_statistics=m["gradient_statistics"],
         status=m["status"], memory_kind=self.memory_kind,
-        extra=dict(length_summary=m["length_summary"], recoveries=m["recoveries"],
+        extra=dict(schema_version=run_info.SCHEMA_VERSION, units=run_info.UNITS,
+                   run=self.run_section, save_dir=self.save_dir, eval_history=m["eval_history"],
+                   best_eval=m["best_eval"], eval_skipped=self.eval_skipped, length_summary=m["length_summary"],
+                   recoveries=m["recoveries"],
                    total_steps=int(self.state.step), planned_steps=self.total_steps,
                    interrupted=interrupted, n_params=self.n_params,
                    backend=jax.default_backend()))
 
+  def _data_identity(self) -> dict:
+    from bk_jax.data.identity import corpus_identity
+    return corpus_identity(self.cfg.data)
+
+  def _final_metrics(self) -> dict:
+    """The hparams metrics: the last length's three "final" losses and its last eval."""
+    if not self.meta["length_summary"]:
+      return {}
+    s = list(self.meta["length_summary"].values())[-1]
+    keys = ("last_logged_loss", "epoch_mean_loss", "epoch_mean_perplexity", "eval_loss",
+            "eval_perplexity", "eval_bits_per_byte")
+    return {k: s[k] for k in keys if s.get(k) is not None}
+
   def _install_sigterm(self):
+    """SIGTERM and SIGINT (Ctrl-C) stop after the current step with a checkpoint; a second
+    Ctrl-C interrupts at once (KeyboardInterrupt), a repeated SIGTERM is ignored."""
     if threading.current_thread() is not threading.main_thread():
       return None
-    return signal.signal(signal.SIGTERM, lambda *_: self._stop_signal.set())
+
+    def handler(signum, _frame):
+      if self._stop_signal.is_set():
+        if signum == signal.SIGINT:
+          raise KeyboardInterrupt
+        return
+      self._signal_name = signal.Signals(signum).name
+      self._stop_signal.set()
+
+    return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
 
   def _restore_sigterm(self, old) -> None:
-    if old is not None:
-      signal.signal(signal.SIGTERM, old)
+    for s, h in (old or {}).items():
+      signal.signal(s, h)
 
 
 def run(config: ml_collections.ConfigDict, *, on_step: Callable[[int], None] | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""The results file `save_dir/long_context_results.json` (reference schema plus status)."""
+"""The results file `save_dir/long_context_results.json` (layout: README "Results file")."""
 
 from __future__ import annotations
 
@@ -6,13 +6,18 @@ import json
 import math
 import os
 
-#: Keys of one metrics_history entry, in the reference order.
-HISTORY_KEYS = ("step", "epoch", "seq_len", "loss", "perplexity", "gradient_norm", "learning_rate",
-                "step_time", "memory_allocated_gb", "memory_reserved_gb", "is_nan", "is_inf",
-                "is_spike", "spike_ratio", "mean_schatten_s1", "mean_schatten_s2",
-                "max_condition_number")
+#: Keys every metrics_history record has (the metric writer adds bk/*, moe/*, train/aux_loss
+#: only when those features are on; memory: perf/host_rss_gb always, plus
+#: perf/device_peak_since_start_gb on accelerators, see bk_jax.memory).
+HISTORY_KEYS = ("step", "epoch", "seq_len", "train/loss", "train/perplexity", "train/grad_norm",
+                "train/param_norm", "train/learning_rate", "train/is_nan", "train/is_inf",
+                "train/is_spike", "train/spike_ratio", "train/spike_count", "train/skipped_steps",
+                "perf/step_time", "perf/tokens_per_s", "attempt")
+#: Keys every eval_history record has (eval/bits_per_byte: text datasets only).
+EVAL_KEYS = ("step", "epoch", "seq_len", "eval/loss", "eval/perplexity", "eval/tokens")
 #: Keys of one per-epoch entry of results_by_length.
-EPOCH_KEYS = ("avg_loss", "perplexity", "epoch_time", "spike_count", "grad_norm_mean", "grad_norm_std")
+EPOCH_KEYS = ("epoch_mean_loss", "epoch_mean_perplexity", "epoch_time", "spike_count",
+              "grad_norm_mean", "grad_norm_std")
 #: Keys of one gradient_statistics entry.
 GRAD_KEYS = ("mean", "std", "min", "max")
 

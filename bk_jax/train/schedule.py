@@ -54,7 +54,7 @@ def plan_lengths(config: ml_collections.ConfigDict, *, process_count: int = 1,
           f"batch size {bs} at length {n} is not divisible by the data-parallel mesh size {batch_divisor}")
     spe = int(bk_data.steps_per_epoch(config.data, n, bs, process_count=process_count))
     if spe <= 0:
-      raise ConfigError(f"the training split has no full batch of {bs} x {n} tokens")
+      raise ConfigError(_no_full_batch(config.data, bs, n, process_count))
     if t.steps_per_length > 0:
       steps = int(t.steps_per_length)
       epochs = -(-steps // spe)
@@ -63,6 +63,21 @@ def plan_lengths(config: ml_collections.ConfigDict, *, process_count: int = 1,
       steps = epochs * spe
     plans.append(LengthPlan(i, n, bs, spe, epochs, steps))
   return plans
+
+
+def _no_full_batch(data_cfg, bs: int, n: int, process_count: int) -> str:
+  """The one-line error for a training split too short for one batch: what it has, what is needed."""
+  from bk_jax import data as bk_data
+
+  if data_cfg.dataset == "synthetic":
+    return (f"the training split has no full batch: data.synthetic.num_samples="
+            f"{data_cfg.synthetic.num_samples} but batch {bs} x {process_count} process(es) needs "
+            f"{bs * process_count}")
+  have = len(bk_data.load_corpus(data_cfg).splits["train"])
+  hint = "raise data.data_limit" if data_cfg.data_limit else "use a larger corpus"
+  return (f"the training split has no full batch: it has {have:,} tokens, batch {bs} x length {n} x "
+          f"{process_count} process(es) needs at least {bs * n * process_count + 1:,} ({hint}, or a "
+          f"smaller train.batch_size or sequence length)")
 
 
 def learning_rate_schedule(train_cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:

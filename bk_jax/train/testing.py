@@ -42,5 +42,6 @@ def tiny_config(save_dir: str, corpus: str, cache_dir: str, *, lengths=(32,), st
   t.batch_size, t.steps_per_length = batch_size, steps
   t.lr, t.warmup_steps, t.log_interval = 3e-3, 2, 1
   c.checkpoint.every_steps = 4
+  c.eval.every_steps = 0  # validation off unless a test turns it on (keeps runs to seconds)
   c.logging.progress_bar = False
   return c

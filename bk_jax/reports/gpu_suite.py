@@ -1,0 +1,434 @@
+"""The GPU benchmark suite (issue 12): `python scripts/benchmark.py --suite gpu [--quick]`.
+
+Stages, each in its own child process under a wall-clock budget (a stage that runs over is
+killed and recorded as timed out, with every row it finished kept, so one slow kind cannot eat
+the rest of the suite):
+
+  ops                 BK resolvent `causal_diag` forward+backward at N 8k, 131k, 1M, each method
+  models:<kind>       one AdamW training step of every kind at d_model 512 (parameters matched to
+                      ResNet-BK), N 8k/32k/131k, on the kind's fastest path ("auto" methods) and
+                      bf16 activations; one child per kind
+  train               the used-by configs/seq32k.py through the library trainer (40 steps)
+  stream              1M-token streaming evaluation of the checkpoint the train stage wrote
+
+Every row records the implementation that ran (`bk_jax.models.execution_paths`, the resolved
+resolvent method). Output: gpu_suite.json (device, jax/flax versions, every row), gpu_suite.md
+and gpu_suite.png under the results directory. `--quick` shrinks every size so the whole suite
+runs on the CPU in the test suite; the full sizes are meant for one GPU, under 5 minutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+
+STAGES = ("ops", "models:resnet_bk", "models:mamba", "models:transformer", "train", "stream")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def suite_spec(quick: bool = False, budget_scale: float = 1.0) -> dict:
+  """Sizes and per-stage budgets (seconds) of the suite.
+
+  Args:
+    quick: tiny sizes for a CPU smoke run.
+    budget_scale: multiplies every stage budget.
+
+  Returns:
+    A JSON-serialisable dict read by the stage functions.
+  """
+  if quick:
+    # one size per stage: a quick run's cost is compilation, one program per cell
+    spec = dict(ops_lengths=[256], ops_heads=4, model_lengths=[64], d_model=32,
+                n_layers=1, tokens_per_step=128, dtype="bfloat16", remat="none", repeats=1,
+                train_steps=3, stream_tokens=2048, stream_chunk=256,
+                train_overrides={"train.seq_len": 128, "train.batch_size": 2,
+                                 "train.log_interval": 1, "model.d_model": 32,
+                                 "model.n_layers": 1, "model.n_heads": 4, "model.d_ff": 64},
+                budgets={s: 240.0 for s in STAGES})
+  else:
+    spec = dict(ops_lengths=[8192, 131072, 1048576], ops_heads=64,
+                model_lengths=[8192, 32768, 131072], d_model=512, n_layers=4,
+                tokens_per_step=262144, dtype="bfloat16", remat="none", repeats=3,
+                train_steps=40, stream_tokens=1_048_576, stream_chunk=32768,
+                train_overrides={"train.log_interval": 10},
+                budgets={"ops": 50.0, "models:resnet_bk": 45.0, "models:mamba": 45.0,
+                         "models:transformer": 45.0, "train": 55.0, "stream": 35.0})
+  spec["budgets"] = {k: v * budget_scale for k, v in spec["budgets"].items()}
+  spec.update(quick=quick, vocab=259, ops_methods=["associative", "scan", "chunked"],
+              kinds=["resnet_bk", "mamba", "transformer"],
+              train_config=os.path.join(REPO, "configs", "seq32k.py"))
+  return spec
+
+
+# ------------------------------------------------------------------ stages (run in the child)
+
+def _stage_ops(spec: dict, emit, deadline: float) -> None:
+  from bk_jax.reports.throughput import bench_resolvent
+
+  for n in spec["ops_lengths"]:
+    for method in spec["ops_methods"]:  # associative first: the slow sequential forms go last
+      cell = dict(cell=f"causal_diag {method} N={n}", method=method, n=n)
+      with emit.cell(cell, deadline) as go:
+        if go:
+          r = bench_resolvent(method, n, spec["ops_heads"], True, spec["repeats"],
+                              max_s=max(1.0, (deadline - time.monotonic()) / 4))
+          emit.row(dict(cell, **r, paths={"resolvent_method": r["method_ran"]}))
+
+
+def _model_cfg(spec: dict, kind: str, remat: str):
+  from bk_jax.reports import throughput
+
+  kw = dict(dtype=spec["dtype"], remat=remat)
+  target = throughput.param_count(
+      throughput.model_config("resnet_bk", spec["d_model"], spec["n_layers"], spec["vocab"], **kw))
+  layers = (spec["n_layers"] if kind == "resnet_bk" else
+            throughput.matched_layers(kind, spec["d_model"], target, spec["vocab"], **kw))
+  cfg = throughput.model_config(kind, spec["d_model"], layers, spec["vocab"], **kw)
+  # the fastest path: every method left on "auto" (resolved per platform by the model)
+  cfg.resolvent_method = cfg.mamba.scan_method = cfg.transformer.attention = "auto"
+  return cfg
+
+
+def _stage_models(spec: dict, emit, deadline: float, kind: str) -> None:
+  for n in spec["model_lengths"]:
+    cell = dict(cell=f"{kind} step N={n}", kind=kind, n=n)
+    with emit.cell(cell, deadline) as go:
+      if go:
+        emit.row(dict(cell, **_bench_model(spec, kind, n)))
+
+
+def _bench_model(spec: dict, kind: str, n: int) -> dict:
+  from bk_jax.models import execution_paths
+  from bk_jax.reports import throughput
+
+  remat, note = spec["remat"], None
+  try:
+    cfg = _model_cfg(spec, kind, remat)
+    r = throughput.bench_one(cfg, n, spec["tokens_per_step"], spec["repeats"])
+  except Exception as e:  # noqa: BLE001 - out of memory without remat: retry rematerialised
+    if "RESOURCE_EXHAUSTED" not in str(e) or remat == "full":
+      raise
+    remat, note = "full", f"remat {spec['remat']!r} ran out of memory; remat 'full'"
+    cfg = _model_cfg(spec, kind, remat)
+    r = throughput.bench_one(cfg, n, spec["tokens_per_step"], spec["repeats"])
+  return dict(r, d_model=cfg.d_model, n_layers=cfg.n_layers, remat=remat, note=note,
+              paths=execution_paths(cfg, batch=r["batch"], seq_len=n))
+
+
+def _train_config(spec: dict, out: str):
+  from bk_jax.reports.runs import set_dotted
+  from bk_jax.train.cli import load_config
+
+  c = load_config(spec["train_config"])
+  c.save_dir = os.path.join(out, "runs", "seq32k")
+  c.checkpoint.resume = False
+  c.checkpoint.every_steps = 1_000_000  # only the final checkpoint (the stream stage reads it)
+  c.logging.tensorboard = c.logging.progress_bar = c.logging.console = False
+  c.train.steps_per_length = spec["train_steps"]
+  for k, v in spec["train_overrides"].items():
+    set_dotted(c, k, v)
+  return c
+
+
+def _tokens_per_s(rec: dict, tokens_per_step: int):
+  """Training tokens/s of one metrics_history record (its interval's mean step time)."""
+  for k in ("tokens_per_s", "perf/tokens_per_s"):
+    if rec.get(k):
+      return float(rec[k])
+  for k in ("step_time", "perf/step_time"):
+    if rec.get(k):
+      return tokens_per_step / float(rec[k])
+  return None
+
+
+def _stage_train(spec: dict, emit, deadline: float, out: str) -> None:
+  c = _train_config(spec, out)
+  cell = dict(cell=f"train {os.path.basename(spec['train_config'])}", seq_len=c.train.seq_len,
+              steps=spec["train_steps"])
+  with emit.cell(cell, deadline) as go:
+    if go:
+      emit.row(dict(cell, **_train(c, deadline)))
+
+
+def _train(c, deadline: float) -> dict:
+  from bk_jax.models import execution_paths
+  from bk_jax.reports import runs
+
+  # stop cleanly (checkpoint saved) a little before the stage is killed
+  res = runs.train(c, budget_s=max(1.0, deadline - time.monotonic() - 5.0))
+  hist = res.get("metrics_history", [])
+  steps = max((int(h["step"]) for h in hist), default=0)
+  tokens = steps * c.train.batch_size * c.train.seq_len
+  per_step = c.train.batch_size * c.train.seq_len
+  steady = [t for t in (_tokens_per_s(h, per_step) for h in hist[1:]) if t]  # [0]: compile
+  return dict(steps_done=steps, batch=c.train.batch_size, tokens=tokens, wall_s=res["wall_s"],
+              tokens_per_s_wall=tokens / res["wall_s"],
+              tokens_per_s=sorted(steady)[len(steady) // 2] if steady else None,
+              stopped_by_budget=res["stopped_by_budget"], save_dir=c.save_dir,
+              paths=execution_paths(c.model, batch=c.train.batch_size, seq_len=c.train.seq_len))
+
+
+def _stage_stream(spec: dict, emit, deadline: float, out: str) -> None:
+  c = _train_config(spec, out)
+  cell = dict(cell=f"stream {spec['stream_tokens']} tokens", tokens=spec["stream_tokens"])
+  with emit.cell(cell, deadline) as go:
+    if go:
+      emit.row(dict(cell, **_stream(spec, c, out)))
+
+
+def _stream(spec: dict, c, out: str) -> dict:
+  from bk_jax.eval.streaming import run_streaming_eval
+  from bk_jax.models import execution_paths
+
+  if not os.path.isdir(c.save_dir):
+    raise FileNotFoundError(f"no checkpoint in {c.save_dir}: the train stage did not finish")
+  c.model.remat = "none"  # inference: nothing to rematerialise (a runtime field, not a weight)
+  c.eval.eval_only = c.eval.streaming = True
+  c.eval.eval_tokens, c.eval.chunk_size, c.eval.split = (spec["stream_tokens"],
+                                                         spec["stream_chunk"], "train")
+  t0 = time.perf_counter()
+  r = run_streaming_eval(c, output=os.path.join(out, "stream_eval.json"))
+  keep = ("loss", "tokens", "chunks", "tokens_per_s", "peak_memory_gb", "memory_kind")
+  return dict({k: r.get(k) for k in keep}, wall_s=time.perf_counter() - t0,
+              chunk_size=spec["stream_chunk"], paths=execution_paths(c.model))
+
+
+class _Emitter:
+  """Appends JSON lines (a "start" before each cell, then its row) so a killed stage keeps rows."""
+
+  def __init__(self, path: str, stage: str):
+    self.path, self.stage = path, stage
+
+  def _write(self, rec: dict) -> None:
+    from bk_jax.train.results import json_safe
+
+    with open(self.path, "a") as f:
+      f.write(json.dumps(json_safe(dict(rec, stage=self.stage))) + "\n")
+
+  @contextlib.contextmanager
+  def cell(self, cell: dict, deadline: float):
+    """Yields whether to run `cell` (False once the stage budget is spent: recorded as
+    skipped); an exception inside is recorded as this cell's error and the stage goes on."""
+    if time.monotonic() >= deadline:
+      self._write(dict(cell, event="row", status="skipped", reason="stage budget spent"))
+      yield False
+      return
+    self._write(dict(cell, event="start"))
+    try:
+      yield True
+    except Exception as e:  # noqa: BLE001 - one failing cell must not end the suite
+      self._write(dict(cell, event="row", status="error", error=f"{type(e).__name__}: {e}"[:2000],
+                       traceback=traceback.format_exc()[-4000:]))
+
+  def row(self, rec: dict) -> None:
+    self._write(dict(rec, event="row", status="ok"))
+
+
+def run_stage(stage: str, spec: dict, out: str, rows_path: str) -> None:
+  """Runs one stage in this process, appending its rows to rows_path (the child's entry)."""
+  deadline = time.monotonic() + spec["budgets"][stage]
+  emit = _Emitter(rows_path, stage)
+  try:
+    if stage == "ops":
+      _stage_ops(spec, emit, deadline)
+    elif stage.startswith("models:"):
+      _stage_models(spec, emit, deadline, stage.split(":", 1)[1])
+    elif stage == "train":
+      _stage_train(spec, emit, deadline, out)
+    elif stage == "stream":
+      _stage_stream(spec, emit, deadline, out)
+    else:
+      raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+  except Exception as e:  # noqa: BLE001 - one failing cell/stage is recorded, the suite goes on
+    emit._write(dict(event="error", status="error", error=f"{type(e).__name__}: {e}"[:2000],
+                     traceback=traceback.format_exc()[-4000:]))
+
+
+# ------------------------------------------------------------------ the parent
+
+def _read_rows(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _collect(stage: str, recs: list[dict], status: str) -> list[dict]:
+  """Rows of one stage: finished rows; a started cell without a row is timed out or errored."""
+  rows, open_cell = [], None
+  for r in recs:
+    r = dict(r)  # the caller's records stay as read
+    event = r.pop("event")
+    if event == "start":
+      open_cell = r
+    elif event == "row":
+      rows.append(r)
+      open_cell = None
+    elif event == "error":  # a stage-level failure (outside any cell)
+      rows.append(dict(open_cell or {"cell": stage}, stage=stage, status="error",
+                       error=r["error"], traceback=r.get("traceback")))
+      open_cell = None
+  if open_cell is not None:
+    rows.append(dict(open_cell, status=status if status != "ok" else "error",
+                     error="stage ended without a result for this cell"))
+  return rows
+
+
+def run_suite(out: str, *, quick: bool = False, stages: list[str] | None = None,
+              budget_scale: float = 1.0, budgets: dict | None = None, grace_s: float = 15.0,
+              log=print) -> dict:
+  """Runs the suite stage by stage (one child process each) and writes JSON, markdown and PNG.
+
+  Args:
+    out: results directory (created).
+    quick: tiny sizes (CPU smoke test).
+    stages: subset of STAGES, in order (default all).
+    budget_scale: multiplies every stage budget.
+    budgets: per-stage budget overrides in seconds (after scaling).
+    grace_s: a child is killed at its budget plus this (start-up; cells past the budget are
+      skipped by the child itself).
+    log: progress printer.
+
+  Returns:
+    The JSON payload written to out/gpu_suite.json (plus "out").
+  """
+  import flax
+  import jax
+
+  from bk_jax.reports import common, plots
+
+  os.makedirs(out, exist_ok=True)
+  spec = suite_spec(quick, budget_scale)
+  spec["budgets"].update(budgets or {})
+  stages = list(stages or STAGES)
+  bad = [s for s in stages if s not in STAGES]
+  if bad:
+    raise ValueError(f"unknown stage(s) {bad}; expected some of {STAGES}")
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      [REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  spec_path = os.path.join(out, "gpu_suite_spec.json")
+  with open(spec_path, "w") as f:
+    json.dump(spec, f, indent=1)
+  summary, rows = [], []
+  t_suite = time.perf_counter()
+  for stage in stages:
+    rows_path = os.path.join(out, f"rows_{stage.replace(':', '_')}.jsonl")
+    if os.path.exists(rows_path):
+      os.remove(rows_path)
+    budget = spec["budgets"][stage]
+    log(f"# stage {stage}: budget {budget:.0f} s")
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-c", "import sys, json; from bk_jax.reports import gpu_suite; "
+           "gpu_suite.run_stage(sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3], "
+           "sys.argv[4])", stage, spec_path, out, rows_path]
+    try:
+      # the child's own deadline skips cells; the kill (budget + grace for start-up) bounds it
+      p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=budget + grace_s)
+      status = "ok" if p.returncode == 0 else f"exit {p.returncode}"
+      tail = (p.stdout + p.stderr)[-2000:]
+    except subprocess.TimeoutExpired as e:  # captured output is bytes here, even with text=True
+      status = "timed_out"
+      tail = "".join(x.decode(errors="replace") if isinstance(x, bytes) else x
+                     for x in (e.stdout or "", e.stderr or ""))[-2000:]
+    wall = time.perf_counter() - t0
+    stage_rows = _collect(stage, _read_rows(rows_path), status)
+    rows += stage_rows
+    summary.append(dict(stage=stage, status=status, wall_s=wall, budget_s=budget,
+                        rows=len(stage_rows), output_tail=tail if status != "ok" else None))
+    log(f"# stage {stage}: {status} in {wall:.1f} s, {len(stage_rows)} row(s)")
+    for r in stage_rows:
+      log("  " + _row_line(r))
+  # Only now does this (parent) process touch a device: had it initialised the GPU before the
+  # stages, its preallocated memory would have been missing from every child.
+  payload = dict(spec=spec, stages=summary, rows=rows, total_s=time.perf_counter() - t_suite,
+                 flax=flax.__version__, jax=jax.__version__,
+                 device=jax.devices()[0].device_kind, checks=checks(rows))
+  common.write_json(out, "gpu_suite.json", payload)
+  with open(os.path.join(out, "gpu_suite.md"), "w") as f:
+    f.write(markdown(payload) + "\n")
+  plots.plot_gpu_suite(os.path.join(out, "gpu_suite.png"), rows,
+                       title=f"{payload['device']} | jax {jax.__version__} | "
+                             f"{'quick' if quick else 'full'} suite")
+  log(f"# wrote {out}/gpu_suite.json, gpu_suite.md, gpu_suite.png ({payload['total_s']:.0f} s)")
+  return dict(payload, out=out)
+
+
+def _row_line(r: dict) -> str:
+  tps = r.get("tokens_per_s")
+  what = f"{tps:,.0f} tokens/s" if tps else r.get("error") or r.get("reason") or ""
+  return f"{r['stage']} | {r.get('cell')} | {r['status']} | {what} | {r.get('paths', '')}"
+
+
+def checks(rows: list[dict]) -> list[dict]:
+  """The issue's targets that this run's rows can decide (ratios within one run)."""
+  tps = {(r["kind"], r["n"]): r["tokens_per_s"] for r in rows
+         if r["stage"].startswith("models:") and r["status"] == "ok"}
+  out = []
+
+  def add(name, num, den, bound):
+    if num in tps and den in tps:
+      v = tps[num] / tps[den]
+      out.append(dict(name=name, value=v, bound=bound, ok=v >= bound))
+
+  ns = sorted({n for _, n in tps})
+  if len(ns) >= 2:
+    add(f"resnet_bk tokens/s N={ns[-1]} / N={ns[0]} >= 0.9", ("resnet_bk", ns[-1]),
+        ("resnet_bk", ns[0]), 0.9)
+  for n in ns:
+    add(f"resnet_bk / mamba tokens/s at N={n} >= 1", ("resnet_bk", n), ("mamba", n), 1.0)
+  if len(ns) >= 2:
+    add(f"resnet_bk / transformer tokens/s at N={ns[-2]} >= 3", ("resnet_bk", ns[-2]),
+        ("transformer", ns[-2]), 3.0)
+    add(f"resnet_bk / transformer tokens/s at N={ns[-1]} >= 10", ("resnet_bk", ns[-1]),
+        ("transformer", ns[-1]), 10.0)
+  return out
+
+
+def markdown(payload: dict) -> str:
+  """Stage summary, one table per stage kind, and the target checks."""
+  from bk_jax.reports.common import md_table
+
+  rows = payload["rows"]
+  paths = lambda r: ", ".join(f"{k}={v}" for k, v in (r.get("paths") or {}).items())
+  parts = [f"GPU suite on {payload['device']} (jax {payload['jax']}, flax {payload['flax']}), "
+           f"{payload['total_s']:.0f} s in all.",
+           md_table(["stage", "status", "wall s", "budget s", "rows"],
+                    [[s["stage"], s["status"], s["wall_s"], s["budget_s"], s["rows"]]
+                     for s in payload["stages"]])]
+  ops = [r for r in rows if r["stage"] == "ops"]
+  if ops:
+    parts.append("Resolvent causal_diag, forward+backward, batch 1, "
+                 f"{payload['spec']['ops_heads']} heads:\n\n" + md_table(
+                     ["method", "N", "status", "tokens/s", "ns/element", "XLA temp MiB"],
+                     [[r.get("method"), r.get("n"), r["status"], r.get("tokens_per_s"),
+                       r.get("ns_per_element"),
+                       None if r.get("temp_bytes") is None else r["temp_bytes"] / 2**20]
+                      for r in ops]))
+  models = [r for r in rows if r["stage"].startswith("models:")]
+  if models:
+    parts.append(f"Training step (AdamW), {payload['spec']['tokens_per_step']:,} tokens/step, "
+                 f"activations {payload['spec']['dtype']}:\n\n" + md_table(
+                     ["kind", "N", "status", "layers", "params", "remat", "tokens/s", "peak MB",
+                      "implementation"],
+                     [[r.get("kind"), r.get("n"), r["status"], r.get("n_layers"),
+                       r.get("n_params"), r.get("remat"), r.get("tokens_per_s"),
+                       r.get("peak_mb"), paths(r) or r.get("error")] for r in models]))
+  other = [r for r in rows if r["stage"] in ("train", "stream")]
+  if other:
+    parts.append(md_table(
+        ["stage", "what", "status", "tokens/s", "wall s", "implementation / error"],
+        [[r["stage"], r.get("cell"), r["status"], r.get("tokens_per_s"), r.get("wall_s"),
+          paths(r) or r.get("error")] for r in other]))
+    parts.append("train: tokens/s is the median over log intervals after the first (compile); "
+                 "tokens_per_s_wall in the JSON includes compilation.")
+  if payload["checks"]:
+    parts.append(md_table(["target", "value", "ok"],
+                          [[c["name"], c["value"], "PASS" if c["ok"] else "FAIL"]
+                           for c in payload["checks"]]))
+  return "\n\n".join(parts)

@@ -1,0 +1,116 @@
+"""Quality anchor: char-level Tiny Shakespeare per model kind at matched parameters.
+
+Two comparisons, chosen by `budget`:
+
+* equal tokens (`Budget(tokens=T)`): every kind trains ceil(T / (batch * seq_len)) steps. The
+  plan is a pure function of the arguments, so it does not depend on how loaded the machine is;
+  this is the comparison of what a model learns per token.
+* equal wall clock (`Budget(seconds=S)`): the number of steps is planned from the median of
+  `timing_steps` warm steps of the same compiled training step (bk_jax.reports.throughput), so the
+  cosine schedule ends near the budget; a SIGTERM at the budget stops the loop regardless. A
+  single timed step (the old planner) was dominated by one-off costs and by whatever else ran at
+  that moment: on one idle machine it planned 1,150 steps where ~1,960 fitted.
+
+Every row reports the steps, tokens seen and seconds per step beside the wall clock, then the
+validation loss (nats/char) of the final checkpoint (bk_jax.train.evaluate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+from bk_jax.reports import runs, throughput
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """What every kind gets: `tokens` (> 0: equal tokens) or `seconds` (equal wall clock)."""
+  tokens: int = 0
+  seconds: float = 0.0
+
+  def __post_init__(self):
+    if (self.tokens > 0) == (self.seconds > 0):
+      raise ValueError("quality budget: give exactly one of tokens > 0 or seconds > 0")
+
+  @property
+  def mode(self) -> str:
+    return "equal_tokens" if self.tokens > 0 else "equal_wall_clock"
+
+
+def plan_steps(c, budget: Budget, *, timing_steps: int = 5) -> dict:
+  """Steps for config `c` under `budget`.
+
+  Args:
+    c: a run config (train.seq_len and train.batch_size set).
+    budget: the shared budget.
+    timing_steps: warm steps timed (median) in equal-wall-clock mode.
+
+  Returns:
+    {"steps", "timed_step_s" (None in equal-tokens mode), "timed_steps"}.
+  """
+  tokens_per_step = int(c.train.batch_size) * int(c.train.seq_len)
+  if budget.tokens > 0:
+    return dict(steps=max(1, math.ceil(budget.tokens / tokens_per_step)), timed_step_s=None,
+                timed_steps=0)
+  m = c.model.copy_and_resolve_references()
+  m.vocab_size = runs.vocab_of(c)
+  b = throughput.bench_one(m, int(c.train.seq_len), tokens_per_step, max(1, timing_steps))
+  # 0.9: headroom for the log-interval host syncs and the final checkpoint inside the budget.
+  steps = max(10, int(0.9 * budget.seconds / b["step_s"]))
+  return dict(steps=steps, timed_step_s=b["step_s"], timed_steps=len(b["step_s_all"]))
+
+
+def run_kind(kind: str, budget: Budget, *, out: str, data: str, params: int, overrides: dict,
+             eval_tokens: int, timing_steps: int = 5) -> dict:
+  """Trains one kind under `budget` and validates it.
+
+  Args:
+    kind: model kind.
+    budget: equal tokens or equal wall clock.
+    out: output folder (the run goes to out/runs/<kind>, the token cache to out/cache).
+    data: path of the text corpus.
+    params: target parameter count (the layer count is matched to it).
+    overrides: dotted config overrides shared by every kind (model width, batch, lr, ...).
+    eval_tokens: validation characters scored.
+    timing_steps: see `plan_steps`.
+
+  Returns:
+    The row written to the report (see `row_fields`).
+  """
+  c = runs.make_config(kind, os.path.join(out, "runs", kind), {
+      "data.dataset": "text", "data.path": data, "data.tokenizer": "byte",
+      "data.cache_dir": os.path.join(out, "cache"), **overrides})
+  n_params = runs.match_params(c, params)
+  plan = plan_steps(c, budget, timing_steps=timing_steps)
+  steps = plan["steps"]
+  c.train.steps_per_length = steps
+  c.train.warmup_steps = min(int(c.train.warmup_steps), max(1, steps // 10))
+  print(f"# {kind}: n_layers={c.model.n_layers} params={n_params:,} {budget.mode}: planned "
+        f"steps={steps} (timed step {plan['timed_step_s']})", flush=True)
+  res = runs.train(c, budget_s=budget.seconds or None)
+  val = runs.validate(c, eval_tokens)
+  fig = runs.length_figures(res, int(c.train.seq_len))
+  done = int(res["total_steps"])
+  tokens_per_step = int(c.train.batch_size) * int(c.train.seq_len)
+  row = dict(kind=kind, params=res["n_params"], n_layers=int(c.model.n_layers),
+             mode=budget.mode, planned_steps=steps, timed_step_s=plan["timed_step_s"],
+             steps=done, wall_s=res["wall_s"], s_per_step=res["wall_s"] / max(done, 1),
+             stopped_by_budget=res["stopped_by_budget"], tokens_seen=done * tokens_per_step,
+             val_loss=val["loss"], val_tokens=val["tokens"],
+             train_loss_last=fig["final_train_loss"], curve_steps=fig["curve_steps"],
+             curve_loss=fig["curve_loss"])
+  print(f"# {kind}: val loss {row['val_loss']:.4f} nats/char after {done} steps "
+        f"({row['tokens_seen']:,} tokens, {row['wall_s']:.0f} s, {row['s_per_step']:.3f} s/step)",
+        flush=True)
+  return row
+
+
+TABLE_HEADER = ["model", "params", "layers", "mode", "steps", "tokens seen", "train wall s",
+                "s/step", "val loss (nats/char)"]
+
+
+def table_row(r: dict) -> list:
+  return [r["kind"], r["params"], r["n_layers"], r["mode"], r["steps"], r["tokens_seen"],
+          round(r["wall_s"]), round(r["s_per_step"], 4), round(r["val_loss"], 4)]

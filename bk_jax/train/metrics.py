@@ -1,0 +1,147 @@
+"""The one metric path: every scalar reaches TensorBoard, the results JSON and the console unrenamed.
+
+Producers return namespaced scalars (`train/...` from the step, `perf/...` from the loop,
+`bk/...` and `moe/...` from the model, `eval/...` from validation); `MetricWriter.write` sends
+them, as they are, to
+
+* the results JSON: one record ``{"step", "epoch", "seq_len", <key>: value, ...}`` appended to
+  the named history (``metrics_history`` for training steps, ``eval_history`` for validation),
+* TensorBoard: tag ``seq{N}/<key>`` (the per-length prefix is the only change, so that the
+  lengths of a multi-length run get their own chart groups and runs at one length overlay),
+* the console: a one-line summary of the record.
+
+A vector (``moe/expert_load``) becomes scalars ``<key>/<i>``. Keys under ``control/`` are the
+loop's flags and are never written. A feature that is off emits no key, hence no curve.
+
+Event files are written directly into save_dir, so ``tensorboard --logdir runs`` lists each run
+under its save_dir name (``quickstart``, not ``quickstart/tensorboard``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from bk_jax.memory import memory_usage
+
+#: results-JSON history names written through `MetricWriter.write`.
+STREAMS = ("metrics_history", "eval_history")
+
+
+def flatten_scalars(metrics: dict[str, Any]) -> dict[str, float | bool]:
+  """Host values of namespaced metrics: 0-d -> float/bool, vectors -> `<key>/<i>`; drops control/.
+
+  Args:
+    metrics: name -> scalar or array (already fetched to the host or device arrays).
+  Returns:
+    name -> float (bool for boolean flags), in the producer's order.
+  """
+  out: dict[str, float | bool] = {}
+  for k, v in metrics.items():
+    if k.startswith("control/"):
+      continue
+    a = np.asarray(v)
+    if a.ndim == 0:
+      out[k] = bool(a) if a.dtype == np.bool_ else int(a) if a.dtype.kind in "iu" else float(a)
+    else:
+      for i, x in enumerate(np.ravel(a)):
+        out[f"{k}/{i}"] = float(x)
+  return out
+
+
+def memory_scalars() -> dict[str, float]:
+  """This process's memory figures named for what they measure (bk_jax.memory; GB = 1e9 bytes)."""
+  return memory_usage().scalars()
+
+
+def _hparam_value(v):
+  if isinstance(v, (bool, int, float, str)):
+    return v
+  return json.dumps(v)
+
+
+def flat_config(d: dict, prefix: str = "") -> dict[str, Any]:
+  """A nested config dict as dotted keys with values the hparams plugin accepts."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flat_config(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = _hparam_value(v)
+  return out
+
+
+class MetricWriter:
+  """Writes namespaced scalars to the results JSON histories, TensorBoard and the console.
+
+  Args:
+    save_dir: the run directory (absolute); event files go directly into it.
+    tensorboard: write event files (process 0 only).
+    console: a `bk_jax.train.logging.Console` (prints the one-line summaries).
+    meta: callable returning the dict that holds the histories (the trainer's checkpointed
+      meta, which a restore replaces).
+  """
+
+  def __init__(self, save_dir: str, *, tensorboard: bool, console, meta: Callable[[], dict]):
+    self.writer = None
+    self.console = console
+    self._meta = meta
+    if tensorboard and jax.process_index() == 0:
+      from tensorboardX import SummaryWriter
+      self.writer = SummaryWriter(logdir=save_dir)
+
+  def write(self, stream: str, scalars: dict[str, Any], *, step: int, seq_len: int,
+            epoch: int | None = None) -> dict:
+    """Sends one record everywhere; returns it (as stored in the results JSON)."""
+    if stream not in STREAMS:
+      raise ValueError(f"unknown metric stream {stream!r}; expected one of {STREAMS}")
+    rec = dict(step=int(step), epoch=epoch, seq_len=int(seq_len), **flatten_scalars(scalars))
+    self._meta().setdefault(stream, []).append(rec)
+    if self.writer is not None:
+      for k, v in rec.items():
+        if k not in ("step", "epoch", "seq_len"):
+          self.writer.add_scalar(f"seq{seq_len}/{k}", float(v), int(step))
+    if stream == "metrics_history":
+      self.console.step_line(rec)
+    else:
+      self.console.eval_line(rec)
+    return rec
+
+  def text(self, tag: str, text: str, step: int) -> None:
+    """A text entry (shown in TensorBoard's Text tab), e.g. generated samples."""
+    if self.writer is not None:
+      self.writer.add_text(tag, text, int(step))
+
+  def config(self, cfg: dict, run: dict) -> None:
+    """The full config and the run section as JSON text at step 0 (tags `config`, `run`)."""
+    if self.writer is not None:
+      # Markdown: four-space indentation renders the JSON verbatim in the Text tab.
+      md = lambda d: "\n".join("    " + line for line in json.dumps(d, indent=2, default=str).splitlines())
+      self.writer.add_text("config", md(cfg), 0)
+      self.writer.add_text("run", md(run), 0)
+
+  def hparams(self, cfg: dict, final: dict[str, float], step: int) -> None:
+    """The config as hparams with the final metrics (tags `hparams/<name>`), in this run."""
+    if self.writer is None:
+      return
+    from tensorboardX.summary import hparams as hparams_summary
+
+    metrics = {f"hparams/{k}": float(v) for k, v in final.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    for s in hparams_summary(flat_config(cfg), metrics):
+      self.writer.file_writer.add_summary(s)
+    for k, v in metrics.items():
+      self.writer.add_scalar(k, v, int(step))
+
+  def flush(self) -> None:
+    if self.writer is not None:
+      self.writer.flush()
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+      self.writer = None
