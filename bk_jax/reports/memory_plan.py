@@ -231,7 +231,9 @@ def plan(config: ml_collections.ConfigDict, mesh_shape: tuple[int, int, int, int
       xla_flops_per_device=xla_flops, xla_bytes_accessed_per_device=xla_bytes,
       model_flops_per_device=model_flops, tokens_per_step=tokens,
       peak_tflops=peak_tflops, hbm_tbps=hbm_tbps, roofline_step_s=t_step,
-      mfu_upper_bound=model_flops / (t_step * peak) if t_step > 0 else float("nan"),
+      # only meaningful when XLA's count covers every layer
+      mfu_upper_bound=(model_flops / (t_step * peak) if t_step > 0 and
+                       (flops_by_layer or not cfg.model.scan_layers) else None),
       flops_by_layer=flops_by_layer,
       flops_note=("XLA FLOPs/bytes: layer by layer (per_layer_cost) when flops_by_layer, "
                   "rematerialisation included; a time loop inside a block (lax.scan) still "
@@ -280,9 +282,12 @@ def format_plan(p: Plan) -> str:
       f"{f['xla_bytes_accessed_per_device']:.3e} bytes accessed",
       f"  model FLOPs (6 x non-embedding params x tokens / devices)  "
       f"{f['model_flops_per_device']:.3e}",
-      f"  MFU ESTIMATE (upper bound): {100 * f['mfu_upper_bound']:.1f}% = model FLOPs / "
-      f"(roofline step {f['roofline_step_s']:.2f} s x {f['peak_tflops']:g} TFLOP/s peak); "
-      f"roofline step = max(XLA FLOPs / peak, XLA bytes accessed / {f['hbm_tbps']:g} TB/s)",
+      (f"  MFU ESTIMATE (upper bound): {100 * f['mfu_upper_bound']:.1f}% = model FLOPs / "
+       f"(roofline step {f['roofline_step_s']:.2f} s x {f['peak_tflops']:g} TFLOP/s peak); "
+       f"roofline step = max(XLA FLOPs / peak, XLA bytes accessed / {f['hbm_tbps']:g} TB/s)"
+       if f["mfu_upper_bound"] is not None else
+       "  MFU: not estimated (XLA's count of the scanned step covers one layer; layer-by-layer "
+       "counting is only done for a plan that fits)"),
       f"  note: {f['flops_note']}",
   ]
   return "\n".join(lines)
