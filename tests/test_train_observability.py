@@ -94,7 +94,7 @@ def test_tensorboard_layout(eval_run):
             "perf/step_time", "perf/tokens_per_s", "bk/schatten_s1", "bk/schatten_s2",
             "bk/condition_number"):
     assert f"seq32/{t}" in tags, t
-  assert "seq32/perf/host_peak_rss_gb" in tags or "seq32/perf/device_memory_gb" in tags
+  assert "seq32/perf/host_rss_gb" in tags
   assert not any("moe/" in t or "aux_loss" in t for t in tags)  # no MoE: no curve
   texts = set(acc.Tags()["tensors"])
   assert {"config/text_summary", "run/text_summary", "seq32/eval/samples/text_summary"} <= texts

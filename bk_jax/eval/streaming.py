@@ -30,10 +30,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from bk_jax.memory import memory_usage
 from bk_jax.train.monitors import perplexity
 from bk_jax.eval.buckets import DEFAULT_EDGES, bucket_table, check_edges, format_bucket_table
 from bk_jax.eval.checkpoint import EvalError, load_checkpoint
-from bk_jax.eval.memory import peak_memory
 
 #: Sub-chunk of the lax.scan inside a chunk: on the 2-core CPU 1k-token pieces run ~2x faster
 #: than one 4k-16k piece (activations stay in cache); override with config.eval.sub_chunk.
@@ -49,10 +49,15 @@ def _chunk_step(graphdef, edges: tuple[int, ...], n_sub: int) -> Callable:
   nb = len(edges)
 
   def step(state, cache, inputs, targets, mask):
-    model = nnx.merge(graphdef, state)
 
     def sub(cache, xs):
       tok, tgt, m = xs  # (B, s)
+      # The model must be built at the trace level where it runs (this lax.scan body): its own
+      # NNX transforms (nnx.remat for remat "full"/"dots", nnx.scan for scan_layers) split and
+      # update its Variables and refuse Variables of an outer trace (TraceContextError). A plain
+      # merge would reuse the Variable objects of `state`, which jit created at the outer level,
+      # so merge fresh copies here. Trace-time only: nothing is copied at run time.
+      model = nnx.merge(graphdef, state, copy=True)
       pos = cache["pos"] + jnp.arange(tok.shape[1], dtype=jnp.int32)
       logits, cache = model(tok, cache=cache)
       lse = jax.nn.logsumexp(logits, axis=-1)
@@ -216,11 +221,11 @@ def _split(config: ml_collections.ConfigDict) -> str:
 def summarize(res: StreamResult, *, bytes_per_token: float | None = None) -> dict:
   """Loss, perplexity, bits per byte (when known), tokens, chunks, tokens/s and peak memory."""
   loss = res.loss
-  mem = peak_memory()
+  mem = memory_usage()  # device peak since start on accelerators, host peak RSS on the CPU
   out = dict(loss=loss, perplexity=perplexity(loss), tokens=res.tokens, chunks=res.chunks,
              tokens_per_s=res.tokens / max(res.seconds, 1e-9), seconds=res.seconds,
-             compile_seconds=res.compile_seconds, peak_memory_gb=mem["peak_gb"],
-             memory_kind=mem["kind"], buckets=res.buckets())
+             compile_seconds=res.compile_seconds, peak_memory_gb=mem.peak_gb,
+             memory_kind=mem.peak_kind, host_rss_gb=mem.host_rss_gb, buckets=res.buckets())
   if bytes_per_token and math.isfinite(bytes_per_token) and bytes_per_token > 0:
     out["bits_per_byte"] = loss / math.log(2.0) / bytes_per_token
     out["bytes_per_token"] = bytes_per_token

@@ -1,35 +1,22 @@
-"""Console lines in the reference format and the memory figures (TensorBoard: train/metrics.py)."""
+"""Console lines in the reference format (TensorBoard and the results JSON: train/metrics.py).
+
+Memory figures come from `bk_jax.memory` (device peak since start on accelerators, host RSS on
+the CPU), under their `perf/` metric names.
+"""
 
 from __future__ import annotations
 
 import os
-import resource
 import sys
 
 import jax
-import psutil
+
+from bk_jax.memory import DEVICE_PEAK, HOST_RSS, LABEL, METRIC
 
 try:
   from tqdm.auto import tqdm
 except ImportError:  # pragma: no cover
   tqdm = None
-
-
-def memory_gb() -> tuple[float, float, str]:
-  """(allocated, reserved, kind): device memory on an accelerator, process RSS on the CPU.
-
-  kind is "device" (bytes_in_use, peak/ reserved bytes of device 0) or "host_rss" (current RSS,
-  peak RSS of this process).
-  """
-  dev = jax.local_devices()[0]
-  if dev.platform != "cpu":
-    stats = dev.memory_stats() or {}
-    used = stats.get("bytes_in_use", 0)
-    reserved = stats.get("bytes_reserved", stats.get("peak_bytes_in_use", used))
-    return used / 1e9, reserved / 1e9, "device"
-  rss = psutil.Process().memory_info().rss
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-  return rss / 1e9, max(peak, rss) / 1e9, "host_rss"
 
 
 class Console:
@@ -50,11 +37,11 @@ class Console:
 
   def step_line(self, rec: dict) -> None:
     """One training record of the metric writer (namespaced keys)."""
-    mem = rec.get("perf/device_memory_gb", rec.get("perf/host_peak_rss_gb"))
+    kind = DEVICE_PEAK if rec.get(METRIC[DEVICE_PEAK]) is not None else HOST_RSS
     line = (f"Step {rec['step']:6d} | Loss: {rec['train/loss']:.4f} | "
             f"PPL: {rec['train/perplexity']:.2f} | Grad: {rec['train/grad_norm']:.2f}")
-    if mem is not None:
-      line += f" | Mem: {mem:.2f}GB"
+    if METRIC[kind] in rec:
+      line += f" | Mem: {rec[METRIC[kind]]:.2f}GB {LABEL[kind]}"
     if rec["train/is_spike"]:
       line += f" | SPIKE {rec['train/spike_ratio']:.2f}x"
     if rec["train/is_nan"] or rec["train/is_inf"]:

@@ -20,13 +20,14 @@ import numpy as np
 from flax import nnx
 
 from bk_jax import distributed
+from bk_jax.memory import memory_usage
 from bk_jax.sharding import (batch_sharding, check_model_fits_mesh, data_parallel_size, make_mesh,
                              put_replicated, shard_batch)
 from bk_jax.train import results as results_lib
 from bk_jax.train.checkpoint import Checkpoints
 from bk_jax.train.config_validation import ConfigError, validate_config
 from bk_jax.train import run_info
-from bk_jax.train.logging import Console, memory_gb
+from bk_jax.train.logging import Console
 from bk_jax.train.metrics import MetricWriter, memory_scalars
 from bk_jax.train.monitors import MonitorState, WindowStats, perplexity
 from bk_jax.train.schedule import LengthPlan, learning_rate_schedule, plan_lengths
@@ -103,7 +104,7 @@ class Trainer:
                                console=self.console, meta=lambda: self.meta)
     self.validator = Validator(cfg, self.graphdef, self.state, self.mesh, bk_data)
     self.eval_skipped = {str(n): r for n, r in self.validator.plan_batches(self.plans).items()}
-    self.memory_kind = memory_gb()[2]
+    self.memory_kind = memory_usage().kind  # what the headline memory figure measures
     self.meta = dict(position=[0, 0], metrics_history=[], eval_history=[], best_eval={},
                      results_by_length={}, gradient_statistics={}, length_summary={}, status={},
                      recoveries=[], retries={}, config=cfg.to_dict())

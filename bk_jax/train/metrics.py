@@ -52,15 +52,18 @@ def flatten_scalars(metrics: dict[str, Any]) -> dict[str, float | bool]:
 
 
 def memory_scalars() -> dict[str, float]:
-  """This process's memory figure, named for what it is (GB = 1e9 bytes).
+  """This process's memory figures under the names of `bk_jax.memory` (GB = 1e9 bytes).
 
-  Single call site of the runtime memory reader: `perf/device_memory_gb` (device 0's reserved
-  or peak bytes) on an accelerator, `perf/host_peak_rss_gb` (peak RSS of the process) on the CPU.
+  `perf/host_rss_gb` (resident set now) always; `perf/device_peak_since_start_gb` only where
+  the device reports memory stats (accelerators): no stand-in value on the CPU.
   """
-  from bk_jax.train.logging import memory_gb
+  from bk_jax.memory import DEVICE_PEAK, HOST_RSS, METRIC, memory_usage
 
-  _, peak, kind = memory_gb()
-  return {"perf/device_memory_gb" if kind == "device" else "perf/host_peak_rss_gb": peak}
+  u = memory_usage()
+  out = {METRIC[HOST_RSS]: u.host_rss_gb}
+  if u.device_peak_gb is not None:
+    out[METRIC[DEVICE_PEAK]] = u.device_peak_gb
+  return out
 
 
 def _hparam_value(v):

@@ -7,12 +7,11 @@ import math
 import os
 
 #: Keys every metrics_history record has (the metric writer adds bk/*, moe/*, train/aux_loss
-#: only when those features are on, and one memory key: perf/device_memory_gb or
-#: perf/host_peak_rss_gb).
+#: only when those features are on, and perf/device_peak_since_start_gb on accelerators).
 HISTORY_KEYS = ("step", "epoch", "seq_len", "train/loss", "train/perplexity", "train/grad_norm",
                 "train/param_norm", "train/learning_rate", "train/is_nan", "train/is_inf",
                 "train/is_spike", "train/spike_ratio", "train/spike_count", "train/skipped_steps",
-                "perf/step_time", "perf/tokens_per_s")
+                "perf/step_time", "perf/tokens_per_s", "perf/host_rss_gb")
 #: Keys every eval_history record has (eval/bits_per_byte: text datasets only).
 EVAL_KEYS = ("step", "epoch", "seq_len", "eval/loss", "eval/perplexity", "eval/tokens")
 #: Keys of one per-epoch entry of results_by_length.
