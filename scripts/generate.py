@@ -22,8 +22,8 @@ def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="generate.py", description=__doc__.split("\n\n")[0])
   p.add_argument("--checkpoint_dir", required=True, help="run directory (the training save_dir)")
   p.add_argument("--checkpoint", default=None,
-                 help="latest periodic checkpoint (default), a name such as checkpoint_final or "
-                      "checkpoint_seq256_best, a step, or a path")
+                 help="latest (default: the most recently written), a name such as "
+                      "checkpoint_final or checkpoint_seq256_best, a step, or a path")
   p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
   p.add_argument("--max_new_tokens", type=int, default=200)
   p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")

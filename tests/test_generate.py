@@ -18,42 +18,29 @@ from bk_jax.models.sampling import filter_logits, generate, sample_logits
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _tiny_config(kind, **kw):
+def _tiny(kind, **overrides):
   c = default_model_config()
   c.kind, c.vocab_size = kind, 259
+  for k, v in overrides.items():
+    c[k] = v
   c.d_model, c.n_layers, c.n_heads, c.d_ff = 32, 2, 4, 64
   # the Transformer's streaming cache equals full attention while the length fits its window
   c.transformer.cache_window = 16  # >= 5 prompt + 8 new tokens
-  for k, v in kw.items():
-    c[k] = v
-  return c
+  return build_model(c, rngs=nnx.Rngs(1))
 
 
-def _tiny(kind):
-  return build_model(_tiny_config(kind), rngs=nnx.Rngs(1))
+# every kind, plus the variants whose NNX transforms run inside the per-token scan body
+CASES = [(k, {}) for k in KINDS] + [("resnet_bk", dict(scan_layers=True, remat="full")),
+                                    ("resnet_bk", dict(use_scattering_router=True, router="learned"))]
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_greedy_equals_argmax_of_full_forward(kind):
-  model = _tiny(kind)
+@pytest.mark.parametrize("kind,overrides", CASES)
+def test_greedy_equals_argmax_of_full_forward(kind, overrides):
+  model = _tiny(kind, **overrides)
   prompt = np.random.default_rng(0).integers(0, 259, (2, 5)).astype(np.int32)
   new = np.asarray(generate(model, prompt, max_new_tokens=8, temperature=0.0))
   seq = prompt
   for _ in range(8):  # the O(N^2) reference: full forward on the growing sequence
-    logits = np.asarray(model(jnp.asarray(seq)))[:, -1]
-    seq = np.concatenate([seq, logits.argmax(-1).astype(np.int32)[:, None]], axis=1)
-  np.testing.assert_array_equal(new, seq[:, 5:])
-
-
-@pytest.mark.parametrize("kw", [dict(remat="full"), dict(scan_layers=True, remat="dots")])
-def test_generate_rematerialised_models(kw):
-  """remat/scan_layers models (configs/seq32k.py trains with remat "full") generate the full
-  forward's greedy tokens (was TraceContextError inside the sampling scan)."""
-  model = build_model(_tiny_config("resnet_bk", **kw), rngs=nnx.Rngs(1))
-  prompt = np.random.default_rng(0).integers(0, 259, (2, 5)).astype(np.int32)
-  new = np.asarray(generate(model, prompt, max_new_tokens=4, temperature=0.0))
-  seq = prompt
-  for _ in range(4):
     logits = np.asarray(model(jnp.asarray(seq)))[:, -1]
     seq = np.concatenate([seq, logits.argmax(-1).astype(np.int32)[:, None]], axis=1)
   np.testing.assert_array_equal(new, seq[:, 5:])

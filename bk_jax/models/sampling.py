@@ -81,8 +81,9 @@ def _generate(graphdef, states, prompt, key, *, max_new_tokens, temperature, top
   def step(carry, k):
     last, cache = carry
     tok = sample_logits(k, last, temperature=temperature, top_k=top_k, top_p=top_p)
-    # A fresh copy inside the scan body: nnx.remat / nnx.scan in the model refuse Variables
-    # created at the outer trace level (the fix eval/streaming.py needs for the same reason).
+    # Built at this scan body's trace level: the model's own NNX transforms (nnx.remat,
+    # nnx.scan over stacked layers) refuse Variables of the outer jit trace, so merge fresh
+    # copies (trace-time only; nothing is copied at run time).
     m = nnx.merge(graphdef, *states, copy=True)
     logits, cache = m(tok[:, None], cache=cache)  # one token, O(1) in the position
     return (logits[:, -1], cache), tok

@@ -12,7 +12,7 @@ from bk_jax.runtime.jsonio import json_safe, write_json
 HISTORY_KEYS = ("step", "epoch", "seq_len", "train/loss", "train/perplexity", "train/grad_norm",
                 "train/param_norm", "train/learning_rate", "train/is_nan", "train/is_inf",
                 "train/is_spike", "train/spike_ratio", "train/spike_count", "train/skipped_steps",
-                "perf/step_time", "perf/tokens_per_s", "attempt")
+                "perf/step_time", "perf/tokens_per_s", "perf/host_rss_gb", "attempt")
 #: Keys every eval_history record has (eval/bits_per_byte: text datasets only).
 EVAL_KEYS = ("step", "epoch", "seq_len", "eval/loss", "eval/perplexity", "eval/tokens")
 #: Keys of one per-epoch entry of results_by_length.
