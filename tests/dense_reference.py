@@ -72,3 +72,40 @@ def birman_schwinger(v: np.ndarray, t: float, z: complex) -> np.ndarray:
   """K = |V|^{1/2} R0 |V|^{1/2} for one head: v (N,) -> (N, N)."""
   sq = np.sqrt(np.abs(v))
   return sq[:, None] * free_resolvent(v.shape[0], t, z) * sq[None, :]
+
+
+def jacobi(v: np.ndarray, t: np.ndarray) -> np.ndarray:
+  """H = diag(v - 2) + off-diagonals t_i between positions i-1 and i (t_0 unused): (N,) -> (N, N)."""
+  n = v.shape[0]
+  off = np.asarray(t, np.float64)[1:n]
+  return np.diag(v - 2.0) + np.diag(off, 1) + np.diag(off, -1)
+
+
+def prefix_rows(v: np.ndarray, t, z) -> np.ndarray:
+  """rows[..., i, j, h] = [(H_{0..i} - diag(z_{0..i}))^{-1}]_{ij} for j <= i, 0 for j > i.
+
+  Per-position Jacobi matrices (DESIGN §2.9), inverted densely in float64. v (..., N, H) real;
+  t real and z complex, each per head (H,) or per position, broadcastable to v's shape.
+  """
+  v = np.asarray(v, np.float64)
+  t = np.broadcast_to(np.asarray(t, np.float64), v.shape)
+  z = np.broadcast_to(np.asarray(z, np.complex128), v.shape)
+  n = v.shape[-2]
+  out = np.zeros(v.shape[:-2] + (n, n, v.shape[-1]), np.complex128)
+  for idx in np.ndindex(*v.shape[:-2]):
+    for h in range(v.shape[-1]):
+      mat = jacobi(v[idx][:, h], t[idx][:, h]) - np.diag(z[idx][:, h])
+      for i in range(n):
+        out[idx + (i, slice(0, i + 1), h)] = np.linalg.inv(mat[: i + 1, : i + 1])[i]
+  return out
+
+
+def causal_diag_jacobi(v: np.ndarray, t, z) -> np.ndarray:
+  """g[..., i, h] = [(H_{0..i} - diag(z))^{-1}]_{ii} with per-position t and z (dense)."""
+  rows = prefix_rows(v, t, z)
+  return np.diagonal(rows, axis1=-3, axis2=-2).swapaxes(-1, -2)
+
+
+def causal_green(v: np.ndarray, t, z, x: np.ndarray) -> np.ndarray:
+  """y[..., i, h, :] = sum_{j <= i} [(H_{0..i} - diag(z))^{-1}]_{ij} x[..., j, h, :] (dense)."""
+  return np.einsum("...ijh,...jhd->...ihd", prefix_rows(v, t, z), np.asarray(x))

@@ -63,3 +63,8 @@ def test_logical_rules():
   assert logical_to_spec(("mlp", "heads"), (64, 8), m) == P("tensor", None)  # tensor used once
   assert logical_to_spec(None, (3,), m) == P()
   del jax
+
+
+def test_sequence_sharded_selective_causal_diag_matches_unsharded():
+  """Per-position hopping and z, meshes (1 x 8) and (2 x 4): forward, carry and gradients."""
+  _assert_close(run_check("selective", "diag", "float32"), 2e-5, 2e-5)

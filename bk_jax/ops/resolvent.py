@@ -25,7 +25,9 @@ reverse linear recurrence lam_i = gbar_i + t^2 g_{i+1}^2 lam_{i+1}, which needs 
 complex autodiff convention is followed (the VJP is the plain transpose of the JVP, no
 conjugation), so these gradients compose with the rest of a model.
 
-Shapes: v (..., N, H) real; hopping (H,) real > 0; z (H,) complex; outputs (..., N, H) complex.
+Shapes: v (..., N, H) real; hopping real > 0 and z complex (Im z > 0), each per head (H,) or per
+position (..., N, H) (DESIGN §2.9: g_i = 1/(a_i - t_i^2 g_{i-1}), a_i = v_i - 2 - z_i, t_i the bond
+between i-1 and i); outputs (..., N, H) complex.
 """
 
 from __future__ import annotations
@@ -71,19 +73,45 @@ def complex_dtype_for(v: jax.Array) -> jnp.dtype:
   return jnp.complex128 if v.dtype == jnp.float64 else jnp.complex64
 
 
-def _prepare(v, hopping, z, carry):
-  """Casts inputs; returns (v, shift, t2, g_prev) with a_i = v_i - shift, shift = 2 + z.
+def per_position(param: jax.Array, v_shape: tuple[int, ...], name: str) -> bool:
+  """True for a per-position parameter (..., N, H), False for a per-head one (H,) or scalar.
 
-  v stays real: the complex a_i is formed inside each step, so no complex (N, H) copy of the
-  input is materialised (half the memory traffic of the forward pass, one g-sized buffer less
-  in the backward pass).
+  Raises a one-line ValueError for any other shape (DESIGN §2.9: per head or per position).
+  """
+  shape = jnp.shape(param)
+  if len(shape) <= 1:
+    if shape not in ((), (1,), v_shape[-1:]):
+      raise ValueError(f"{name} per head must have shape ({v_shape[-1]},); got {shape}")
+    return False
+  try:
+    ok = jnp.broadcast_shapes(shape, v_shape) == tuple(v_shape)
+  except ValueError:
+    ok = False
+  if not ok:
+    raise ValueError(f"{name} per position must broadcast to v's shape {tuple(v_shape)} "
+                     f"(..., N, H); got {shape}")
+  return True
+
+
+def _prepare(v, hopping, z, carry):
+  """Casts inputs; returns (v, shift, t2, g_prev) with a_i = v_i - shift_i, shift = 2 + z.
+
+  shift (complex) and t2 = hopping^2 (real) are (H,) for per-head parameters and broadcast to
+  v's shape (..., N, H) for per-position ones. v stays real: the complex a_i is formed inside
+  each step, so no complex (N, H) copy of the input is materialised (half the memory traffic of
+  the forward pass, one g-sized buffer less in the backward pass).
   """
   cdt = complex_dtype_for(v)
   rdt = jnp.float64 if cdt == jnp.complex128 else jnp.float32
+  pos_t = per_position(hopping, v.shape, "hopping")
+  pos_z = per_position(z, v.shape, "z")
   hopping = jnp.asarray(hopping, rdt)
   shift = 2.0 + jnp.asarray(z, cdt)
-  t2 = (hopping * hopping).astype(cdt)
-  batch_heads = v.shape[:-2] + v.shape[-1:]
+  t2 = hopping * hopping
+  heads = v.shape[-1:]
+  t2 = jnp.broadcast_to(t2, v.shape if pos_t else heads)
+  shift = jnp.broadcast_to(shift, v.shape if pos_z else heads)
+  batch_heads = v.shape[:-2] + heads
   if carry is None:
     carry = jnp.zeros(batch_heads, cdt)
   else:
@@ -91,33 +119,50 @@ def _prepare(v, hopping, z, carry):
   return v.astype(rdt), shift, t2, carry
 
 
+def _time_major(x):
+  """(..., N, H) -> (N, ..., H) for lax.scan; per-head (H,) parameters -> None (not scanned)."""
+  return None if x.ndim == 1 else jnp.moveaxis(x, -2, 0)
+
+
 # ----------------------------------------------------------------------------------------
-# Forward evaluation strategies. All take v (..., N, H) real, shift and t2 (H,) complex,
-# g_prev (..., H) complex, and return (g (..., N, H), g_last (..., H)).
+# Forward evaluation strategies. All take v (..., N, H) real, shift (H,) or (..., N, H)
+# complex, t2 (H,) or (..., N, H) real, g_prev (..., H) complex, and return
+# (g (..., N, H), g_last (..., H)).
 # ----------------------------------------------------------------------------------------
 
 
 def _step_fn(shift, t2):
-  """One step of g_i = 1 / (v_i - shift - t^2 g_{i-1}) in lax.scan form."""
+  """One step of g_i = 1 / (v_i - shift_i - t_i^2 g_{i-1}) in lax.scan form.
 
-  def step(g, v_i):
-    g = 1.0 / ((v_i - shift) - t2 * g)
+  The scanned input is (v_i, shift_i, t2_i); a None entry means the per-head value is used.
+  """
+
+  def step(g, x):
+    v_i, s_i, t_i = x
+    s = shift if s_i is None else s_i
+    t = t2 if t_i is None else t_i
+    g = 1.0 / ((v_i - s) - t * g)
     return g, g
 
   return step
 
 
+def _scan_inputs(v, shift, t2):
+  return (jnp.moveaxis(v, -2, 0), _time_major(shift), _time_major(t2))
+
+
 def _forward_scan(v, shift, t2, g_prev, unroll: int = 8):
   """Sequential recurrence; the time axis is moved to the front for lax.scan."""
-  g_last, g = lax.scan(_step_fn(shift, t2), g_prev, jnp.moveaxis(v, -2, 0), unroll=unroll)
+  g_last, g = lax.scan(_step_fn(shift, t2), g_prev, _scan_inputs(v, shift, t2), unroll=unroll)
   return jnp.moveaxis(g, 0, -2), g_last
 
 
-def _mobius_combine(earlier, later):
+def mobius_combine(earlier, later):
   """Product later @ earlier of 2x2 matrices stored as 4 arrays, divided by its max entry.
 
-  The recurrence is projective in (p, q), so any common scale can be dropped; dividing by the
-  largest magnitude keeps the products finite for arbitrarily long sequences.
+  The one Mobius combine of the package (local associative scan, sequence-parallel shard
+  products). The recurrence is projective in (p, q), so any common scale can be dropped;
+  dividing by the largest magnitude keeps the products finite for arbitrarily long sequences.
   """
   a00, a01, a10, a11 = earlier
   b00, b01, b10, b11 = later
@@ -129,18 +174,22 @@ def _mobius_combine(earlier, later):
       jnp.maximum(jnp.abs(c00), jnp.abs(c01)), jnp.maximum(jnp.abs(c10), jnp.abs(c11))
   )
   # A product of invertible matrices is never zero, so scale > 0; stop_gradient because the
-  # scale cancels in p/q (this path is only differentiated through the custom VJP anyway).
+  # scale cancels in p/q (the exact derivative treats it as a constant).
   scale = lax.stop_gradient(scale)
   return c00 / scale, c01 / scale, c10 / scale, c11 / scale
 
 
-def _forward_associative(v, shift, t2, g_prev):
-  """(p_i, q_i) = M_i (p_{i-1}, q_{i-1}), M_i = [[0, 1], [-t^2, a_i]], g_i = p_i / q_i."""
+def mobius_matrices(v, shift, t2):
+  """M_i = [[0, 1], [-t_i^2, a_i]] as 4 complex arrays of v's shape, a_i = v_i - shift_i."""
   a = v - shift
-  zero = jnp.zeros_like(a)
-  one = jnp.ones_like(a)
-  mats = (zero, one, jnp.broadcast_to(-t2, a.shape), a)
-  p00, p01, p10, p11 = lax.associative_scan(_mobius_combine, mats, axis=a.ndim - 2)
+  return (jnp.zeros_like(a), jnp.ones_like(a), jnp.broadcast_to(-t2, a.shape).astype(a.dtype), a)
+
+
+def _forward_associative(v, shift, t2, g_prev):
+  """(p_i, q_i) = M_i (p_{i-1}, q_{i-1}), M_i = [[0, 1], [-t_i^2, a_i]], g_i = p_i / q_i."""
+  mats = mobius_matrices(v, shift, t2)
+  a = mats[3]
+  p00, p01, p10, p11 = lax.associative_scan(mobius_combine, mats, axis=a.ndim - 2)
   # Start vector (g_prev, 1): g_prev = 0 gives g_0 = 1/a_0.
   gp = g_prev[..., None, :]
   ratio = (p00 * gp + p01) / (p10 * gp + p11)
@@ -154,17 +203,22 @@ def _forward_associative(v, shift, t2, g_prev):
 
 def _forward_chunked(v, shift, t2, g_prev, chunk: int):
   """Scan over checkpointed chunks; differentiated by autodiff (no custom VJP)."""
-  g_last, g = checkpointed_scan(_step_fn(shift, t2), g_prev, jnp.moveaxis(v, -2, 0), chunk=chunk)
+  g_last, g = checkpointed_scan(_step_fn(shift, t2), g_prev, _scan_inputs(v, shift, t2),
+                                chunk=chunk)
   return jnp.moveaxis(g, 0, -2), g_last
 
 
 # ----------------------------------------------------------------------------------------
 # Exact custom VJP shared by "scan" and "associative".
+# lam_i = gbar_i + t_{i+1}^2 g_{i+1}^2 lam_{i+1} (lam_N = 0);  dg_i/da_i = -g_i^2,
+# dg_i/d(t_i^2) = g_i^2 g_{i-1},  dg_i/dg_{i-1} = t_i^2 g_i^2.
+# Both adjoints return per-position (shift_bar, t2_bar) where the parameter is per position
+# and (..., H) partial sums where it is per head.
 # ----------------------------------------------------------------------------------------
 
 
-def _adjoint_associative(g, g_bar, t2, g_prev):
-  """Adjoint via a log-depth scan: lam_i = gbar_i + t^2 g_{i+1}^2 lam_{i+1}, lam_N = 0."""
+def _adjoint_associative(g, g_bar, t2, g_prev, pos_z, pos_t):
+  """Adjoint via a log-depth scan over the affine maps lam -> coef * lam + gbar."""
 
   def combine(right, left):  # affine maps x -> c x + r, composed from the right
     c_r, r_r = right
@@ -172,75 +226,105 @@ def _adjoint_associative(g, g_bar, t2, g_prev):
     return c_l * c_r, r_l + c_l * r_r
 
   g2 = g * g
-  coef = jnp.concatenate([t2 * g2[..., 1:, :], jnp.zeros_like(g2[..., :1, :])], axis=-2)
+  t2_next = t2[..., 1:, :] if pos_t else t2
+  coef = jnp.concatenate([t2_next * g2[..., 1:, :], jnp.zeros_like(g2[..., :1, :])], axis=-2)
   _, lam = lax.associative_scan(combine, (coef, g_bar), reverse=True, axis=g.ndim - 2)
-  a_bar = -g2 * lam  # dg_i/da_i = -g_i^2
+  s_bar = g2 * lam  # a = v - shift: shift_bar = -a_bar = g^2 lam
   g_shift = jnp.concatenate([g_prev[..., None, :], g[..., :-1, :]], axis=-2)
-  t2_bar = jnp.sum(g2 * g_shift * lam, axis=-2)  # dg_i/d(t^2) = g_i^2 g_{i-1}
-  shift_bar = jnp.sum(g2 * lam, axis=-2)  # a = v - shift
-  return jnp.real(a_bar), shift_bar, t2_bar, lam[..., 0, :]
+  t2_bar = jnp.real(s_bar * g_shift)
+  v_bar = -jnp.real(s_bar)
+  if not pos_z:
+    s_bar = jnp.sum(s_bar, axis=-2)
+  if not pos_t:
+    t2_bar = jnp.sum(t2_bar, axis=-2)
+  return v_bar, s_bar, t2_bar, lam[..., 0, :]
 
 
-def _adjoint_sequential(g, g_bar, t2):
-  """The same adjoint as one fused reverse lax.scan (no g-sized temporaries besides v_bar).
+def _adjoint_sequential(g, g_bar, t2, g_prev, pos_z, pos_t):
+  """The same adjoint as one fused reverse lax.scan (no g-sized temporaries for per-head ones).
 
-  Step i (running from N-1 down to 0) knows g_i, gbar_i and, in its carry, g_{i+1} and
-  lam_{i+1}; the t^2 term of position i+1 (g_{i+1}^2 g_i lam_{i+1}) is added here because it
-  needs g_i. The term of position 0 needs g_{-1} and is added by the caller.
+  Step i (running from N-1 down to 0) knows g_i, gbar_i and, in its carry, g_{i+1}, lam_{i+1}
+  and t_{i+1}^2; the t^2 term of position i+1 (g_{i+1}^2 g_i lam_{i+1}) is formed here because
+  it needs g_i. Position 0's term needs g_{-1} = g_prev and is added after the scan.
   """
   batch_heads = g.shape[:-2] + g.shape[-1:]
   zeros = jnp.zeros(batch_heads, g.dtype)
+  rzeros = jnp.zeros(batch_heads, t2.dtype)
 
   def step(carry, inputs):
-    lam_next, g_next, t2_acc, shift_acc = carry
-    g_i, gbar_i = inputs
+    lam_next, g_next, t2_next, t2_acc, s_acc = carry
+    g_i, gbar_i, t2_i = inputs
     g_next2 = g_next * g_next
-    lam = gbar_i + t2 * g_next2 * lam_next
-    g2 = g_i * g_i
-    t2_acc = t2_acc + g_next2 * g_i * lam_next
-    shift_acc = shift_acc + g2 * lam
-    return (lam, g_i, t2_acc, shift_acc), jnp.real(-g2 * lam)
+    lam = gbar_i + (t2_next if pos_t else t2) * g_next2 * lam_next
+    s_i = g_i * g_i * lam
+    t2_term = jnp.real(g_next2 * g_i * lam_next)  # t2_bar of position i + 1
+    out = [s_i if pos_z else -jnp.real(s_i)]
+    if pos_t:
+      out.append(t2_term)
+    else:
+      t2_acc = t2_acc + t2_term
+    if not pos_z:
+      s_acc = s_acc + s_i
+    return (lam, g_i, t2_i, t2_acc, s_acc), tuple(out)
 
-  xs = (jnp.moveaxis(g, -2, 0), jnp.moveaxis(g_bar, -2, 0))
-  (lam0, _, t2_acc, shift_acc), v_bar = lax.scan(step, (zeros,) * 4, xs, reverse=True, unroll=8)
-  return jnp.moveaxis(v_bar, 0, -2), shift_acc, t2_acc, lam0
+  init = (zeros, zeros, rzeros if pos_t else None, None if pos_t else rzeros,
+          None if pos_z else zeros)
+  xs = (jnp.moveaxis(g, -2, 0), jnp.moveaxis(g_bar, -2, 0), _time_major(t2))
+  (lam0, _, _, t2_acc, s_acc), out = lax.scan(step, init, xs, reverse=True, unroll=8)
+  t2_0 = jnp.real(g[..., 0, :] ** 2 * g_prev * lam0)  # position 0's t^2 term
+  if pos_z:
+    s_bar = jnp.moveaxis(out[0], 0, -2)
+    v_bar = -jnp.real(s_bar)
+  else:
+    s_bar, v_bar = s_acc, jnp.moveaxis(out[0], 0, -2)
+  if pos_t:
+    t2_bar = jnp.moveaxis(jnp.concatenate([t2_0[None], out[1][:-1]], axis=0), 0, -2)
+  else:
+    t2_bar = t2_acc + t2_0
+  return v_bar, s_bar, t2_bar, lam0
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _causal_exact(v, shift, t2, g_prev, associative: bool):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _causal_exact(v, shift, t2, g_prev, associative: bool, pos_z: bool):
+  """(g, g_last) by scan or associative scan; pos_z (static): shift is per position."""
+  del pos_z  # only the backward pass needs it (shift itself is not kept as a residual)
   if associative:
     return _forward_associative(v, shift, t2, g_prev)
   return _forward_scan(v, shift, t2, g_prev)
 
 
-def _causal_exact_fwd(v, shift, t2, g_prev, associative):
-  g, g_last = _causal_exact(v, shift, t2, g_prev, associative)
+def _causal_exact_fwd(v, shift, t2, g_prev, associative, pos_z):
+  g, g_last = _causal_exact(v, shift, t2, g_prev, associative, pos_z)
   return (g, g_last), (g, t2, g_prev)
 
 
-def _causal_exact_bwd(associative, res, cts):
+def _causal_exact_bwd(associative, pos_z, res, cts):
   g, t2, g_prev = res
+  pos_t = t2.ndim > 1
   g_bar, g_last_bar = cts
   # The carry output is g_{N-1}; its cotangent joins g_bar at the last position.
   g_bar = g_bar.at[..., -1, :].add(g_last_bar)
-  if associative:
-    v_bar, shift_bar, t2_bar, lam0 = _adjoint_associative(g, g_bar, t2, g_prev)
-  else:
-    v_bar, shift_bar, t2_bar, lam0 = _adjoint_sequential(g, g_bar, t2)
-    t2_bar = t2_bar + g[..., 0, :] ** 2 * g_prev * lam0  # position 0's t^2 term
-  g0_sq = g[..., 0, :] ** 2
-  g_prev_bar = t2 * g0_sq * lam0  # dg_0/dg_{-1} = t^2 g_0^2
+  adjoint = _adjoint_associative if associative else _adjoint_sequential
+  v_bar, shift_bar, t2_bar, lam0 = adjoint(g, g_bar, t2, g_prev, pos_z, pos_t)
+  t2_0 = t2[..., 0, :] if pos_t else t2
+  g_prev_bar = t2_0 * g[..., 0, :] ** 2 * lam0  # dg_0/dg_{-1} = t_0^2 g_0^2
   heads = g.shape[-1]
-  # shift and t2 are per-head parameters shared over the batch dims: sum their cotangents.
-  return (
-      v_bar,
-      shift_bar.reshape((-1, heads)).sum(0),
-      t2_bar.reshape((-1, heads)).sum(0),
-      g_prev_bar,
-  )
+  # Per-head parameters are shared over the batch dims: sum their cotangents.
+  if not pos_z:
+    shift_bar = shift_bar.reshape((-1, heads)).sum(0)
+  if not pos_t:
+    t2_bar = t2_bar.reshape((-1, heads)).sum(0)
+  return v_bar, shift_bar, t2_bar, g_prev_bar
 
 
 _causal_exact.defvjp(_causal_exact_fwd, _causal_exact_bwd)
+
+
+def causal_diag_prepared(v, shift, t2, g_prev, method: str, chunk_size: int = DEFAULT_CHUNK):
+  """The local (single-device) g for `_prepare`d inputs and a concrete method."""
+  if method == "chunked":
+    return _forward_chunked(v, shift, t2, g_prev, chunk_size)
+  return _causal_exact(v, shift, t2, g_prev, method == "associative", shift.ndim > 1)
 
 
 def causal_diag(
@@ -252,12 +336,14 @@ def causal_diag(
     method: Method = "scan",
     chunk_size: int = DEFAULT_CHUNK,
 ) -> tuple[jax.Array, jax.Array]:
-  """Causal prefix resolvent diagonal g_i = [(H_{0..i} - z)^{-1}]_{ii}.
+  """Causal prefix resolvent diagonal g_i = [(H_{0..i} - diag(z))^{-1}]_{ii}.
 
   Args:
     v: real potentials, shape (..., N, H). float64 input computes in complex128.
-    hopping: (H,) hopping amplitudes t_h > 0.
-    z: (H,) complex shifts with Im z > 0.
+    hopping: t > 0 per head (H,) or per position (..., N, H) (DESIGN §2.9): hopping[..., i, h]
+      is the bond between positions i-1 and i. Position 0's bond joins the previous call's last
+      position (it only matters with a carry; without one it is ignored).
+    z: complex shifts with Im z > 0, per head (H,) or per position (..., N, H).
     carry: (..., H) complex, g at the last position of the previous call (None: fresh start).
       Chaining calls with the returned carry equals one call on the concatenated sequence.
     method: "auto", "scan", "associative" or "chunked" (see module docstring); all give the
@@ -265,7 +351,8 @@ def causal_diag(
     chunk_size: chunk length for method="chunked".
 
   Returns:
-    (g, carry): g complex (..., N, H); carry complex (..., H) = g[..., -1, :].
+    (g, carry): g complex (..., N, H); carry complex (..., H) = g[..., -1, :]. Gradients
+    w.r.t. v, hopping, z and carry are exact (per-head parameters sum over batch and positions).
   """
   method = resolve_method(method)
   if v.ndim < 2:
@@ -276,10 +363,7 @@ def causal_diag(
   if (mesh := sharded_scan.sequence_mesh_for(v)) is not None:  # mesh "sequence" axis > 1
     return sharded_scan.sequence_parallel_causal_diag(
         v, hopping=hopping, z=z, carry=carry, mesh=mesh, method=method, chunk_size=chunk_size)
-  v, shift, t2, g_prev = _prepare(v, hopping, z, carry)
-  if method == "chunked":
-    return _forward_chunked(v, shift, t2, g_prev, chunk_size)
-  return _causal_exact(v, shift, t2, g_prev, method == "associative")
+  return causal_diag_prepared(*_prepare(v, hopping, z, carry), method, chunk_size)
 
 
 def full_diag(v: jax.Array, *, hopping: jax.Array, z: jax.Array, method: Method = "scan"):
@@ -290,13 +374,15 @@ def full_diag(v: jax.Array, *, hopping: jax.Array, z: jax.Array, method: Method 
 
   Args:
     v: real potentials (..., N, H).
-    hopping: (H,) > 0.
-    z: (H,) complex, Im z > 0.
+    hopping: (H,) > 0 (per head only).
+    z: (H,) complex, Im z > 0 (per head only).
     method: evaluation strategy of the two one-sided recursions.
 
   Returns:
     G complex (..., N, H).
   """
+  if per_position(hopping, v.shape, "hopping") or per_position(z, v.shape, "z"):
+    raise ValueError("full_diag takes per-head hopping and z (H,) only")
   g_left, _ = causal_diag(v, hopping=hopping, z=z, method=method)
   g_right, _ = causal_diag(jnp.flip(v, -2), hopping=hopping, z=z, method=method)
   g_right = jnp.flip(g_right, -2)

@@ -19,6 +19,10 @@ under automatic partitioning):
 The returned carry (g at the very last position; the last shard's local carry) continues the
 stream across calls exactly as in the unsharded op.
 
+Per-position coupling and shift (DESIGN §2.9) are split along the sequence like v: M_i carries
+its own t_i² and a_i, and a shard's first bond t_0 joins it to the previous shard's last position,
+so the products and the local pass need nothing else.
+
 Gradients are exact: reverse-mode differentiates through the shard_map (the all_gather transposes
 to a reduce-scatter, the local pass uses the resolvent's custom VJP, whose g_prev cotangent flows
 back into the combine). The reduction is `jax.checkpoint`-ed, so the only residuals kept per
@@ -37,6 +41,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
+
+from bk_jax.ops.resolvent import mobius_combine, mobius_matrices
 
 SEQUENCE_AXIS = "sequence"
 
@@ -59,29 +65,18 @@ def sequence_mesh_for(v: jax.Array, axis: str = SEQUENCE_AXIS):
   return mesh
 
 
-def _combine(earlier, later):
-  """later @ earlier for 2×2 matrices stored as 4 arrays, divided by the largest |entry|."""
-  a00, a01, a10, a11 = earlier
-  b00, b01, b10, b11 = later
-  c = (b00 * a00 + b01 * a10, b00 * a01 + b01 * a11,
-       b10 * a00 + b11 * a10, b10 * a01 + b11 * a11)
-  scale = lax.stop_gradient(jnp.maximum(jnp.maximum(jnp.abs(c[0]), jnp.abs(c[1])),
-                                        jnp.maximum(jnp.abs(c[2]), jnp.abs(c[3]))))
-  return tuple(x / scale for x in c)
-
-
 @jax.checkpoint
 def _shard_product(v, shift, t2):
   """Normalised product M_{n-1} ... M_0 of one shard: 4 arrays (..., H). v (..., n, H) real."""
-  a = v - shift
-  mats = (jnp.zeros_like(a), jnp.ones_like(a), jnp.broadcast_to(-t2, a.shape), a)
+  mats = mobius_matrices(v, shift, t2)
   while mats[0].shape[-2] > 1:
     n = mats[0].shape[-2]
     if n % 2:  # pad with the identity at the end: later @ ... unchanged
       eye = (1.0, 0.0, 0.0, 1.0)
       mats = tuple(jnp.concatenate([m, jnp.full_like(m[..., :1, :], e)], axis=-2)
                    for m, e in zip(mats, eye))
-    mats = _combine(tuple(m[..., 0::2, :] for m in mats), tuple(m[..., 1::2, :] for m in mats))
+    mats = mobius_combine(tuple(m[..., 0::2, :] for m in mats),
+                          tuple(m[..., 1::2, :] for m in mats))
   return tuple(m[..., 0, :] for m in mats)
 
 
@@ -104,6 +99,46 @@ def _incoming_state(prods, g0, axis: str, size: int):
   return states[lax.axis_index(axis)]
 
 
+def _sequence_inputs(v, hopping, z, carry, mesh, axis):
+  """Casts and checks the arguments of the sequence-parallel ops.
+
+  Returns (v, hopping, z, carry, specs): per-position hopping / z broadcast to v's shape and
+  split along the sequence like v, per-head ones replicated; specs are their PartitionSpecs.
+  """
+  from bk_jax.ops import resolvent  # lazy import (resolvent dispatches here)
+
+  size = mesh.shape[axis]
+  if v.ndim < 2 or v.shape[-2] % size:
+    raise ValueError(f"sequence length {v.shape[-2] if v.ndim >= 2 else None} of v {v.shape} "
+                     f"does not divide by mesh axis {axis!r} of size {size}")
+  cdt = resolvent.complex_dtype_for(v)
+  rdt = jnp.float64 if cdt == jnp.complex128 else jnp.float32
+  v = v.astype(rdt)
+  seq_spec = P(*((None,) * (v.ndim - 2)), axis, None)
+  specs = []
+  params = []
+  for name, x, dt in (("hopping", hopping, rdt), ("z", z, cdt)):
+    x = jnp.asarray(x, dt)
+    if resolvent.per_position(x, v.shape, name):
+      params.append(jnp.broadcast_to(x, v.shape))
+      specs.append(seq_spec)
+    else:
+      params.append(jnp.broadcast_to(x, v.shape[-1:]))
+      specs.append(P())
+  heads_shape = v.shape[:-2] + v.shape[-1:]
+  carry = (jnp.zeros(heads_shape, cdt) if carry is None
+           else jnp.broadcast_to(jnp.asarray(carry, cdt), heads_shape))
+  return v, params[0], params[1], carry, (seq_spec, *specs)
+
+
+def _local_incoming_g(v_s, hop, z_s, g0, axis, size):
+  """Inside shard_map: the exact g entering this shard (Mobius reduce + exclusive combine)."""
+  shift = 2.0 + z_s
+  prod = _shard_product(v_s, shift, hop * hop)
+  prods = tuple(lax.all_gather(m, axis, axis=0) for m in prod)
+  return _incoming_state(prods, g0, axis, size)
+
+
 def sequence_parallel_causal_diag(v, *, hopping, z, carry=None, mesh=None,
                                   axis: str = SEQUENCE_AXIS, method: str = "scan",
                                   chunk_size: int | None = None):
@@ -111,7 +146,8 @@ def sequence_parallel_causal_diag(v, *, hopping, z, carry=None, mesh=None,
 
   Args:
     v: real potentials (..., N, H); N must divide by the size of `axis`.
-    hopping: (H,) > 0.  z: (H,) complex, Im z > 0.
+    hopping: > 0, per head (H,) or per position (..., N, H) (split like v).
+    z: complex, Im z > 0, per head (H,) or per position (..., N, H) (split like v).
     carry: (..., H) complex g before position 0 (None: fresh sequence).
     mesh: a Mesh or AbstractMesh with `axis`; None takes the context mesh (jax.set_mesh).
     axis: the mesh axis the sequence is split over.
@@ -125,34 +161,20 @@ def sequence_parallel_causal_diag(v, *, hopping, z, carry=None, mesh=None,
 
   mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
   size = mesh.shape[axis]
-  if v.ndim < 2 or v.shape[-2] % size:
-    raise ValueError(f"sequence length {v.shape[-2] if v.ndim >= 2 else None} of v {v.shape} "
-                     f"does not divide by mesh axis {axis!r} of size {size}")
-  cdt = resolvent.complex_dtype_for(v)
-  rdt = jnp.float64 if cdt == jnp.complex128 else jnp.float32
-  v = v.astype(rdt)
-  hopping = jnp.asarray(hopping, rdt)
-  z = jnp.asarray(z, cdt)
-  heads_shape = v.shape[:-2] + v.shape[-1:]
-  carry = (jnp.zeros(heads_shape, cdt) if carry is None
-           else jnp.broadcast_to(jnp.asarray(carry, cdt), heads_shape))
+  v, hopping, z, carry, (seq_spec, hop_spec, z_spec) = _sequence_inputs(
+      v, hopping, z, carry, mesh, axis)
   kw = dict(method=method) if chunk_size is None else dict(method=method, chunk_size=chunk_size)
 
   def local(v_s, hop, z_s, g0):
-    shift = 2.0 + z_s
-    t2 = (hop * hop).astype(cdt)
-    prod = _shard_product(v_s, shift, t2)
-    prods = tuple(lax.all_gather(m, axis, axis=0) for m in prod)
-    g_in = _incoming_state(prods, g0, axis, size)
+    g_in = _local_incoming_g(v_s, hop, z_s, g0, axis, size)
     g, g_last = resolvent.causal_diag(v_s, hopping=hop, z=z_s, carry=g_in, **kw)
     return g, g_last[None]
 
   # check_vma=False: the local pass's custom VJP builds its reverse-scan carries without
   # varying-axis annotations. Nothing here relies on psum's transpose: the carry leaves the
   # shard_map as one row per shard and the last row is taken outside.
-  lead = (None,) * (v.ndim - 2)
-  seq_spec = P(*lead, axis, None)
-  f = jax.shard_map(local, mesh=mesh, in_specs=(seq_spec, P(), P(), P()),
+  f = jax.shard_map(local, mesh=mesh, in_specs=(seq_spec, hop_spec, z_spec, P()),
                     out_specs=(seq_spec, P(axis)), axis_names={axis}, check_vma=False)
   g, lasts = f(v, hopping, z, carry)
   return g, lasts[-1]
+
