@@ -99,3 +99,16 @@ def test_selective_shift_keeps_im_z_above_eta_min_at_extreme_inputs():
 def test_config_validation(bad, msg):
   with pytest.raises(ValueError, match=msg):
     validate_model_config(tiny_config("resnet_bk", **bad))
+
+
+def test_green_mixer_trains_the_same_on_a_sequence_parallel_mesh():
+  """Green + conv + gate: 3 train steps on mesh sequence=8 (and data 2 x sequence 4) equal one
+  device (tests/sharding_checks.py, 8 fake CPU devices)."""
+  import json
+
+  from sharding_checks import run_check
+
+  ov = dict(bk_mixer="green", bk_head_dim=4, bk_conv=True, bk_gate=True)
+  res = run_check("train_variant_meshes", json.dumps(ov), "1,1,1,8", "2,1,1,4")
+  for spec in ("1,1,1,8", "2,1,1,4"):
+    assert res[spec]["loss"] <= 1e-5 and res[spec]["params"] <= 1e-5, (spec, res[spec])
