@@ -9,6 +9,5 @@ def get_config():
   c.train.sequence_lengths = (128, 512, 2048, 8192, 32768, 131072)
   c.train.tokens_per_batch = 131072  # 1024 x 128 ... 1 x 131072
   c.train.steps_per_length = 500
-  c.model.resolvent_method = "chunked"
   c.model.remat = "full"
   return c

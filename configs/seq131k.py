@@ -1,4 +1,4 @@
-"""Single-length training at N = 131072 (batch 1, rematerialised, chunked scan)."""
+"""Single-length training at N = 131072 (batch 1, rematerialised blocks)."""
 from configs import base
 
 
@@ -9,6 +9,5 @@ def get_config():
   c.train.batch_size = 1
   c.train.log_interval = 1
   c.checkpoint.every_steps = 50
-  c.model.resolvent_method = "chunked"
   c.model.remat = "full"
   return c

@@ -7,6 +7,5 @@ def get_config():
   c.save_dir = "runs/seq32k"
   c.train.seq_len = 32768
   c.train.batch_size = 2
-  c.model.resolvent_method = "chunked"
   c.model.remat = "full"
   return c

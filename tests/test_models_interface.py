@@ -41,6 +41,7 @@ VARIANTS = {
     "resnet_bk_moe_learned": dict(use_scattering_router=True, router="learned"),
     "mamba": dict(),
     "mamba_scan_dots": dict(scan_layers=True, remat="dots"),
+    "mamba_associative": {"mamba.scan_method": "associative"},
     "transformer": dict(),
 }
 

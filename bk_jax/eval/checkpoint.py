@@ -20,6 +20,7 @@ import jax
 import ml_collections
 from flax import nnx
 
+from bk_jax.models.config import default_model_config
 from bk_jax.train.config_validation import ConfigError
 
 
@@ -32,6 +33,10 @@ ARCH_FIELDS = ("kind", "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "
                "semiseparable_rank", "use_scattering_router", "num_experts", "router", "top_k",
                "scan_layers", "prime_bump", "prime_bump_scale", "param_dtype",
                "mamba.d_state", "mamba.d_conv", "mamba.expand", "transformer.n_heads")
+#: Model fields that choose how the same parameters are computed: the caller's value wins.
+RUNTIME_FIELDS = ("resolvent_method", "remat", "dtype", "transformer.cache_window",
+                  "transformer.block_size", "mamba.chunk", "mamba.scan_method",
+                  "use_birman_schwinger")
 #: Data fields that fix the token ids the model was trained on.
 DATA_FIELDS = ("tokenizer",)
 
@@ -157,16 +162,23 @@ def merged_config(ckpt_config: dict, config: ml_collections.ConfigDict | None) -
         cfg[k] = ml_collections.ConfigDict(config[k].to_dict())
     cfg.save_dir = config.save_dir
     # runtime-only model choices (not part of the parameters) follow the caller
-    for f in ("resolvent_method", "remat", "dtype", "transformer.cache_window",
-              "transformer.block_size", "mamba.chunk", "use_birman_schwinger"):
+    for f in RUNTIME_FIELDS:
       v = _get(config.model, f)
       if v is not None:
-        *par, leaf = f.split(".")
-        node = cfg.model
-        for q in par:
-          node = node[q]
-        node[leaf] = v
+        _set(cfg.model, f, v)
+  # runtime fields added after a checkpoint was written take today's defaults
+  defaults = default_model_config()
+  for f in RUNTIME_FIELDS:
+    if _get(cfg.model, f) is None:
+      _set(cfg.model, f, _get(defaults, f))
   return cfg
+
+
+def _set(cfg, dotted: str, value) -> None:
+  *par, leaf = dotted.split(".")
+  for q in par:
+    cfg = cfg[q]
+  cfg[leaf] = value
 
 
 def load_checkpoint(save_dir: str, checkpoint: str | int | None = None,

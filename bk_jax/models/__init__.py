@@ -15,10 +15,11 @@ from typing import Any
 
 from flax import nnx
 
-from bk_jax.models.config import default_model_config, validate_model_config
+from bk_jax.models.config import default_model_config, execution_paths, validate_model_config
 from bk_jax.models.lm import LanguageModel
 
-__all__ = ["LanguageModel", "build_model", "default_model_config", "validate_model_config"]
+__all__ = ["LanguageModel", "build_model", "default_model_config", "execution_paths",
+           "validate_model_config"]
 
 
 def build_model(model_cfg: Any, *, rngs: nnx.Rngs | None = None) -> LanguageModel:

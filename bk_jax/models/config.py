@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import ml_collections
 
+from bk_jax.ops.linear_scan import resolve_scan_method
+from bk_jax.ops.resolvent import resolve_method
+
 KINDS = ("resnet_bk", "mamba", "transformer")
 ROUTERS = ("scattering", "learned")
 REMAT_POLICIES = ("none", "full", "dots")
 RESOLVENT_METHODS = ("auto", "scan", "associative", "chunked")
+MAMBA_SCAN_METHODS = ("auto", "sequential", "associative")
 DTYPES = ("float32", "bfloat16", "float64")
 BK_MIXERS = ("diag", "green")
 
@@ -33,7 +37,8 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.d_ff = 512  # width of the FFN and of every MoE expert
   # --- ResNet-BK options (bk.py) ---
   c.eta_min = 0.05  # lower bound of Im z; |g| <= 1/eta_min
-  c.resolvent_method = "scan"  # bk_jax.ops.resolvent method
+  # bk_jax.ops.resolvent method; "auto": associative on GPU/TPU, scan on the CPU
+  c.resolvent_method = "auto"
   c.use_semiseparable = False  # H = T + U diag(s) U^T (DESIGN §2.4)
   c.semiseparable_rank = 4
   c.prime_bump = False  # add the prime-bump potential of DESIGN §2.7 to v
@@ -66,6 +71,8 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.mamba.d_conv = 4
   c.mamba.expand = 2
   c.mamba.chunk = 256  # time steps per checkpointed chunk of the selective scan
+  # "auto": associative (log depth) on GPU/TPU, sequential on the CPU (ops.scan.prefers_parallel)
+  c.mamba.scan_method = "auto"
   c.transformer = ml_collections.ConfigDict()
   c.transformer.n_heads = 4
   c.transformer.block_size = 512  # query/key block of the blockwise attention
@@ -116,9 +123,37 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
     need(cfg.mamba.d_state > 0 and cfg.mamba.d_conv > 0 and cfg.mamba.expand > 0,
          "mamba.d_state, d_conv, expand must be positive")
     need(cfg.mamba.chunk > 0, "mamba.chunk must be positive")
+    need(cfg.mamba.scan_method in MAMBA_SCAN_METHODS,
+         f"mamba.scan_method {cfg.mamba.scan_method!r} not in {MAMBA_SCAN_METHODS}")
   else:
     tc = cfg.transformer
     need(tc.n_heads > 0 and cfg.d_model % tc.n_heads == 0,
          f"transformer.n_heads ({tc.n_heads}) must divide d_model ({cfg.d_model})")
     need((cfg.d_model // tc.n_heads) % 2 == 0, "transformer head dim must be even (RoPE)")
     need(tc.block_size > 0 and tc.cache_window > 0, "block_size and cache_window must be > 0")
+
+
+def execution_paths(cfg: ml_collections.ConfigDict, platform: str | None = None) -> dict[str, str]:
+  """The concrete implementations `cfg` runs on `platform` (for banners, results and benchmarks).
+
+  "auto" choices are resolved with the same rule the model applies when traced
+  (`bk_jax.ops.scan.prefers_parallel`), so this names what actually runs.
+
+  Args:
+    cfg: a model ConfigDict.
+    platform: "cpu", "gpu", "tpu", ...; default `jax.default_backend()`.
+
+  Returns:
+    {"dtype": activation dtype} plus, by kind, "resolvent_method" (resnet_bk: "scan" |
+    "associative" | "chunked"), "mamba_scan" (mamba: "sequential" | "associative") or
+    "attention" (transformer).
+  """
+  paths = {"dtype": str(cfg.dtype)}
+  if cfg.kind == "resnet_bk":
+    paths["resolvent_method"] = resolve_method(cfg.resolvent_method, platform)
+  elif cfg.kind == "mamba":
+    paths["mamba_scan"] = resolve_scan_method(cfg.mamba.scan_method, platform)
+  else:
+    # the attention choice is resolved by bk_jax.models.transformer where the config names one
+    paths["attention"] = str(cfg.transformer.get("attention", "blockwise"))
+  return paths

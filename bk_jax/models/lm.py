@@ -54,7 +54,8 @@ def _make_block(cfg: Any, rngs: nnx.Rngs) -> nnx.Module:
   if cfg.kind == "mamba":
     m = cfg.mamba
     return MambaBlock(cfg.d_model, d_state=m.d_state, d_conv=m.d_conv, expand=m.expand,
-                      chunk=m.chunk, n_layers=cfg.n_layers, rngs=rngs, dtype=dt, param_dtype=pdt)
+                      chunk=m.chunk, n_layers=cfg.n_layers, rngs=rngs, dtype=dt, param_dtype=pdt,
+                      scan_method=m.scan_method)
   t = cfg.transformer
   return TransformerBlock(cfg.d_model, t.n_heads, cfg.d_ff, block_size=t.block_size,
                           cache_window=t.cache_window, n_layers=cfg.n_layers, rngs=rngs,

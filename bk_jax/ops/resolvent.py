@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bk_jax.ops.scan import checkpointed_scan
+from bk_jax.ops.scan import checkpointed_scan, prefers_parallel
 
 Method = Literal["auto", "scan", "associative", "chunked"]
 METHODS = ("scan", "associative", "chunked")  # concrete strategies; "auto" resolves to one
@@ -61,8 +61,7 @@ def resolve_method(method: str, platform: str | None = None) -> str:
     One of METHODS.
   """
   if method == "auto":
-    platform = platform or jax.default_backend()
-    return "scan" if platform == "cpu" else "associative"
+    return "associative" if prefers_parallel(platform) else "scan"
   if method not in METHODS:
     raise ValueError(f"unknown resolvent method {method!r}; expected 'auto' or one of {METHODS}")
   return method

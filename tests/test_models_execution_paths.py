@@ -1,0 +1,76 @@
+"""The "auto" method defaults, their resolution per platform, and old checkpoints' configs."""
+
+import glob
+import importlib
+import os
+
+import jax
+import pytest
+from ml_collections import ConfigDict
+
+from bk_jax.eval.checkpoint import merged_config
+from bk_jax.models import default_model_config, execution_paths, validate_model_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cfg(kind, **kw):
+  c = default_model_config()
+  c.kind = kind
+  for k, v in kw.items():
+    *path, leaf = k.split(".")
+    node = c
+    for p in path:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def test_auto_is_the_default_and_resolves_by_platform():
+  c = default_model_config()
+  assert c.resolvent_method == "auto" and c.mamba.scan_method == "auto"
+  assert execution_paths(cfg("resnet_bk"), "cpu") == {"dtype": "float32",
+                                                      "resolvent_method": "scan"}
+  assert execution_paths(cfg("resnet_bk"), "gpu")["resolvent_method"] == "associative"
+  assert execution_paths(cfg("resnet_bk"), "tpu")["resolvent_method"] == "associative"
+  assert execution_paths(cfg("mamba"), "cpu") == {"dtype": "float32", "mamba_scan": "sequential"}
+  assert execution_paths(cfg("mamba"), "gpu")["mamba_scan"] == "associative"
+  assert "attention" in execution_paths(cfg("transformer"), "gpu")
+  # explicit choices win on every platform
+  assert execution_paths(cfg("resnet_bk", resolvent_method="chunked"), "gpu")[
+      "resolvent_method"] == "chunked"
+  assert execution_paths(cfg("mamba", **{"mamba.scan_method": "sequential"}), "gpu")[
+      "mamba_scan"] == "sequential"
+  assert execution_paths(cfg("resnet_bk"))["resolvent_method"] == (
+      "scan" if jax.default_backend() == "cpu" else "associative")
+
+
+def test_scan_method_validated():
+  validate_model_config(cfg("mamba", vocab_size=11, **{"mamba.scan_method": "associative"}))
+  with pytest.raises(ValueError, match="mamba.scan_method 'parallel' not in"):
+    validate_model_config(cfg("mamba", vocab_size=11, **{"mamba.scan_method": "parallel"}))
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))))
+def test_every_config_uses_auto(path):
+  name = os.path.basename(path)[:-3]
+  if name == "__init__":
+    return
+  c = importlib.import_module(f"configs.{name}").get_config()
+  assert c.model.resolvent_method == "auto", name
+  assert c.model.mamba.scan_method == "auto", name
+
+
+def test_old_checkpoint_config_gets_runtime_defaults():
+  """A config saved before mamba.scan_method existed, with the then-explicit 'chunked'."""
+  old = default_model_config().to_dict()
+  old["kind"], old["resolvent_method"] = "mamba", "chunked"
+  del old["mamba"]["scan_method"]
+  merged = merged_config({"model": old}, None)
+  assert merged.model.mamba.scan_method == "auto"
+  assert merged.model.resolvent_method == "chunked"  # what it was trained with still runs
+  c = ConfigDict({"model": dict(old, resolvent_method="associative"), "save_dir": "x"})
+  c.model.mamba.scan_method = "sequential"
+  merged = merged_config({"model": old}, c)
+  assert merged.model.resolvent_method == "associative"
+  assert merged.model.mamba.scan_method == "sequential"
