@@ -13,7 +13,9 @@ depends on v_0..v_i only, so a causal language model can use it without seeing t
 |g_i| <= 1/eta and Im g_i > 0 hold for every input because H is real symmetric; no clamps are
 needed.
 
-One public entry, `causal_diag`, with three interchangeable evaluation strategies:
+Public entries: `causal_diag` (below) and `causal_green` (the Green's-function mixer, DESIGN §2.10,
+implemented in ops/green.py and re-exported here); `causal_diag` has three interchangeable
+evaluation strategies:
 
 * "scan":        sequential `lax.scan` (fastest on CPU).
 * "associative": `lax.associative_scan` over normalised 2x2 Mobius matrices (log-depth, GPU).
@@ -390,3 +392,8 @@ def full_diag(v: jax.Array, *, hopping: jax.Array, z: jax.Array, method: Method 
   left = jnp.concatenate([zeros, g_left[..., :-1, :]], axis=-2)
   right = jnp.concatenate([g_right[..., 1:, :], zeros], axis=-2)
   return 1.0 / ((v[..., :, :] - shift) - t2 * left - t2 * right)
+
+
+# The Green's-function mixer lives in ops/green.py (it builds on this module); this is its public
+# name (DESIGN §4). Safe at the bottom: everything green.py reads from here is defined above.
+from bk_jax.ops.green import GreenCarry, causal_green  # noqa: E402

@@ -178,3 +178,73 @@ def sequence_parallel_causal_diag(v, *, hopping, z, carry=None, mesh=None,
   g, lasts = f(v, hopping, z, carry)
   return g, lasts[-1]
 
+
+
+def _incoming_affine(c_last, y_last, y0, axis: str, size: int):
+  """Exclusive combine of per-shard affine maps y -> C_s y + Y_s: the y entering this shard.
+
+  c_last (S, ..., H), y_last (S, ..., H, d) all-gathered; y0 (..., H, d) enters shard 0.
+  """
+  y, states = y0, []
+  for k in range(size):  # S is a small static mesh size
+    states.append(y)
+    y = c_last[k][..., None] * y + y_last[k]
+  return jnp.stack(states)[lax.axis_index(axis)]
+
+
+def sequence_parallel_causal_green(v, x, *, hopping, z, carry=None, mesh=None,
+                                   axis: str = SEQUENCE_AXIS, method: str = "scan",
+                                   chunk_size: int | None = None):
+  """`resolvent.causal_green` with the sequence axis of v (-2) and x (-3) split over `axis`.
+
+  Two exclusive combines: first the Mobius one of `sequence_parallel_causal_diag` gives each
+  shard its exact incoming g, so its local g and affine coefficients (c_i = -t_i g_i,
+  b_i = g_i x_i) are final; then each shard's affine map y -> C y + Y (C = prod c_i, Y = its y
+  from a zero start) composes like the Mobius products: all-gathered, applied in order to the
+  incoming y. One local affine scan yields both Y and the prefix products A_i = prod_{k<=i} c_k
+  (an extra value channel started at 1), so y = Y_i + A_i y_in needs no second pass. Gradients:
+  plain autodiff (the g pass keeps its exact custom VJP).
+
+  Args:
+    v: real potentials (..., N, H); N must divide by the size of `axis`.
+    x: values (..., N, H, d), real or complex.
+    hopping, z: per head (H,) or per position (..., N, H), as resolvent.causal_green.
+    carry: (g_last (..., H), y_last (..., H, d)) or None.
+    mesh, axis, method, chunk_size: as `sequence_parallel_causal_diag`.
+
+  Returns:
+    (y, carry) exactly as resolvent.causal_green, y sharded like x along the sequence.
+  """
+  from bk_jax.ops import green, resolvent  # lazy imports (they dispatch here)
+
+  mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+  size = mesh.shape[axis]
+  g_carry, y_carry = (None, None) if carry is None else carry
+  v, hopping, z, g0, (seq_spec, hop_spec, z_spec) = _sequence_inputs(
+      v, hopping, z, g_carry, mesh, axis)
+  x = green.cast_values(v, jnp.asarray(x))
+  y_shape = g0.shape + x.shape[-1:]
+  y0 = (jnp.zeros(y_shape, g0.dtype) if y_carry is None
+        else jnp.broadcast_to(jnp.asarray(y_carry, g0.dtype), y_shape))
+  chunk_size = resolvent.DEFAULT_CHUNK if chunk_size is None else chunk_size
+
+  def local(v_s, hop, z_s, x_s, g0, y0):
+    g_in = _local_incoming_g(v_s, hop, z_s, g0, axis, size)
+    g, g_last = resolvent.causal_diag_prepared(*resolvent._prepare(v_s, hop, z_s, g_in),
+                                               method, chunk_size)
+    c, b = green.affine_terms(g, x_s, hop)
+    # Channel d is the prefix product A_i of c (start 1, no input); channels < d are Y (start 0).
+    b = jnp.concatenate([b, jnp.zeros_like(b[..., :1])], axis=-1)
+    start = jnp.concatenate([jnp.zeros_like(y0), jnp.ones_like(y0[..., :1])], axis=-1)
+    ya, ya_last = green.mix(c, b, start, method=method, chunk_size=chunk_size)
+    c_all = lax.all_gather(ya_last[..., -1], axis, axis=0)
+    y_all = lax.all_gather(ya_last[..., :-1], axis, axis=0)
+    y_in = _incoming_affine(c_all, y_all, y0, axis, size)
+    y = ya[..., :-1] + ya[..., -1:] * y_in[..., None, :, :]
+    return y, g_last[None], y[..., -1, :, :][None]
+
+  x_spec = P(*seq_spec, None)
+  f = jax.shard_map(local, mesh=mesh, in_specs=(seq_spec, hop_spec, z_spec, x_spec, P(), P()),
+                    out_specs=(x_spec, P(axis), P(axis)), axis_names={axis}, check_vma=False)
+  y, g_lasts, y_lasts = f(v, hopping, z, x, g0, y0)
+  return y, green.GreenCarry(g_lasts[-1], y_lasts[-1])
