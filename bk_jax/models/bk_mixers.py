@@ -112,7 +112,8 @@ class BKVariantBlock(nnx.Module):
   def init_carry(self, batch_size: int):
     """Fresh-sequence streaming state {"res": resolvent carry[, "conv": (B, 3, d_model)]}."""
     g = jnp.zeros((batch_size, self.n_heads), jnp.complex64)
-    res = (g, jnp.zeros((batch_size, self.n_heads, self.head_dim), jnp.complex64)) if self.green else g
+    res = resolvent.GreenCarry(
+        g, jnp.zeros((batch_size, self.n_heads, self.head_dim), jnp.complex64)) if self.green else g
     carry = {"res": res}
     if self.use_conv:
       carry["conv"] = jnp.zeros((batch_size, CONV_WIDTH - 1, self.d_model), self.dtype)
