@@ -7,6 +7,17 @@ Variants (everything else = the base ResNet-BK of --d_model/--n_layers/--n_heads
   moe_scattering            use_scattering_router=True, router="scattering" (parameter-free)
   moe_learned               use_scattering_router=True, router="learned" (top-k + balance loss)
   heads_H                   n_heads=H for every H in --heads
+  issue-14 block variants (bk_jax.models.bk_mixers; DESIGN §2.9, §2.10):
+  conv                      bk_conv=True (width-4 causal depthwise conv + SiLU on the block input)
+  gate                      bk_gate=True (mixer output times SiLU of a projection of the input)
+  conv_gate                 conv + gate on the seed's eta*g features
+  sel_shift                 selective_shift=True (per-position z_i from the input)
+  sel_coupling              selective_coupling=True (per-position hopping t_i from the input)
+  green                     bk_mixer="green" (values mixed by the prefix resolvent row)
+  green_conv_gate           green + conv + gate
+  green_all                 green + conv + gate + selective shift and coupling
+Baselines (--baselines mamba,transformer): the same training at parameters matched to base
+(layers matched, bk_jax.reports.runs.match_params), timed the same way.
 Speed: one jitted AdamW step per variant (bk_jax.reports.throughput.bench_one; same step as
 scripts/benchmark.py): median step time, tokens/s, XLA peak memory, ratio to base measured in
 the same run. Quality (when --quality_steps > 0): `--quality_steps` training steps on char-level
@@ -15,6 +26,9 @@ Outputs: ablations.json, ablations.md, ablations.png under --out (default result
 
   python scripts/ablations.py --n 2048 --quality_steps 300
   python scripts/ablations.py --quick
+  # issue 14: equal tokens for every row (--quality_tokens sets the steps), with baselines
+  python scripts/ablations.py --only base,conv,gate,sel_shift,sel_coupling,green,green_conv_gate \
+      --baselines mamba,transformer --quality_tokens 1000000 --n 2048
 """
 
 from __future__ import annotations
@@ -35,6 +49,13 @@ def variants(heads: list[int]) -> dict[str, dict]:
        "moe_learned": {"use_scattering_router": True, "router": "learned"}}
   for h in heads:
     v[f"heads_{h}"] = {"n_heads": h}
+  green = {"bk_mixer": "green"}
+  v.update({"conv": {"bk_conv": True}, "gate": {"bk_gate": True},
+            "conv_gate": {"bk_conv": True, "bk_gate": True},
+            "sel_shift": {"selective_shift": True}, "sel_coupling": {"selective_coupling": True},
+            "green": green, "green_conv_gate": {**green, "bk_conv": True, "bk_gate": True},
+            "green_all": {**green, "bk_conv": True, "bk_gate": True, "selective_shift": True,
+                          "selective_coupling": True}})
   return v
 
 
@@ -49,6 +70,11 @@ def main(argv=None) -> dict:
   ap.add_argument("--heads", default="4,64", help="extra head counts (base uses --n_heads)")
   ap.add_argument("--only", default="", help="comma list of variants to run (default all)")
   ap.add_argument("--quality_steps", type=int, default=0)
+  ap.add_argument("--quality_tokens", type=int, default=0,
+                  help="> 0: train every row on this many tokens (sets --quality_steps)")
+  ap.add_argument("--baselines", default="", help="comma list of other kinds (mamba,transformer)")
+  ap.add_argument("--lr", type=float, default=3e-3)
+  ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--quality_len", type=int, default=256)
   ap.add_argument("--quality_batch", type=int, default=16)
   ap.add_argument("--data", default=runs.TINY_SHAKESPEARE)
@@ -56,6 +82,8 @@ def main(argv=None) -> dict:
   ap.add_argument("--quick", action="store_true")
   ap.add_argument("--out", default=None)
   args = ap.parse_args(argv)
+  if args.quality_tokens > 0:
+    args.quality_steps = max(1, args.quality_tokens // (args.quality_batch * args.quality_len))
   if args.quick:
     args.n, args.tokens_per_step, args.repeats, args.d_model, args.n_layers = 32, 64, 1, 16, 1
     args.n_heads, args.heads = 2, "4"
@@ -65,38 +93,48 @@ def main(argv=None) -> dict:
   out = common.out_dir(args.out, "ablations", args.quick)
   vs = variants([int(h) for h in args.heads.split(",") if h])
   if args.only:
-    vs = {k: vs[k] for k in args.only.split(",")}
+    vs = {k: vs[k] for k in args.only.split(",") if k != "none"}
+  todo = [("resnet_bk", name, ov) for name, ov in vs.items()]
+  todo += [(k, k, {}) for k in args.baselines.split(",") if k]
   rows = []
-  for name, ov in vs.items():
-    m = throughput.model_config("resnet_bk", args.d_model, args.n_layers, 259, **{"n_heads": args.n_heads, **ov})
+  target = throughput.param_count(throughput.model_config(  # the base ResNet-BK's parameters
+      "resnet_bk", args.d_model, args.n_layers, 259, n_heads=args.n_heads))
+  for kind, name, ov in todo:
+    m = throughput.model_config(kind, args.d_model, args.n_layers, 259, **{"n_heads": args.n_heads, **ov})
+    if kind != "resnet_bk":  # baselines: layers matched to the base ResNet-BK's parameters
+      m.n_layers = throughput.matched_layers(kind, args.d_model, target, 259)
     r = throughput.bench_one(m, args.n, args.tokens_per_step, args.repeats)
-    r.update(variant=name, overrides=ov)
+    r.update(variant=name, kind=kind, overrides=ov)
     if args.quality_steps > 0:
-      c = runs.make_config("resnet_bk", os.path.join(out, "runs", name), {
+      c = runs.make_config(kind, os.path.join(out, "runs", name), {"seed": args.seed,
           "data.dataset": "text", "data.path": os.path.abspath(args.data), "data.tokenizer": "byte",
           "data.cache_dir": os.path.join(out, "cache"), "model.d_model": args.d_model,
-          "model.n_layers": args.n_layers, "model.n_heads": args.n_heads, "model.d_ff": 4 * args.d_model,
+          "model.n_layers": int(m.n_layers), "model.n_heads": args.n_heads, "model.d_ff": 4 * args.d_model,
           "train.seq_len": args.quality_len, "train.batch_size": args.quality_batch,
-          "train.steps_per_length": args.quality_steps, "train.lr": 3e-3,
+          "train.steps_per_length": args.quality_steps, "train.lr": args.lr,
+          "model.transformer.n_heads": max(1, args.d_model // 32),
           "train.warmup_steps": max(1, args.quality_steps // 10), "train.log_interval": 10,
           **{f"model.{k}": v for k, v in ov.items()}})
       res = runs.train(c)
       r["quality_val_loss"] = runs.validate(c, args.eval_tokens)["loss"]
       r["quality_train_wall_s"] = res["wall_s"]
+      r["quality_tokens_seen"] = int(res["total_steps"]) * args.quality_batch * args.quality_len
     rows.append(r)
     print(f"# {name}: step {r['step_s']:.3f}s params {r['n_params']:,} "
           f"val {r.get('quality_val_loss', float('nan')):.4f}", flush=True)
   base = next((r for r in rows if r["variant"] == "base"), rows[0])
   header = ["variant", "params", "step s (median)", "tokens/s", "speed vs base", "peak MB"]
   if args.quality_steps > 0:
-    header += [f"val loss after {args.quality_steps} steps (nats/char)"]
+    header += [f"val loss after {args.quality_steps} steps = "
+               f"{args.quality_steps * args.quality_batch * args.quality_len:,} tokens (nats/char)",
+               "train wall s (under load)"]
   trows = []
   for r in rows:
     r["speed_vs_base"] = base["step_s"] / r["step_s"]
     row = [r["variant"], r["n_params"], round(r["step_s"], 4), r["tokens_per_s"],
            f"{r['speed_vs_base']:.2f}x", r["peak_mb"]]
     if args.quality_steps > 0:
-      row.append(round(r["quality_val_loss"], 4))
+      row += [round(r["quality_val_loss"], 4), round(r["quality_train_wall_s"])]
     trows.append(row)
   md = common.md_table(header, trows)
   with open(os.path.join(out, "ablations.md"), "w") as f:

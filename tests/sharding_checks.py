@@ -434,6 +434,35 @@ def check_multiprocess_trainer(save_dir, corpus, cache_dir):
     jax.distributed.shutdown()
 
 
+def check_train_variant_meshes(overrides, *meshes):
+  """check_train_meshes for a ResNet-BK block variant (model overrides as JSON), e.g. the
+  Green's-function mixer on a sequence-parallel mesh: losses and parameters vs one device."""
+  import jax
+
+  from bk_jax.sharding import make_mesh
+
+  ov = json.loads(overrides)
+  batches = random_batches(3, batch=8, seq_len=64, vocab=64)
+
+  def cfg_for(shape):
+    c = tiny_config(mesh=shape)
+    for k, v in ov.items():
+      c.model[k] = v
+    return c
+
+  cfg = cfg_for((1, 1, 1, 1))
+  ref_losses, ref_state = train_losses(cfg, make_mesh(cfg.mesh, devices=jax.devices()[:1]), batches)
+  ref_params = jax.device_get(ref_state.params)
+  out = {}
+  for spec in meshes:
+    cfg = cfg_for(tuple(int(x) for x in spec.split(",")))
+    losses, state = train_losses(cfg, make_mesh(cfg.mesh), batches)
+    out[spec] = dict(loss=max(abs(a - b) for a, b in zip(losses, ref_losses)),
+                     params=_max_tree_diff(jax.device_get(state.params), ref_params), losses=losses)
+  out["reference_losses"] = ref_losses
+  _result(**out)
+
+
 CHECKS = {name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_")}
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bk_jax.models.bk_mixers import BKVariantBlock
+from bk_jax.models.config import uses_bk_variant
 from bk_jax.models.layers import FFN, RMSNorm, dense, per_token
 from bk_jax.models.moe import MoE
 from bk_jax.ops import birman_schwinger, resolvent, semiseparable
@@ -207,3 +209,17 @@ class BKBlock(nnx.Module):
       y = self.ffn(u)
       aux["aux_loss"] = jnp.zeros((), jnp.float32)
     return x + y + mix, carry, aux
+
+
+def make_bk_block(cfg: Any, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+  """The seed BKBlock, or the issue-14 variant block when a variant flag is set.
+
+  Args:
+    cfg: the model ConfigDict (`config.uses_bk_variant` decides).
+    rngs, dtype, param_dtype: as for BKBlock.
+
+  Returns:
+    BKBlock or bk_mixers.BKVariantBlock (same block interface).
+  """
+  cls = BKVariantBlock if uses_bk_variant(cfg) else BKBlock
+  return cls(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)

@@ -20,6 +20,7 @@ RESOLVENT_METHODS = ("auto", "scan", "associative", "chunked")
 MAMBA_SCAN_METHODS = ("auto", "sequential", "associative")
 DTYPES = ("float32", "bfloat16", "float64")
 ATTENTIONS = ("auto", "xla", "cudnn", "blockwise")  # transformer.py: resolve_attention
+BK_MIXERS = ("diag", "green")
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -47,6 +48,13 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.use_birman_schwinger = False  # emit Birman–Schwinger monitors (DESIGN §2.5)
   c.bs_window = 256  # window of the exact Schatten-1 norm
   c.precision_threshold = 1e4  # condition bound above which a layer is recomputed in complex128
+  # --- ResNet-BK block variants (bk_mixers.py, issue 14); all off = the seed block (bk.py) ---
+  c.bk_mixer = "diag"  # "diag": features eta*g (seed) | "green": values mixed by G (DESIGN §2.10)
+  c.bk_head_dim = 8  # "green": values per head (the vector state per head)
+  c.selective_shift = False  # per-position z_i from the input (DESIGN §2.9)
+  c.selective_coupling = False  # per-position hopping t_i from the input (DESIGN §2.9)
+  c.bk_conv = False  # width-4 causal depthwise conv (+ SiLU) on the block input, as Mamba's
+  c.bk_gate = False  # mixer output times SiLU(W_gate u)
   # --- MoE (moe.py) ---
   c.use_scattering_router = False  # True: the FFN of every BK block becomes an MoE
   c.num_experts = 4
@@ -77,6 +85,12 @@ def default_model_config() -> ml_collections.ConfigDict:
   return c
 
 
+def uses_bk_variant(cfg: ml_collections.ConfigDict) -> bool:
+  """True when a ResNet-BK config asks for the issue-14 variant block instead of the seed's."""
+  return bool(cfg.bk_mixer != "diag" or cfg.selective_shift or cfg.selective_coupling
+              or cfg.bk_conv or cfg.bk_gate)
+
+
 def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
   """Raises ValueError with a clear message when `cfg` cannot build a model.
 
@@ -100,6 +114,12 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
          f"resolvent_method {cfg.resolvent_method!r} not in {RESOLVENT_METHODS}")
     need(not cfg.use_semiseparable or cfg.semiseparable_rank > 0, "semiseparable_rank must be > 0")
     need(cfg.bs_window > 0, "bs_window must be > 0")
+    need(cfg.bk_mixer in BK_MIXERS, f"bk_mixer {cfg.bk_mixer!r} not in {BK_MIXERS}")
+    need(cfg.bk_head_dim > 0, f"bk_head_dim must be positive, got {cfg.bk_head_dim}")
+    if uses_bk_variant(cfg):
+      need(not (cfg.use_semiseparable or cfg.use_birman_schwinger or cfg.use_scattering_router),
+           "bk_mixer='green', selective_shift, selective_coupling, bk_conv and bk_gate build the "
+           "variant block, which has no semiseparable, Birman-Schwinger or MoE options")
     if cfg.use_scattering_router:
       need(cfg.router in ROUTERS, f"router {cfg.router!r} not in {ROUTERS}")
       need(cfg.num_experts >= 2, f"num_experts must be >= 2, got {cfg.num_experts}")

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bk_jax.models.bk import BKBlock, prime_bump_potential
+from bk_jax.models.bk import make_bk_block, prime_bump_potential
 from bk_jax.sharding import constrain
 from bk_jax.models.layers import RMSNorm, dense, embedding, to_dtype
 from bk_jax.models.mamba import MambaBlock
@@ -55,7 +55,7 @@ _REMAT_POLICIES = {
 def _make_block(cfg: Any, rngs: nnx.Rngs) -> nnx.Module:
   dt, pdt = to_dtype(cfg.dtype), to_dtype(cfg.param_dtype)
   if cfg.kind == "resnet_bk":
-    return BKBlock(cfg, rngs=rngs, dtype=dt, param_dtype=pdt)
+    return make_bk_block(cfg, rngs=rngs, dtype=dt, param_dtype=pdt)
   if cfg.kind == "mamba":
     m = cfg.mamba
     return MambaBlock(cfg.d_model, d_state=m.d_state, d_conv=m.d_conv, expand=m.expand,

@@ -1,0 +1,182 @@
+"""ResNet-BK block variants (issue 14): the Green's-function mixer, selectivity, conv and gate.
+
+Built by `bk.make_bk_block` when any of the model-config flags below departs from the seed
+block (`bk.BKBlock`, which stays unchanged). Per block, with u = RMSNorm(x) (B, N, d_model):
+
+    u' = silu(causal depthwise conv_4(u))   if `bk_conv` (Mamba/H3's short conv), else u
+    v  = W_v u'                              (B, N, H) real potentials
+    t  = softplus(t_h + W_t u')  per position if `selective_coupling`, else softplus(t_h)
+    z  = E_h + W_E u' + i (eta_min + softplus(eta_h + W_eta u'))  per position if
+         `selective_shift` (DESIGN §2.9: Im z_i >= eta_min for every input), else per head
+    "diag"  (bk_mixer):  g = causal_diag(v; t, z),          f = [Re eta g, Im eta g]   (2H)
+    "green" (bk_mixer):  y = causal_green(v, W_x u'; t, z), f = [Re eta y, Im eta y]   (2 H d_head)
+    m  = W_o f,  times silu(W_gate u) if `bk_gate`
+    x' = x + FFN(u) + scale * m
+
+DESIGN §2.10: y_i = sum_{j<=i} G^{(i)}_{ij} x_j is the prefix resolvent's last row applied to
+per-head values x_j (d_head of them), so the state is a vector of d_head per head instead of one
+number; ||r_i|| <= 1/eta bounds y for bounded values. With a per-position shift the scale is the
+per-position eta_i (|eta_i g_i| <= eta_i / eta_min). Streaming state: the resolvent carry
+(g_last (B, H) for "diag", (g_last, y_last (B, H, d_head)) for "green") and, with `bk_conv`, the
+last CONV_WIDTH - 1 block inputs (B, 3, d_model). Nothing depends on the sequence length.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bk_jax.models.layers import FFN, RMSNorm, dense, per_token
+from bk_jax.ops import resolvent
+
+CONV_WIDTH = 4  # as Mamba's d_conv
+
+
+def _inv_softplus(y: np.ndarray) -> np.ndarray:
+  return y + np.log(-np.expm1(-y))
+
+
+def causal_conv(u: jax.Array, w: jax.Array, b: jax.Array, state: jax.Array):
+  """Causal depthwise convolution with a streaming state.
+
+  Args:
+    u: (B, N, D) inputs; w: (K, D) taps (w[K-1] multiplies the current input); b: (D,) bias.
+    state: (B, K-1, D) the K-1 inputs before u[:, 0] (zeros for a fresh sequence).
+
+  Returns:
+    (out (B, N, D), new state (B, K-1, D) = the last K-1 inputs seen).
+  """
+  k, n = w.shape[0], u.shape[1]
+  upad = jnp.concatenate([state.astype(u.dtype), u], axis=1)  # (B, K-1+N, D)
+  out = sum(upad[:, i:i + n] * w[i] for i in range(k)) + b
+  return out, upad[:, n:]
+
+
+class BKVariantBlock(nnx.Module):
+  """Pre-norm ResNet-BK block with the issue-14 variants (see the module docstring).
+
+  Args (constructor):
+    cfg: the model ConfigDict (d_model, n_heads, d_ff, n_layers, eta_min, resolvent_method,
+      bk_mixer, bk_head_dim, selective_shift, selective_coupling, bk_conv, bk_gate).
+  """
+
+  def __init__(self, cfg: Any, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+    d, h = cfg.d_model, cfg.n_heads
+    out_scale = 1.0 / (2 * cfg.n_layers)
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.n_heads, self.eta_min, self.method, self.dtype = h, cfg.eta_min, cfg.resolvent_method, dtype
+    self.green = cfg.bk_mixer == "green"
+    self.head_dim = int(cfg.bk_head_dim) if self.green else 0
+    self.use_conv, self.use_gate = bool(cfg.bk_conv), bool(cfg.bk_gate)
+    self.sel_shift, self.sel_coupling = bool(cfg.selective_shift), bool(cfg.selective_coupling)
+    self.d_model = d
+
+    def param(values: np.ndarray, axes) -> nnx.Param:
+      init = lambda *_: jnp.asarray(values, param_dtype)
+      return nnx.Param(nnx.with_partitioning(init, axes)(None, values.shape, param_dtype))
+
+    # per-head parameters, initialised as the seed block's (DESIGN §2.8)
+    eta0 = np.geomspace(0.1, 1.0, h)
+    self.hopping_raw = param(np.full(h, _inv_softplus(1.0)), ("heads",))
+    self.energy = param(np.linspace(-3.5, -0.5, h), ("heads",))
+    self.eta_raw = param(_inv_softplus(np.maximum(eta0 - cfg.eta_min, 1e-3)), ("heads",))
+    self.norm = RMSNorm(d, param_dtype=param_dtype)
+    if self.use_conv:
+      conv_init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=0,
+                                                       out_axis=1)  # as MambaBlock's conv
+      self.conv_w = nnx.Param(nnx.with_partitioning(conv_init, ("conv", "embed"))(
+          rngs.params(), (CONV_WIDTH, d), param_dtype))
+      self.conv_b = param(np.zeros(d), ("embed",))
+    self.w_v = dense(d, h, ("embed", "heads"), **kw)
+    # selective deltas start at zero: the variant begins as the per-head block
+    zero = dict(scale=1e-8, **kw)
+    if self.sel_coupling:
+      self.w_t = dense(d, h, ("embed", "heads"), **zero)
+    if self.sel_shift:
+      self.w_e = dense(d, h, ("embed", "heads"), **zero)
+      self.w_eta = dense(d, h, ("embed", "heads"), **zero)
+    n_feat = 2 * h
+    if self.green:
+      self.w_x = dense(d, h * self.head_dim, ("embed", "heads"), **kw)
+      n_feat = 2 * h * self.head_dim
+    self.w_o = dense(n_feat, d, ("heads", "embed"), scale=out_scale, **kw)
+    if self.use_gate:
+      self.w_gate = dense(d, d, ("embed", "mlp"), **kw)
+    self.scale = param(np.ones(d), ("embed",))
+    self.ffn = FFN(d, cfg.d_ff, out_scale=out_scale, **kw)
+
+  def init_carry(self, batch_size: int):
+    """Fresh-sequence streaming state {"res": resolvent carry[, "conv": (B, 3, d_model)]}."""
+    g = jnp.zeros((batch_size, self.n_heads), jnp.complex64)
+    res = resolvent.GreenCarry(
+        g, jnp.zeros((batch_size, self.n_heads, self.head_dim), jnp.complex64)) if self.green else g
+    carry = {"res": res}
+    if self.use_conv:
+      carry["conv"] = jnp.zeros((batch_size, CONV_WIDTH - 1, self.d_model), self.dtype)
+    return carry
+
+  def _operator(self, uc: jax.Array):
+    """Hopping, shift and eta, per head (H,) or per position (B, N, H) (DESIGN §2.9)."""
+    f32 = lambda a: a.astype(jnp.float32)
+    t_raw, e, eta_raw = f32(self.hopping_raw[...]), f32(self.energy[...]), f32(self.eta_raw[...])
+    if self.sel_coupling:
+      t_raw = t_raw + f32(per_token(self.w_t, uc))
+    if self.sel_shift:
+      e = e + f32(per_token(self.w_e, uc))
+      eta_raw = eta_raw + f32(per_token(self.w_eta, uc))
+    if self.sel_shift and not self.sel_coupling:
+      t_raw = jnp.broadcast_to(t_raw, e.shape)  # one layout for the ops: all per position
+    eta = self.eta_min + jax.nn.softplus(eta_raw)
+    hopping = jax.nn.softplus(t_raw)
+    if self.sel_coupling and not self.sel_shift:
+      e, eta = jnp.broadcast_to(e, hopping.shape), jnp.broadcast_to(eta, hopping.shape)
+    return hopping, jax.lax.complex(e, eta), eta
+
+  def __call__(self, x: jax.Array, carry, pos: jax.Array, bias: jax.Array | None):
+    """One block over a chunk.
+
+    Args:
+      x: (B, N, d_model) residual stream.
+      carry: streaming state from the previous chunk, or None for a fresh sequence.
+      pos: unused (position lives in the recurrence).
+      bias: (N,) potential bias (prime bump) or None.
+
+    Returns:
+      (x', new carry, {"aux_loss": 0}).
+    """
+    del pos
+    if carry is None:
+      carry = self.init_carry(x.shape[0])
+    new_carry = {}
+    u = self.norm(x)
+    uc = u
+    if self.use_conv:
+      uc, new_carry["conv"] = causal_conv(u, self.conv_w[...].astype(u.dtype),
+                                          self.conv_b[...].astype(u.dtype), carry["conv"])
+      uc = jax.nn.silu(uc)
+    v = per_token(self.w_v, uc).astype(jnp.float32)
+    if bias is not None:
+      v = v + bias[:, None]
+    hopping, z, eta = self._operator(uc)
+    if self.green:
+      vals = per_token(self.w_x, uc).astype(jnp.float32)
+      vals = vals.reshape(*vals.shape[:-1], self.n_heads, self.head_dim)
+      y, new_carry["res"] = resolvent.causal_green(v, vals, hopping=hopping, z=z,
+                                                   carry=carry["res"], method=self.method)
+      ey = y * eta[..., None]
+      feats = jnp.concatenate([jnp.real(ey), jnp.imag(ey)], axis=-1)  # (B, N, H, 2 d_head)
+      feats = feats.reshape(*feats.shape[:-2], -1)
+    else:
+      g, new_carry["res"] = resolvent.causal_diag(v, hopping=hopping, z=z, carry=carry["res"],
+                                                  method=self.method)
+      eg = g * eta
+      feats = jnp.concatenate([jnp.real(eg), jnp.imag(eg)], axis=-1)
+    mix = per_token(self.w_o, feats.astype(self.dtype))
+    if self.use_gate:
+      mix = mix * jax.nn.silu(per_token(self.w_gate, u))
+    mix = self.scale[...].astype(self.dtype) * mix
+    return x + self.ffn(u) + mix, new_carry, {"aux_loss": jnp.zeros((), jnp.float32)}
