@@ -30,12 +30,17 @@ def main(argv=None) -> int:
   with one_line_errors("eval_extrapolation.py"):
     import ml_collections
 
-    from bk_jax.train.cli import apply_override, load_config
+    from bk_jax.train.cli import add_config_help, apply_override, load_config
     from bk_jax.train.config_validation import ConfigError
     from eval_streaming import split_config_args
 
     path, overrides, rest = split_config_args(argv)
-    p = argparse.ArgumentParser(prog="eval_extrapolation.py")
+    p = argparse.ArgumentParser(
+        prog="eval_extrapolation.py",
+        description="Length extrapolation on a synthetic task. --train and --untrained need "
+                    "--config FILE (with --config.data.dataset=synthetic); --checkpoint_dir "
+                    "alone uses the checkpoint's own config.")
+    add_config_help(p)
     p.add_argument("--checkpoint_dir", default=None)
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--train", action="store_true", help="train with --config first")

@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bk_jax.train.cli import one_line_errors, split_config_args  # noqa: E402
+from bk_jax.train.cli import add_config_help, one_line_errors, split_config_args  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--per_length_tokens", type=int, default=None,
                  help="tokens per per-length checkpoint (default: --eval_tokens)")
   p.add_argument("--no_progress", action="store_true")
-  return p
+  return add_config_help(p)
 
 
 def main(argv=None) -> int:

@@ -135,6 +135,35 @@ def split_config_args(argv: Sequence[str], default_config: str | None = None):
   return path, overrides, rest
 
 
+#: --help text for the options `split_config_args` consumes before argparse sees the rest.
+CONFIG_HELP_EPILOG = (
+    "config options (read by the config loader before the flags above): "
+    "--config FILE loads a config file with get_config() (configs/*.py, derived from "
+    "configs/base.py); --config.a.b=VALUE (or --config.a.b VALUE) overrides one field of it, "
+    "e.g. --config.train.lr=3e-4 --config.train.sequence_lengths=(128,512); an unknown field is "
+    "an error (exit status 2).")
+
+
+def add_config_help(parser: argparse.ArgumentParser, default: str | None = None) -> argparse.ArgumentParser:
+  """Documents `--config FILE` and `--config.a.b=VALUE` in `parser`'s --help.
+
+  Both are taken out of argv by `split_config_args` before `parser` runs, so the `--config`
+  argument added here is only ever seen by --help (it never receives a value).
+
+  Args:
+    parser: the script's parser.
+    default: what --config defaults to (shown in the help), or None when it is optional.
+  Returns:
+    the parser.
+  """
+  parser.add_argument("--config", metavar="FILE", default=None,
+                      help="config file with get_config() (default: %s); "
+                           "--config.a.b=VALUE overrides a field (see below)"
+                           % (default or "none; see the description"))
+  parser.epilog = CONFIG_HELP_EPILOG
+  return parser
+
+
 def parse_config_args(argv: Sequence[str], default_config: str | None = None) -> tuple[ml_collections.ConfigDict, list[str]]:
   """`--config FILE` plus `--config.a.b=value` / `--config.a.b value`; returns (config, rest)."""
   path, overrides, rest = split_config_args(argv, default_config)
@@ -186,6 +215,7 @@ def reference_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       description="Long-context training for ResNet-BK (reference CLI; unspecified flags keep "
                   "the values of --config, default configs/base.py)")
+  add_config_help(p, "configs/base.py")
   add = p.add_argument
   for name in ("d_model", "n_layers", "n_heads", "d_ff", "seq_len", "batch_size", "epochs",
                "eval_tokens", "log_interval", "seed", "data_limit"):
