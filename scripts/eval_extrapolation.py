@@ -30,7 +30,7 @@ def main(argv=None) -> int:
   with one_line_errors("eval_extrapolation.py"):
     import ml_collections
 
-    from bk_jax.train.cli import add_config_help, apply_override, load_config
+    from bk_jax.train.cli import add_config_help, apply_override, fill_missing_fields, load_config
     from bk_jax.train.config_validation import ConfigError
     from eval_streaming import split_config_args
 
@@ -60,7 +60,8 @@ def main(argv=None) -> int:
       config = load_config(path)
     elif args.checkpoint_dir:
       from bk_jax.eval.checkpoint import resolved_meta
-      config = ml_collections.ConfigDict(resolved_meta(args.checkpoint_dir, args.checkpoint)["config"])
+      config = fill_missing_fields(
+          ml_collections.ConfigDict(resolved_meta(args.checkpoint_dir, args.checkpoint)["config"]))
     else:
       raise ConfigError("give --checkpoint_dir or --config FILE")
     for key, val in overrides:

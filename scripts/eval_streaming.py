@@ -44,7 +44,7 @@ def main(argv=None) -> int:
   with one_line_errors("eval_streaming.py"):
     import ml_collections
 
-    from bk_jax.train.cli import apply_override, load_config
+    from bk_jax.train.cli import apply_override, fill_missing_fields, load_config
     from bk_jax.train.config_validation import ConfigError
 
     path, overrides, rest = split_config_args(argv)
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
       if not args.checkpoint_dir:
         raise ConfigError("give --checkpoint_dir (the run directory) or --config FILE")
       save_dir = args.checkpoint_dir
-      config = ml_collections.ConfigDict(resolved_meta(save_dir, args.checkpoint)["config"])
+      config = fill_missing_fields(ml_collections.ConfigDict(resolved_meta(save_dir, args.checkpoint)["config"]))
       config.eval.split = "test"  # the script's default split
     config.save_dir = save_dir
     for key, val in overrides:

@@ -36,7 +36,7 @@ from bk_jax.eval.buckets import DEFAULT_EDGES, bucket_table, check_edges, format
 from bk_jax.eval.checkpoint import EvalError, diverged_lengths, load_checkpoint
 
 #: Sub-chunk of the lax.scan inside a chunk: on the 2-core CPU 1k-token pieces run ~2x faster
-#: than one 4k-16k piece (activations stay in cache); override with config.eval.sub_chunk.
+#: than one 4k-16k piece (activations stay in cache); configs/base.py's config.eval.sub_chunk.
 DEFAULT_SUB_CHUNK = 1024
 
 Chunk = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # inputs, targets (B, c), mask or None
@@ -255,7 +255,7 @@ def evaluate_model(model: nnx.Module, config: ml_collections.ConfigDict, *, prog
     raise EvalError(f"split {split!r} of {config.data.dataset} is empty")
   expected = min(available, want) if want > 0 else available
   ev = StreamingEvaluator(model, chunk_size=chunk, edges=tuple(e.get("bucket_edges", DEFAULT_EDGES)),
-                          sub_chunk=int(e.get("sub_chunk", DEFAULT_SUB_CHUNK)) or None)
+                          sub_chunk=int(e.sub_chunk) or None)
   ev.compile()
   res = ev.run(text_chunks(bk_data.stream_tokens(config.data, split, want, chunk)),
                total_tokens=expected, progress=progress, log=log, desc=f"{split} stream")
