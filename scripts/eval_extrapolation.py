@@ -77,6 +77,7 @@ def main(argv=None) -> int:
       run(config)
     from bk_jax.eval.extrapolation import run_extrapolation
     from bk_jax.eval.plots import plot_extrapolation
+    from bk_jax.provenance import stamped
     lengths = tuple(2 ** k for k in range(args.min_log2, args.max_log2 + 1))
     out = run_extrapolation(config, args.checkpoint, lengths=lengths, samples=args.samples,
                             token_budget=args.token_budget, batch_size=args.batch_size,
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
                                        f"extrapolation_{out['task']}.json")
     os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
     with open(base, "w") as f:
-      json.dump(out, f, indent=2)
+      json.dump(stamped(out), f, indent=2)
     png = plot_extrapolation(os.path.splitext(base)[0] + ".png", out["rows"], train_len=out["train_len"],
                              title=f"{out['task']}: {out['model_kind']} trained at {out['train_len']}")
     print(f"Results saved: {base}\nPlot saved: {png}")

@@ -297,6 +297,10 @@ def default_output_path(save_dir: str, checkpoint_name: str, split: str) -> str:
 
 
 def write_json(path: str, obj: Any) -> str:
+  """Writes `obj` stamped with `command` / `machine` (bk_jax.provenance) to `path`; returns it."""
+  from bk_jax.provenance import stamped
+
+  obj = stamped(obj)
   os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
