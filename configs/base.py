@@ -72,6 +72,10 @@ def get_config() -> ml_collections.ConfigDict:
   e.streaming = False  # bk_jax.eval.streaming (chunked with carried state)
   e.eval_tokens = 1_000_000  # tokens to evaluate
   e.chunk_size = 4096  # streaming chunk length
+  # lax.scan over sub-chunks of this many tokens inside each streaming chunk (bounded activations
+  # at large chunk sizes; bk_jax.eval.streaming.DEFAULT_SUB_CHUNK). 0, or a length that does not
+  # divide chunk_size, streams the chunk in one piece.
+  e.sub_chunk = 1024
   e.split = "test"  # data split to evaluate (the held-out test split unless overridden)
   # Validation during training (bk_jax.train.validation): every `every_steps` global steps and
   # at the end of each length, the first `batches` training-shape batches of the valid split;

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bk_jax.data import cli_errors, default_data_config, load_corpus, vocab_size
 from bk_jax.data import bench
+from bk_jax.provenance import stamped
 
 
 def main() -> None:
@@ -74,7 +75,7 @@ def main() -> None:
               f"{p['prefetch_tokens_per_s']:>15,.0f} {tail}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    out.write_text(json.dumps(stamped(report), indent=1))
     print(f"wrote {out}")
 
 

@@ -28,6 +28,7 @@ import json
 import jax
 
 # The step, model sizing and timing live in bk_jax.reports.throughput (shared with scripts/benchmark.py).
+from bk_jax.provenance import stamped
 from bk_jax.reports.throughput import bench_one, matched_layers, model_config, param_count
 
 
@@ -90,7 +91,7 @@ def main():
     print(f"# {'PASS' if ok else 'FAIL'} {name}: {value:.2f}")
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"rows": rows, "checks": [dict(name=n, value=v, ok=o) for n, v, o in checks]},
+      json.dump(stamped({"rows": rows, "checks": [dict(name=n, value=v, ok=o) for n, v, o in checks]}),
                 f, indent=1)
 
 

@@ -23,6 +23,7 @@ import sys
 import jax
 
 from bk_jax.ops import resolvent
+from bk_jax.provenance import stamped
 # the timing of one causal_diag cell lives in bk_jax.reports (shared with the GPU suite)
 from bk_jax.reports.throughput import bench_resolvent as bench_one
 from bk_jax.reports.throughput import bytes_per_element, roofline_ns_per_element
@@ -73,8 +74,8 @@ def main(argv=None) -> int:
   if args.out:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
-      json.dump({"jax": jax.__version__, "device": jax.devices()[0].device_kind,
-                 "repeats": args.repeats, "rows": rows}, f, indent=1)
+      json.dump(stamped({"jax": jax.__version__, "device": jax.devices()[0].device_kind,
+                         "repeats": args.repeats, "rows": rows}), f, indent=1)
     print(f"wrote {args.out}")
   return 0
 

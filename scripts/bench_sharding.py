@@ -1,8 +1,11 @@
 """Step time and per-device memory of the sharded train step on fake CPU devices.
 
-    python scripts/bench_sharding.py                       # N = 131,072, meshes 1,1,1,8 and 8,1,1,1
+    python scripts/bench_sharding.py                       # README's table: N = 131,072, 4 rows
     python scripts/bench_sharding.py --seq_len 8192 --meshes 1,1,1,8 2,1,1,4 --batch 8
 
+A row is `MESH[:BATCH]`: MESH is `data,fsdp,tensor,sequence` over all the fake devices, or `1dev`
+(one device, no sharding); BATCH is that row's global batch (default --batch). The default rows
+are README's: batch 8 on (1,1,1,8) and (8,1,1,1), batch 1 on (1,1,1,8) and on one device.
 Per mesh (data, fsdp, tensor, sequence) it builds a tiny ResNet-BK LM, creates the sharded
 state, compiles the jitted train step and prints the XLA memory analysis of the compiled step
 (per device: arguments, outputs, temporaries, generated code) and the median wall time of
@@ -25,7 +28,8 @@ def main(argv=None) -> None:
   p.add_argument("--devices", type=int, default=8, help="fake CPU devices (XLA_FLAGS)")
   p.add_argument("--seq_len", type=int, default=131_072)
   p.add_argument("--batch", type=int, default=8, help="global batch (sequences)")
-  p.add_argument("--meshes", nargs="+", default=["1,1,1,8", "8,1,1,1"])
+  p.add_argument("--meshes", nargs="+", default=["1,1,1,8", "8,1,1,1", "1,1,1,8:1", "1dev:1"],
+                 metavar="MESH[:BATCH]", help="rows: data,fsdp,tensor,sequence or 1dev, optional :batch")
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--d_model", type=int, default=32)
   p.add_argument("--n_heads", type=int, default=8)
@@ -46,13 +50,19 @@ def main(argv=None) -> None:
   print(f"jax {jax.__version__} | {jax.device_count()} x {jax.devices()[0].platform} devices | "
         f"N={a.seq_len:,} | global batch {a.batch} | d_model {a.d_model}, heads {a.n_heads}, "
         f"layers {a.n_layers}, vocab {a.vocab}")
-  batch = random_batches(1, a.batch, a.seq_len, a.vocab)[0]
   gib = 2.0 ** 30
-  for spec in a.meshes:
-    shape = tuple(int(x) for x in spec.split(","))
+  table = []
+  for row in a.meshes:
+    spec, _, nb = row.partition(":")
+    nb = int(nb) if nb else a.batch
+    one = spec == "1dev"
+    shape = (1, 1, 1, 1) if one else tuple(int(x) for x in spec.split(","))
+    if len(shape) != 4:
+      p.error(f"mesh {spec!r}: give data,fsdp,tensor,sequence or 1dev")
+    batch = random_batches(1, nb, a.seq_len, a.vocab)[0]
     cfg = tiny_config(vocab=a.vocab, d_model=a.d_model, n_heads=a.n_heads, d_ff=2 * a.d_model,
                       n_layers=a.n_layers, mesh=shape)
-    mesh = make_mesh(cfg.mesh)
+    mesh = make_mesh(cfg.mesh, devices=jax.devices()[:1] if one else None)
     state, step, _ = build_trainer_parts(cfg, mesh)
     b = shard_batch(batch, mesh)
     t0 = time.perf_counter()
@@ -70,11 +80,15 @@ def main(argv=None) -> None:
     t = float(np.median(times))
     per_dev = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
                - m.alias_size_in_bytes)
-    print(f"mesh {spec:>9} (data,fsdp,tensor,sequence): step {t:7.3f} s "
-          f"({a.batch * a.seq_len / t:,.0f} tokens/s) | per-device memory {per_dev / gib:6.3f} GiB "
+    table.append(f"| {a.seq_len:,} | {nb} | {'1 device' if one else '(' + spec + ')'} | {t:.2f} s | "
+                 f"{nb * a.seq_len / t:,.0f} | {per_dev / gib:.3f} GiB |")
+    print(f"mesh {spec:>9} (data,fsdp,tensor,sequence) batch {nb}: step {t:7.3f} s "
+          f"({nb * a.seq_len / t:,.0f} tokens/s) | per-device memory {per_dev / gib:6.3f} GiB "
           f"(args {m.argument_size_in_bytes / gib:.3f}, out {m.output_size_in_bytes / gib:.3f}, "
           f"temp {m.temp_size_in_bytes / gib:.3f}, aliased {m.alias_size_in_bytes / gib:.3f}) | "
           f"compile {t_compile:.1f} s | loss {float(metrics['train/loss']):.4f}", flush=True)
+  print("\n| N | global batch | mesh (data,fsdp,tensor,sequence) | step | tokens/s | per-device memory |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(table))
 
 
 if __name__ == "__main__":

@@ -30,12 +30,17 @@ def main(argv=None) -> int:
   with one_line_errors("eval_extrapolation.py"):
     import ml_collections
 
-    from bk_jax.train.cli import apply_override, load_config
+    from bk_jax.train.cli import add_config_help, apply_override, fill_missing_fields, load_config
     from bk_jax.train.config_validation import ConfigError
     from eval_streaming import split_config_args
 
     path, overrides, rest = split_config_args(argv)
-    p = argparse.ArgumentParser(prog="eval_extrapolation.py")
+    p = argparse.ArgumentParser(
+        prog="eval_extrapolation.py",
+        description="Length extrapolation on a synthetic task. --train and --untrained need "
+                    "--config FILE (with --config.data.dataset=synthetic); --checkpoint_dir "
+                    "alone uses the checkpoint's own config.")
+    add_config_help(p)
     p.add_argument("--checkpoint_dir", default=None)
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--train", action="store_true", help="train with --config first")
@@ -55,7 +60,8 @@ def main(argv=None) -> int:
       config = load_config(path)
     elif args.checkpoint_dir:
       from bk_jax.eval.checkpoint import resolved_meta
-      config = ml_collections.ConfigDict(resolved_meta(args.checkpoint_dir, args.checkpoint)["config"])
+      config = fill_missing_fields(
+          ml_collections.ConfigDict(resolved_meta(args.checkpoint_dir, args.checkpoint)["config"]))
     else:
       raise ConfigError("give --checkpoint_dir or --config FILE")
     for key, val in overrides:
@@ -71,6 +77,7 @@ def main(argv=None) -> int:
       run(config)
     from bk_jax.eval.extrapolation import run_extrapolation
     from bk_jax.eval.plots import plot_extrapolation
+    from bk_jax.provenance import stamped
     lengths = tuple(2 ** k for k in range(args.min_log2, args.max_log2 + 1))
     out = run_extrapolation(config, args.checkpoint, lengths=lengths, samples=args.samples,
                             token_budget=args.token_budget, batch_size=args.batch_size,
@@ -81,7 +88,7 @@ def main(argv=None) -> int:
                                        f"extrapolation_{out['task']}.json")
     os.makedirs(os.path.dirname(base) or ".", exist_ok=True)
     with open(base, "w") as f:
-      json.dump(out, f, indent=2)
+      json.dump(stamped(out), f, indent=2)
     png = plot_extrapolation(os.path.splitext(base)[0] + ".png", out["rows"], train_len=out["train_len"],
                              title=f"{out['task']}: {out['model_kind']} trained at {out['train_len']}")
     print(f"Results saved: {base}\nPlot saved: {png}")

@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bk_jax.train.cli import one_line_errors, split_config_args  # noqa: E402
+from bk_jax.train.cli import add_config_help, one_line_errors, split_config_args  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--per_length_tokens", type=int, default=None,
                  help="tokens per per-length checkpoint (default: --eval_tokens)")
   p.add_argument("--no_progress", action="store_true")
-  return p
+  return add_config_help(p)
 
 
 def main(argv=None) -> int:
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
   with one_line_errors("eval_streaming.py"):
     import ml_collections
 
-    from bk_jax.train.cli import apply_override, load_config
+    from bk_jax.train.cli import apply_override, fill_missing_fields, load_config
     from bk_jax.train.config_validation import ConfigError
 
     path, overrides, rest = split_config_args(argv)
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
       if not args.checkpoint_dir:
         raise ConfigError("give --checkpoint_dir (the run directory) or --config FILE")
       save_dir = args.checkpoint_dir
-      config = ml_collections.ConfigDict(resolved_meta(save_dir, args.checkpoint)["config"])
+      config = fill_missing_fields(ml_collections.ConfigDict(resolved_meta(save_dir, args.checkpoint)["config"]))
       config.eval.split = "test"  # the script's default split
     config.save_dir = save_dir
     for key, val in overrides:

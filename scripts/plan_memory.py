@@ -72,7 +72,7 @@ def main(argv=None) -> int:
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={n_dev}")
   from bk_jax.data import batch_size_for
-  from bk_jax.reports.common import command, machine
+  from bk_jax.provenance import command, stamped
   from bk_jax.reports.memory_plan import format_plan, plan
   from bk_jax.train.config_validation import train_lengths
 
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     with open(os.path.join(a.out, tag + ".txt"), "w") as f:
       f.write(f"$ {command()}\n{text}\n")
     with open(os.path.join(a.out, tag + ".json"), "w") as f:
-      json.dump(dict(pl.to_dict(), command=command(), machine=machine()), f, indent=1)
+      json.dump(stamped(pl.to_dict()), f, indent=1)
     tried.append((m, pl.bytes["peak"], pl.fits))
     if pl.fits:
       found = m

@@ -14,6 +14,9 @@ CPU-minutes.
   python scripts/quality_anchor.py --tokens 4000000       # equal tokens: 4M per kind
   python scripts/quality_anchor.py --budget_s 150         # reduced
   python scripts/quality_anchor.py --quick                # seconds (tests)
+  # rebuild the table and figure from result JSONs (no training)
+  python scripts/quality_anchor.py --out results/quality_anchor_600s --merge \
+      results/quality_anchor_600s/quality_anchor.json results/quality_anchor_600s/quality_anchor_resnet_bk.json
 """
 
 from __future__ import annotations
@@ -50,7 +53,17 @@ def main(argv=None) -> dict:
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--quick", action="store_true")
   ap.add_argument("--out", default=None)
+  ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                  help="no training: rebuild --out's quality_anchor.md/.png from these result JSONs")
   args = ap.parse_args(argv)
+  if args.merge:
+    from bk_jax.reports import quality_merge
+    if not args.out:
+      ap.error("--merge needs --out DIR")
+    os.makedirs(args.out, exist_ok=True)
+    md, png = quality_merge.merge(args.merge, args.out, common.command())
+    print(open(md).read() + f"Plot saved: {png}")
+    return dict(out=args.out)
   if args.quick:
     args.budget_s, args.params, args.d_model, args.n_heads = 20.0, 20_000, 32, 4
     args.seq_len, args.batch, args.eval_tokens, args.steps = 32, 4, 512, args.steps or 6

@@ -139,7 +139,7 @@ def run_extrapolation(config: ml_collections.ConfigDict, checkpoint: str | None 
                     f"{cfg.model.vocab_size}")
   rows = extrapolation_table(model, task_cfg, lengths, samples=samples, token_budget=token_budget,
                              batch_size=batch_size, chunk_size=int(config.eval.chunk_size),
-                             progress=progress, log=log)
+                             sub_chunk=int(config.eval.sub_chunk) or None, progress=progress, log=log)
   n = None if untrained else train_length(cfg)
   return dict(task=task_cfg.task, train_len=n, rows=rows, checkpoint=name, model_kind=cfg.model.kind,
               table=format_table(rows, train_len=n, task=task_cfg.task))

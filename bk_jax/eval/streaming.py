@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from bk_jax.runtime.devices import select_device
+from bk_jax.provenance import stamped
 from bk_jax.runtime.jsonio import write_json
 from bk_jax.runtime.memory import memory_usage
 from bk_jax.runtime.metrics import perplexity
@@ -38,7 +39,7 @@ from bk_jax.eval.buckets import DEFAULT_EDGES, bucket_table, check_edges, format
 from bk_jax.eval.checkpoint import EvalError, diverged_lengths, load_checkpoint
 
 #: Sub-chunk of the lax.scan inside a chunk: on the 2-core CPU 1k-token pieces run ~2x faster
-#: than one 4k-16k piece (activations stay in cache); override with config.eval.sub_chunk.
+#: than one 4k-16k piece (activations stay in cache); configs/base.py's config.eval.sub_chunk.
 DEFAULT_SUB_CHUNK = 1024
 
 Chunk = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # inputs, targets (B, c), mask or None
@@ -257,7 +258,7 @@ def evaluate_model(model: nnx.Module, config: ml_collections.ConfigDict, *, prog
     raise EvalError(f"split {split!r} of {config.data.dataset} is empty")
   expected = min(available, want) if want > 0 else available
   ev = StreamingEvaluator(model, chunk_size=chunk, edges=tuple(e.get("bucket_edges", DEFAULT_EDGES)),
-                          sub_chunk=int(e.get("sub_chunk", DEFAULT_SUB_CHUNK)) or None)
+                          sub_chunk=int(e.sub_chunk) or None)
   ev.compile()
   res = ev.run(text_chunks(bk_data.stream_tokens(config.data, split, want, chunk)),
                total_tokens=expected, progress=progress, log=log, desc=f"{split} stream")
@@ -331,7 +332,8 @@ def run_streaming_eval(config: ml_collections.ConfigDict, checkpoint: str | None
     out["diverged_lengths"] = div
     out["warning"] = (f"training DIVERGED at N={', '.join(map(str, div))} in this run: {ck.name} holds "
                       f"the weights restored from before the divergence, not a model trained there")
-  out["output"] = write_json(output or default_output_path(config.save_dir, ck.name, out["split"]), out)
+  out["output"] = write_json(output or default_output_path(config.save_dir, ck.name, out["split"]),
+                             stamped(out))
   if div:
     print(f"WARNING: {out['warning']}", file=sys.stderr)
   if console:

@@ -135,6 +135,35 @@ def split_config_args(argv: Sequence[str], default_config: str | None = None):
   return path, overrides, rest
 
 
+#: --help text for the options `split_config_args` consumes before argparse sees the rest.
+CONFIG_HELP_EPILOG = (
+    "config options (read by the config loader before the flags above): "
+    "--config FILE loads a config file with get_config() (configs/*.py, derived from "
+    "configs/base.py); --config.a.b=VALUE (or --config.a.b VALUE) overrides one field of it, "
+    "e.g. --config.train.lr=3e-4 --config.train.sequence_lengths=(128,512); an unknown field is "
+    "an error (exit status 2).")
+
+
+def add_config_help(parser: argparse.ArgumentParser, default: str | None = None) -> argparse.ArgumentParser:
+  """Documents `--config FILE` and `--config.a.b=VALUE` in `parser`'s --help.
+
+  Both are taken out of argv by `split_config_args` before `parser` runs, so the `--config`
+  argument added here is only ever seen by --help (it never receives a value).
+
+  Args:
+    parser: the script's parser.
+    default: what --config defaults to (shown in the help), or None when it is optional.
+  Returns:
+    the parser.
+  """
+  parser.add_argument("--config", metavar="FILE", default=None,
+                      help="config file with get_config() (default: %s); "
+                           "--config.a.b=VALUE overrides a field (see below)"
+                           % (default or "none; see the description"))
+  parser.epilog = CONFIG_HELP_EPILOG
+  return parser
+
+
 def parse_config_args(argv: Sequence[str], default_config: str | None = None) -> tuple[ml_collections.ConfigDict, list[str]]:
   """`--config FILE` plus `--config.a.b=value` / `--config.a.b value`; returns (config, rest)."""
   path, overrides, rest = split_config_args(argv, default_config)
@@ -144,6 +173,29 @@ def parse_config_args(argv: Sequence[str], default_config: str | None = None) ->
   for key, val in overrides:
     apply_override(config, key, val)
   return config, rest
+
+
+def fill_missing_fields(config: ml_collections.ConfigDict,
+                        defaults: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+  """Adds the fields of `defaults` (default: configs/base.py) that `config` lacks, in place.
+
+  A checkpoint's stored config predates fields added since (e.g. `eval.sub_chunk`); those take
+  today's defaults so the scripts can read and override them. Existing values are kept.
+
+  Args:
+    config: a config read from a checkpoint's meta.
+    defaults: the reference config; None loads DEFAULT_CONFIG.
+  Returns:
+    `config`.
+  """
+  defaults = load_config(DEFAULT_CONFIG) if defaults is None else defaults
+  with config.unlocked():
+    for key, val in defaults.items():
+      if key not in config:
+        config[key] = ml_collections.ConfigDict(val.to_dict()) if isinstance(val, ml_collections.ConfigDict) else val
+      elif isinstance(val, ml_collections.ConfigDict) and isinstance(config[key], ml_collections.ConfigDict):
+        fill_missing_fields(config[key], val)
+  return config
 
 
 @contextlib.contextmanager
@@ -186,6 +238,7 @@ def reference_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       description="Long-context training for ResNet-BK (reference CLI; unspecified flags keep "
                   "the values of --config, default configs/base.py)")
+  add_config_help(p, "configs/base.py")
   add = p.add_argument
   for name in ("d_model", "n_layers", "n_heads", "d_ff", "seq_len", "batch_size", "epochs",
                "eval_tokens", "log_interval", "seed", "data_limit"):

@@ -100,6 +100,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _need(e.split in SPLITS, f"eval.split={e.split!r} is not one of {SPLITS}")
   _need(e.eval_tokens > 0, f"eval.eval_tokens must be > 0, got {e.eval_tokens}")
   _need(e.chunk_size > 0, f"eval.chunk_size must be > 0, got {e.chunk_size}")
+  _need(e.sub_chunk >= 0, f"eval.sub_chunk must be >= 0 (0 = no sub-chunks), got {e.sub_chunk}")
   _need(e.every_steps >= 0, f"eval.every_steps must be >= 0 (0 = no validation), got {e.every_steps}")
   _need(e.batches > 0, f"eval.batches must be > 0, got {e.batches}")
   _need(e.samples >= 0 and e.sample_tokens > 0,

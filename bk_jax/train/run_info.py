@@ -19,6 +19,8 @@ import sys
 
 import jax
 
+from bk_jax.provenance import machine
+
 #: Version of the results-JSON layout (README "Results file"); bump on any incompatible change.
 SCHEMA_VERSION = 2
 
@@ -105,6 +107,7 @@ def run_section(cfg, *, started: str, data: dict, save_dir: str) -> dict:
   dev = jax.devices()[0]
   return dict(
       started=started, finished=None, command=shlex.join([sys.executable] + sys.argv),
+      machine=machine(),
       argv=list(sys.argv), config_file=config_file(sys.argv[1:]), save_dir=save_dir,
       git=git_commit(), versions=library_versions(), host=socket.gethostname(),
       platform=platform.platform(), cpu_count=os.cpu_count(), backend=jax.default_backend(),

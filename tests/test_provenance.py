@@ -1,0 +1,89 @@
+"""Every results JSON records `command` and `machine` through one helper (bk_jax.provenance)."""
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: json.dump sites that write something other than a result (caches, tokenizer files, the metric
+#: writer's text, internal stage records of the GPU suite, stdout), or the helper's own writers.
+NOT_RESULTS = {
+    "bk_jax/data/tokenizers.py", "bk_jax/data/identity.py", "bk_jax/data/cache.py",
+    "bk_jax/data/__main__.py", "bk_jax/train/metrics.py", "bk_jax/reports/gpu_suite.py",
+    "scripts/generate.py",
+    "bk_jax/reports/common.py",  # write_json: stamped() itself
+    "bk_jax/eval/streaming.py",  # write_json: stamped() itself
+    "bk_jax/train/results.py",  # long_context_results.json: run section from run_info (below)
+}
+
+
+def test_every_json_writer_stamps():
+  """A json.dump / json.dumps in bk_jax or scripts is stamped, or listed above with the reason."""
+  bad = []
+  for path in sorted(glob.glob(os.path.join(ROOT, "bk_jax", "**", "*.py"), recursive=True) +
+                     glob.glob(os.path.join(ROOT, "scripts", "*.py"))):
+    rel = os.path.relpath(path, ROOT)
+    if rel in NOT_RESULTS:
+      continue
+    for i, line in enumerate(open(path).read().splitlines(), 1):
+      if re.search(r"json\.dumps?\(", line) and "stamped(" not in line:
+        bad.append(f"{rel}:{i}: {line.strip()}")
+  assert not bad, "results JSON written without bk_jax.provenance.stamped:\n" + "\n".join(bad)
+
+
+def test_stamped_fields():
+  from bk_jax.provenance import stamped
+  out = stamped(dict(a=1, command="kept"))
+  assert out["a"] == 1 and out["command"] == "kept"
+  m = out["machine"]
+  assert m["backend"] == "cpu" and m["cpu_count"] >= 1 and m["jax"] and m["devices"]
+
+
+def test_streaming_write_json_and_trainer_run_section(tmp_path):
+  from bk_jax.eval.streaming import write_json
+  from bk_jax.train.cli import DEFAULT_CONFIG, load_config
+  from bk_jax.train.run_info import run_section
+
+  p = write_json(str(tmp_path / "s.json"), dict(loss=1.0))
+  d = json.load(open(p))
+  assert d["loss"] == 1.0 and d["command"].startswith("python ") and d["machine"]["backend"] == "cpu"
+  run = run_section(load_config(DEFAULT_CONFIG), started="t", data={}, save_dir=str(tmp_path))
+  assert run["command"] and run["machine"]["backend"] == "cpu"
+
+
+def test_bench_ops_json_has_command_and_machine(tmp_path):
+  out = tmp_path / "ops.json"
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_ops.py"), "--quick",
+                      "--methods", "scan", "--out", str(out)], capture_output=True, text=True,
+                     env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  d = json.load(open(out))
+  assert "bench_ops.py" in d["command"] and "--quick" in d["command"]
+  assert d["machine"]["backend"] == "cpu" and d["rows"]
+
+
+#: committed before the fields existed; README's Results paragraph names each of them.
+LEGACY = {"results/bench_ops.json": ("command", "machine"),
+          "results/streaming_quickstart_1m.json": ("command", "machine"),
+          "results/streaming_quickstart_test.json": ("command", "machine"),
+          "results/quality_anchor_600s/quality_anchor_resnet_bk.json": ("machine",)}
+
+
+def test_committed_results_carry_command_and_machine():
+  """Every committed results JSON has both fields, except the legacy files README names."""
+  missing = {}
+  for path in sorted(glob.glob(os.path.join(ROOT, "results", "**", "*.json"), recursive=True)):
+    d = json.load(open(path))
+    lack = tuple(k for k in ("command", "machine") if not isinstance(d, dict) or k not in d)
+    if lack:
+      missing[os.path.relpath(path, ROOT)] = lack
+  assert missing == LEGACY
+  readme = open(os.path.join(ROOT, "README.md")).read()
+  for rel in LEGACY:
+    name = rel[len("results/"):].replace("streaming_quickstart_1m", "streaming_quickstart_*").replace(
+        "streaming_quickstart_test", "streaming_quickstart_*")
+    assert f"`results/{name}`" in readme, rel
