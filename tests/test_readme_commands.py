@@ -1,0 +1,274 @@
+"""Every command README.md shows runs, in a reduced form (README stays honest).
+
+README's fenced bash blocks, its indented code blocks and its inline `python scripts/...` /
+`python -m ...` spans are parsed; every command is mapped by its script (or module) to a reduced
+invocation (the README arguments plus the script's `--quick` mode or tiny `--config.` overrides
+appended, which win because they come last) and run as a subprocess with PYTHONPATH set to this
+repository, in a scratch directory holding links to configs/, scripts/, bk_jax/ and tests/ (so
+`runs/` and `results/` outputs never touch the checkout). It must exit with the status README
+documents (0 unless the mapping says otherwise). A command whose script has no mapping FAILS
+`test_every_readme_command_is_mapped`: add a reduction to REDUCTIONS when README gains a command.
+
+The fresh-machine lines (venv + pip install + X) are tested as X without the install.
+The default run covers the quickstart line, streaming evaluation of its checkpoint, the merge of
+the quality-anchor JSONs, the data CLI and the per-file pytest selections; every other command is
+marked slow (each trains or benchmarks several models).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+
+#: tiny model / data / schedule for every config-driven training or evaluation
+TINY = ["--config.model.d_model=16", "--config.model.n_layers=1", "--config.model.n_heads=2",
+        "--config.model.d_ff=32", "--config.train.seq_len=64", "--config.train.sequence_lengths=(32,64)",
+        "--config.train.tokens_per_batch=0", "--config.train.batch_size=2",
+        "--config.train.steps_per_length=2", "--config.train.log_interval=1",
+        "--config.data.data_limit=20000", "--config.eval.every_steps=2", "--config.eval.batches=1", "--config.eval.samples=0",
+        "--config.eval.chunk_size=1024", "--config.logging.progress_bar=false"]
+STREAM = ["--eval_tokens", "4096", "--chunk_size", "1024", "--no_progress"]
+#: placeholders README uses in commands -> what the reduced run passes
+PLACEHOLDERS = {"CFG": "configs/quickstart.py", "FILE": "bk_jax/data/assets/tinyshakespeare.txt"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Reduced:
+  argv: tuple[str, ...]  # after `python`
+  slow: bool = False
+  rc: int = 0  # the exit status README documents for this example
+  needs: str | None = None  # a run directory (save_dir) that must exist first
+
+
+def _config_of(args: list[str]) -> str | None:
+  return next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"), None)
+
+
+def _train(args):
+  cfg = _config_of(args)
+  return Reduced(("scripts/train.py", *args, *TINY), slow=cfg != "configs/quickstart.py")
+
+
+def _train_long_context(args):
+  args = list(args)
+  if "--eval_only" in args:  # evaluates save_dir's latest checkpoint: a reduced run made first
+    cfg = _config_of(args)
+    needs = "runs/quickstart" if cfg == "configs/quickstart.py" else "runs/default"
+    return Reduced(("scripts/train_long_context.py", *args, *TINY, "--eval_tokens", "4096"),
+                   slow=True, needs=needs)
+  ref = ["--seq_len", "64", "--epochs", "1", "--d_model", "16", "--n_layers", "1", "--n_heads", "2",
+         "--d_ff", "32", "--batch_size", "2", "--data_limit", "20000"]
+  if "--sequence_lengths" in args:
+    ref += ["--sequence_lengths", "32", "64"]
+  return Reduced(("scripts/train_long_context.py", *args, *ref, *TINY), slow=True)
+
+
+def _eval_streaming(args):
+  args = [re.sub(r"checkpoint_seq\d+_final", "checkpoint_seq64_final", a) for a in args]
+  run = args[args.index("--checkpoint_dir") + 1]
+  return Reduced(("scripts/eval_streaming.py", *args, *STREAM), slow=run != "runs/quickstart", needs=run)
+
+
+def _quality_anchor(args):
+  if "--merge" in args:  # no training: fast, on copies of the committed JSONs
+    return Reduced(("scripts/quality_anchor.py", *args))
+  # its own --out: the merge example's input JSONs in the scratch results/ stay the committed ones
+  return Reduced(("scripts/quality_anchor.py", *args, "--quick", "--kinds", "resnet_bk",
+                  "--out", "results/quality_anchor_reduced"), slow=True)
+
+
+def _pytest(args):
+  # the selection must exist and collect; running the suite inside the suite is the CI's job
+  # (a pattern such as tests/test_models_*.py is expanded here, as the shell would)
+  expanded = [os.path.relpath(f, ROOT) for a in args if a.startswith("tests/")
+              for f in sorted(glob.glob(os.path.join(ROOT, a)))]
+  if any(not glob.glob(os.path.join(ROOT, a)) for a in args if a.startswith("tests/")):
+    raise KeyError(f"python -m pytest {' '.join(args)}: no such test file")
+  opts = [a for a in args if not a.startswith("tests/")]
+  return Reduced(("-m", "pytest", *opts, *expanded, "--collect-only", "-p", "no:cacheprovider"),
+                 slow=not expanded)
+
+
+def _quick(name, *extra):
+  return lambda args: Reduced((f"scripts/{name}.py", *args, "--quick", *extra), slow=True)
+
+
+#: script (or `-m module`) -> reduction of its README arguments
+REDUCTIONS = {
+    "scripts/train.py": _train,
+    "scripts/train_long_context.py": _train_long_context,
+    "scripts/eval_streaming.py": _eval_streaming,
+    "scripts/eval_extrapolation.py": lambda args: Reduced(
+        ("scripts/eval_extrapolation.py", *args, *TINY, "--max_log2", "7", "--samples", "4",
+         "--token_budget", "1024", "--no_progress"), slow=True),
+    "scripts/quality_anchor.py": _quality_anchor,
+    "scripts/benchmark.py": lambda args: Reduced(
+        ("scripts/benchmark.py", *args, "--quick", "--kinds", "resnet_bk")
+        if "--suite" not in args else ("scripts/benchmark.py", *args, "--quick"), slow=True),
+    "scripts/induction_anchor.py": _quick("induction_anchor", "--kinds", "resnet_bk"),
+    "scripts/compare_stability.py": _quick("compare_stability", "--seeds", "0", "--lengths", "16",
+                                           "--kinds", "resnet_bk"),
+    "scripts/ablations.py": _quick("ablations"),
+    "scripts/bench_ops.py": _quick("bench_ops", "--methods", "scan"),
+    "scripts/bench_data.py": lambda args: Reduced(
+        ("scripts/bench_data.py", *args, "--seq_lens", "64", "--tokens_per_batch", "256",
+         "--batches", "2", "--repeats", "1", "--no_step"), slow=True),
+    "scripts/bench_attention.py": lambda args: Reduced(
+        ("scripts/bench_attention.py", *args, "--d-models", "32", "--lengths", "64", "--repeats", "1"),
+        slow=True),
+    "scripts/bench_models.py": lambda args: Reduced(
+        ("scripts/bench_models.py", *args, "--kinds", "resnet_bk", "--lengths", "64",
+         "--tokens-per-step", "128", "--repeats", "1", "--d-model", "16", "--n-layers", "1"), slow=True),
+    "scripts/bench_sharding.py": lambda args: Reduced(
+        ("scripts/bench_sharding.py", *args, "--devices", "2", "--seq_len", "256", "--steps", "1",
+         "--meshes", "1,1,1,2", "2,1,1,1", "1,1,1,2:1", "1dev:1"), slow=True),
+    "-m pytest": _pytest,
+    "-m bk_jax.data": lambda args: Reduced(("-m", "bk_jax.data", *args)),
+}
+#: run directory -> the README command whose reduced form creates it
+MAKES = {"runs/quickstart": "python scripts/train.py --config configs/quickstart.py",
+         "runs/multi_length": "python scripts/train.py --config configs/multi_length.py",
+         "runs/default": "python scripts/train_long_context.py --seq_len 8192 --epochs 5"}
+
+
+def readme_commands(text: str) -> list[tuple[str, str]]:
+  """(command, where) for every `python` command in fenced/indented blocks and inline spans."""
+  cmds, lines, fence, i = [], text.splitlines(), None, 0
+
+  def joined(i):
+    buf = lines[i]
+    while buf.rstrip().endswith("\\") and i + 1 < len(lines):
+      i += 1
+      buf = buf.rstrip()[:-1] + " " + lines[i].strip()
+    return buf.strip(), i
+
+  while i < len(lines):
+    m = re.match(r"^\s*```(\w*)", lines[i])
+    if m:
+      fence = None if fence is not None else m.group(1)
+    elif fence in ("bash", "sh", "shell", "") and re.search(r"\bpython3? ", lines[i]) \
+        and not lines[i].lstrip().startswith("#"):
+      cmd, j = joined(i)
+      cmds.append((cmd, f"README.md:{i + 1}"))
+      i = j
+    elif fence is None and re.match(r"^    python3? ", lines[i]):
+      cmd, j = joined(i)
+      cmds.append((cmd, f"README.md:{i + 1}"))
+      i = j
+    i += 1
+  prose = re.sub(r"^\s*```.*?^\s*```", "", text, flags=re.S | re.M)
+  for m in re.finditer(r"`([^`]+)`", prose):
+    span = " ".join(m.group(1).split())
+    if re.match(r"python3? (scripts/|-m )", span):
+      cmds.append((span, "README.md (inline)"))
+  return cmds
+
+
+def split_command(cmd: str) -> tuple[str, list[str]]:
+  """(script key, args) of one README command; the install steps of a fresh-machine line dropped."""
+  parts = [p.strip() for p in cmd.split("&&")]
+  rest = [p for p in parts if not re.match(r"^(python3? -m venv|\. |source |pip install)", p)]
+  assert len(rest) == 1, f"one command expected after the install steps: {cmd!r}"
+  argv = shlex.split(rest[0], comments=True)
+  assert argv[0] in ("python", "python3"), cmd
+  argv = [PLACEHOLDERS.get(a, a) for a in argv[1:]]
+  if argv[0] == "-m":
+    return f"-m {argv[1]}", argv[2:]
+  return argv[0], argv[1:]
+
+
+def reduce(cmd: str) -> Reduced:
+  key, args = split_command(cmd)
+  if key not in REDUCTIONS:
+    raise KeyError(f"README command {cmd!r}: no reduced form for {key} in tests/test_readme_commands.py")
+  return REDUCTIONS[key](args)
+
+
+COMMANDS = readme_commands(open(README).read())
+
+
+def _unique():
+  seen, out = set(), []
+  for cmd, where in COMMANDS:
+    try:
+      r = reduce(cmd)
+    except KeyError:
+      continue  # reported by test_every_readme_command_is_mapped
+    if r.argv not in seen:
+      seen.add(r.argv)
+      marks = [pytest.mark.slow] if r.slow else []
+      out.append(pytest.param(cmd, r, id=f"{where}:{' '.join(shlex.split(cmd, comments=True)[-6:])}"[:90],
+                              marks=marks))
+  return out
+
+
+def test_readme_has_the_fresh_machine_lines_first():
+  first = [ln for ln in open(README).read().splitlines()[:6] if ln.startswith("python3 -m venv")]
+  assert first == [
+      'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && '
+      "python scripts/train.py --config configs/quickstart.py",
+      'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && python -m pytest -q']
+
+
+def test_every_readme_command_is_mapped():
+  assert len(COMMANDS) > 20  # the parser finds README's commands at all
+  missing = []
+  for cmd, where in COMMANDS:
+    try:
+      reduce(cmd)
+    except KeyError as e:
+      missing.append(f"{where}: {e}")
+  assert not missing, "\n".join(missing)
+
+
+def test_ci_script_is_what_readme_says():
+  """README's sentence on .ci/run names each of its steps."""
+  steps = [ln.strip() for ln in open(os.path.join(ROOT, ".ci", "run")).read().splitlines()
+           if ln.strip() and not ln.startswith("#") and not ln.startswith(("set ", "cd "))]
+  assert steps == ["python3 -m venv .venv-ci", ". .venv-ci/bin/activate", "pip install -q --upgrade pip",
+                   'pip install -q -e ".[dev]"', "python -m pytest -q", "python -m pytest -q -m slow"]
+  text = " ".join(open(README).read().split())
+  for words in ("virtualenv `.venv-ci`", "upgrades pip", '`pip install -e ".[dev]"`',
+                "`python -m pytest -q` and `python -m pytest -q -m slow`"):
+    assert words in text, words
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+  w = tmp_path_factory.mktemp("readme")
+  for d in ("configs", "scripts", "bk_jax", "tests"):
+    os.symlink(os.path.join(ROOT, d), w / d)
+  qa = w / "results" / "quality_anchor_600s"
+  qa.mkdir(parents=True)
+  for f in glob.glob(os.path.join(ROOT, "results", "quality_anchor_600s", "*.json")):
+    shutil.copy(f, qa)
+  return w
+
+
+def _run(reduced: Reduced, w) -> subprocess.CompletedProcess:
+  env = dict(os.environ, PYTHONPATH=str(ROOT), BK_JAX_CACHE=str(w / "cache"), MPLBACKEND="Agg",
+             JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, *reduced.argv], cwd=w, env=env, capture_output=True,
+                        text=True, timeout=1200)
+
+
+@pytest.mark.parametrize("cmd, reduced", _unique())
+def test_readme_command_runs(cmd, reduced, workspace):
+  if reduced.needs and not os.path.isdir(workspace / reduced.needs):
+    made = _run(reduce(MAKES[reduced.needs]), workspace)
+    assert made.returncode == 0, f"making {reduced.needs}:\n{made.stderr[-3000:]}"
+  r = _run(reduced, workspace)
+  assert r.returncode == reduced.rc, (
+      f"README: {cmd}\nran: python {shlex.join(reduced.argv)}\nexit {r.returncode}\n"
+      f"stdout:\n{r.stdout[-2000:]}\nstderr:\n{r.stderr[-3000:]}")
