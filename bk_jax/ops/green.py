@@ -1,6 +1,6 @@
 """The Green's-function mixer: values mixed by the causal prefix resolvent's last row (§2.10).
 
-For the prefix Hamiltonians H_{0..i} of `resolvent.causal_diag` (per-head or per-position
+For the prefix Hamiltonians H_{0..i} of `kernels.causal_diag` (per-head or per-position
 coupling t_i and shift z_i, DESIGN §2.9), the whole last row of the prefix resolvent is as cheap
 as its diagonal: by the Schur complement r_i = g_i [-t_i r_{i-1}, 1]. For values x_j (d per
 head) the causal mix
@@ -8,7 +8,7 @@ head) the causal mix
     y_i = sum_{j<=i} [(H_{0..i} - diag(z))^{-1}]_{ij} x_j   obeys   y_i = g_i (x_i - t_i y_{i-1}),
 
 i.e. the affine recurrence y_i = c_i y_{i-1} + b_i with c_i = -t_i g_i and b_i = g_i x_i. It is
-evaluated as `resolvent.causal_diag` for g (exact custom VJP) followed by one
+evaluated as `kernels.causal_diag` for g (exact custom VJP) followed by one
 `linear_scan.linear_scan` over (c, b) (sequential, associative or chunked), and differentiated by
 plain autodiff through that scan. Bounds: ||r_i||_2 <= ||(H_{0..i} - diag z)^{-1}|| <= 1/eta_min,
 so |y_i| <= ||x||_2 / eta_min at any length. The streaming carry is (g_last, y_last).
@@ -21,7 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bk_jax.ops import resolvent
+from bk_jax.ops import resolvent_kernels as kernels
 from bk_jax.ops.linear_scan import linear_scan
 
 
@@ -46,7 +46,7 @@ def affine_terms(g, x, hopping):
   return -t * g, g[..., None] * x
 
 
-def mix(c, b, y_prev, *, method: str, chunk_size: int = resolvent.DEFAULT_CHUNK):
+def mix(c, b, y_prev, *, method: str, chunk_size: int = kernels.DEFAULT_CHUNK):
   """Runs y_i = c_i y_{i-1} + b_i from y_prev along axis -3 of b; returns (y, y_last).
 
   c (..., N, H), b (..., N, H, D), y_prev (..., H, D); method is a concrete resolvent method.
@@ -56,7 +56,7 @@ def mix(c, b, y_prev, *, method: str, chunk_size: int = resolvent.DEFAULT_CHUNK)
   return jnp.moveaxis(y, 0, -3), y_last
 
 
-def _check(v, x):
+def check_inputs(v, x):
   if v.ndim < 2:
     raise ValueError(f"v must have shape (..., N, H); got {v.shape}")
   if v.shape[-2] == 0:
@@ -67,20 +67,20 @@ def _check(v, x):
 
 def cast_values(v, x):
   """x as v's real dtype (real values) or complex dtype (complex values)."""
-  cdt = resolvent.complex_dtype_for(v)
+  cdt = kernels.complex_dtype_for(v)
   rdt = jnp.float64 if cdt == jnp.complex128 else jnp.float32
   return x.astype(cdt if jnp.iscomplexobj(x) else rdt)
 
 
-def causal_green(
+def causal_green_local(
     v: jax.Array,
     x: jax.Array,
     *,
     hopping: jax.Array,
     z: jax.Array,
     carry: tuple[jax.Array, jax.Array] | None = None,
-    method: resolvent.Method = "scan",
-    chunk_size: int = resolvent.DEFAULT_CHUNK,
+    method: kernels.Method = "scan",
+    chunk_size: int = kernels.DEFAULT_CHUNK,
 ) -> tuple[jax.Array, GreenCarry]:
   """Values mixed by the prefix resolvent row: y_i = sum_{j<=i} [(H_{0..i} - z)^{-1}]_{ij} x_j.
 
@@ -92,7 +92,7 @@ def causal_green(
     z: complex shifts, Im z > 0, per head (H,) or per position (..., N, H).
     carry: (g_last (..., H), y_last (..., H, d)) from the previous call, or None (fresh start).
       Chaining calls through it equals one call on the concatenated sequence.
-    method: "auto", "scan", "associative" or "chunked", as for `resolvent.causal_diag` (the
+    method: "auto", "scan", "associative" or "chunked", as for `kernels.causal_diag` (the
       affine scan for y uses the matching sequential / associative / chunked form).
     chunk_size: chunk length for method="chunked".
 
@@ -100,17 +100,13 @@ def causal_green(
     (y, carry): y complex (..., N, H, d); carry GreenCarry(g (..., H), y (..., H, d)) at the
     last position. Differentiable w.r.t. v, x, hopping, z and the carry.
   """
-  method = resolvent.resolve_method(method)
+  method = kernels.resolve_method(method)
   v = jnp.asarray(v)
   x = jnp.asarray(x)
-  _check(v, x)
-  from bk_jax.ops import sharded_scan  # lazy: sharded_scan calls back into this module
-  if (mesh := sharded_scan.sequence_mesh_for(v)) is not None:  # mesh "sequence" axis > 1
-    return sharded_scan.sequence_parallel_causal_green(
-        v, x, hopping=hopping, z=z, carry=carry, mesh=mesh, method=method, chunk_size=chunk_size)
+  check_inputs(v, x)
   g_prev, y_prev = (None, None) if carry is None else carry
-  v, shift, t2, g_prev = resolvent.prepare_inputs(v, hopping, z, g_prev)
-  g, g_last = resolvent.causal_diag_prepared(v, shift, t2, g_prev, method, chunk_size)
+  v, shift, t2, g_prev = kernels.prepare_inputs(v, hopping, z, g_prev)
+  g, g_last = kernels.causal_diag_prepared(v, shift, t2, g_prev, method, chunk_size)
   c, b = affine_terms(g, cast_values(v, x), hopping)
   y_shape = b.shape[:-3] + b.shape[-2:]
   y_prev = (jnp.zeros(y_shape, g.dtype) if y_prev is None

@@ -42,7 +42,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from bk_jax.ops.resolvent import mobius_combine, mobius_matrices
+from bk_jax.ops import green
+from bk_jax.ops import resolvent_kernels as kernels
+from bk_jax.ops.resolvent_kernels import mobius_combine, mobius_matrices
 
 SEQUENCE_AXIS = "sequence"
 
@@ -105,13 +107,11 @@ def _sequence_inputs(v, hopping, z, carry, mesh, axis):
   Returns (v, hopping, z, carry, specs): per-position hopping / z broadcast to v's shape and
   split along the sequence like v, per-head ones replicated; specs are their PartitionSpecs.
   """
-  from bk_jax.ops import resolvent  # lazy import (resolvent dispatches here)
-
   size = mesh.shape[axis]
   if v.ndim < 2 or v.shape[-2] % size:
     raise ValueError(f"sequence length {v.shape[-2] if v.ndim >= 2 else None} of v {v.shape} "
                      f"does not divide by mesh axis {axis!r} of size {size}")
-  cdt = resolvent.complex_dtype_for(v)
+  cdt = kernels.complex_dtype_for(v)
   rdt = jnp.float64 if cdt == jnp.complex128 else jnp.float32
   v = v.astype(rdt)
   seq_spec = P(*((None,) * (v.ndim - 2)), axis, None)
@@ -119,7 +119,7 @@ def _sequence_inputs(v, hopping, z, carry, mesh, axis):
   params = []
   for name, x, dt in (("hopping", hopping, rdt), ("z", z, cdt)):
     x = jnp.asarray(x, dt)
-    if resolvent.per_position(x, v.shape, name):
+    if kernels.per_position(x, v.shape, name):
       params.append(jnp.broadcast_to(x, v.shape))
       specs.append(seq_spec)
     else:
@@ -157,7 +157,6 @@ def sequence_parallel_causal_diag(v, *, hopping, z, carry=None, mesh=None,
     (g, carry) exactly as resolvent.causal_diag: g (..., N, H) complex, sharded like v along
     the sequence; carry (..., H) = g[..., -1, :].
   """
-  from bk_jax.ops import resolvent  # the local pass; lazy import (resolvent dispatches here)
 
   mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
   size = mesh.shape[axis]
@@ -167,7 +166,7 @@ def sequence_parallel_causal_diag(v, *, hopping, z, carry=None, mesh=None,
 
   def local(v_s, hop, z_s, g0):
     g_in = _local_incoming_g(v_s, hop, z_s, g0, axis, size)
-    g, g_last = resolvent.causal_diag(v_s, hopping=hop, z=z_s, carry=g_in, **kw)
+    g, g_last = kernels.causal_diag_local(v_s, hopping=hop, z=z_s, carry=g_in, **kw)
     return g, g_last[None]
 
   # check_vma=False: the local pass's custom VJP builds its reverse-scan carries without
@@ -215,7 +214,6 @@ def sequence_parallel_causal_green(v, x, *, hopping, z, carry=None, mesh=None,
   Returns:
     (y, carry) exactly as resolvent.causal_green, y sharded like x along the sequence.
   """
-  from bk_jax.ops import green, resolvent  # lazy imports (they dispatch here)
 
   mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
   size = mesh.shape[axis]
@@ -226,11 +224,11 @@ def sequence_parallel_causal_green(v, x, *, hopping, z, carry=None, mesh=None,
   y_shape = g0.shape + x.shape[-1:]
   y0 = (jnp.zeros(y_shape, g0.dtype) if y_carry is None
         else jnp.broadcast_to(jnp.asarray(y_carry, g0.dtype), y_shape))
-  chunk_size = resolvent.DEFAULT_CHUNK if chunk_size is None else chunk_size
+  chunk_size = kernels.DEFAULT_CHUNK if chunk_size is None else chunk_size
 
   def local(v_s, hop, z_s, x_s, g0, y0):
     g_in = _local_incoming_g(v_s, hop, z_s, g0, axis, size)
-    g, g_last = resolvent.causal_diag_prepared(*resolvent.prepare_inputs(v_s, hop, z_s, g_in),
+    g, g_last = kernels.causal_diag_prepared(*kernels.prepare_inputs(v_s, hop, z_s, g_in),
                                                method, chunk_size)
     c, b = green.affine_terms(g, x_s, hop)
     # Channel d is the prefix product A_i of c (start 1, no input); channels < d are Y (start 0).
