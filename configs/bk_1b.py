@@ -13,7 +13,8 @@ resolvent recurrence (complex64), RMSNorm statistics, logits and the loss in flo
 
 Mesh: data=1, fsdp=8, tensor=1, sequence=1 (ZeRO-3 over the 8 GPUs of a node; one 131k
 sequence per GPU). Several nodes: raise mesh.data (or let data=-1 take them).
-Memory: `python scripts/plan_memory.py --config configs/bk_1b.py` (results/plan_memory/).
+Memory: `python scripts/plan_memory.py --config configs/bk_1b.py` plans 62.91 GiB per device at
+131k on this mesh (80 GB = 74.51 GiB: fits; results/plan_memory/, README "Scaling up").
 
 Lengths: two stages in one run (train.multi_length), 32768 then 131072 tokens per sequence, at
 a constant 1,048,576 tokens per optimizer step (32 x 32k, then 8 x 131k sequences); select one
