@@ -28,7 +28,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # also when run via a link
 README = os.path.join(ROOT, "README.md")
 
 #: tiny model / data / schedule for every config-driven training or evaluation
@@ -230,6 +230,18 @@ def test_every_readme_command_is_mapped():
     except KeyError as e:
       missing.append(f"{where}: {e}")
   assert not missing, "\n".join(missing)
+
+
+def test_an_unmapped_or_wrong_command_is_reported():
+  with pytest.raises(KeyError, match="no reduced form"):
+    reduce("python scripts/not_a_script.py --x 1")
+  with pytest.raises(KeyError, match="no such test file"):
+    reduce("python -m pytest -q tests/test_not_there.py")
+  assert readme_commands("```bash\npython scripts/a.py \\\n  --b 1  # c\n```\nsee `python scripts/d.py\n--e`")\
+      == [("python scripts/a.py  --b 1  # c", "README.md:2"), ("python scripts/d.py --e", "README.md (inline)")]
+  assert split_command('python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && '
+                       "python scripts/train.py --config CFG") == (
+                           "scripts/train.py", ["--config", "configs/quickstart.py"])
 
 
 def test_ci_script_is_what_readme_says():
