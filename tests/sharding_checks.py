@@ -421,7 +421,7 @@ def check_multiprocess_trainer(save_dir, corpus, cache_dir):
   import jax
 
   from bk_jax.train.loop import run
-  from bk_jax.train.testing import tiny_config as train_tiny_config
+  from tiny_configs import tiny_config as train_tiny_config
 
   c = train_tiny_config(save_dir, corpus, cache_dir, lengths=(32,), steps=3, batch_size=2)
   c.logging.console = False

@@ -22,7 +22,7 @@ import json, sys
 import jax, numpy as np
 sys.path.insert(0, {repo!r})
 from bk_jax.train.loop import Trainer
-from bk_jax.train.testing import tiny_config, write_pattern_corpus
+from tiny_configs import tiny_config, write_pattern_corpus
 
 out = {out!r}
 corpus = write_pattern_corpus(out + "/p.txt")

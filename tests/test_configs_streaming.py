@@ -30,7 +30,7 @@ from bk_jax.eval.checkpoint import load_checkpoint
 from bk_jax.eval.streaming import run_streaming_eval
 from bk_jax.train.cli import load_config
 from bk_jax.train.loop import run
-from bk_jax.train.testing import write_pattern_corpus
+from tiny_configs import write_pattern_corpus
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))

@@ -11,7 +11,7 @@ import pytest
 from bk_jax.data import default_data_config, load_corpus
 from bk_jax.data.cache import entry_problem
 from bk_jax.data.config import SPLITS
-from bk_jax.train.testing import write_pattern_corpus
+from tiny_configs import write_pattern_corpus
 
 
 @pytest.fixture

@@ -113,7 +113,7 @@ def run_dir(tmp_path_factory):
   from bk_jax.train.loop import prepare
   from bk_jax.train.state import create_train_state
   from bk_jax.train.step import make_optimizer
-  from bk_jax.train.testing import tiny_config, write_pattern_corpus
+  from tiny_configs import tiny_config, write_pattern_corpus
 
   d = tmp_path_factory.mktemp("evalrun")
   corpus = write_pattern_corpus(str(d / "pattern.txt"), n_chars=40_000)
@@ -175,7 +175,7 @@ def test_script_errors_are_one_line(run_dir, tmp_path, capsys):
   config, _ = run_dir
   cfg_file = tmp_path / "cfg.py"
   cfg_file.write_text(textwrap.dedent(f"""
-      from bk_jax.train.testing import tiny_config
+      from tiny_configs import tiny_config
       def get_config():
         c = tiny_config({config.save_dir!r}, {config.data.path!r}, {config.data.cache_dir!r})
         c.model.d_model = 48

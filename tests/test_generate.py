@@ -118,7 +118,7 @@ def test_generate_script_on_a_trained_run(tmp_path, capsys):
   from bk_jax.eval.generate import generate_text
   from bk_jax.eval.checkpoint import load_checkpoint
   from bk_jax.train.loop import run
-  from bk_jax.train.testing import tiny_config, write_pattern_corpus
+  from tiny_configs import tiny_config, write_pattern_corpus
 
   corpus = write_pattern_corpus(str(tmp_path / "p.txt"))
   cfg = tiny_config(str(tmp_path / "run"), corpus, str(tmp_path / "cache"), lengths=(32,), steps=2)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bk_jax.train.testing import write_pattern_corpus
+from tiny_configs import write_pattern_corpus
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 

@@ -29,7 +29,7 @@ def test_two_processes_fsdp_x_sequence_match_single_device():
 @pytest.mark.slow
 def test_two_process_trainer_writes_outputs_once(tmp_path):
   """The full Trainer on 2 processes: collective checkpoints, results/TensorBoard by process 0."""
-  from bk_jax.train.testing import write_pattern_corpus
+  from tiny_configs import write_pattern_corpus
 
   corpus = write_pattern_corpus(str(tmp_path / "corpus.txt"))
   save = tmp_path / "run"

@@ -11,7 +11,7 @@ from bk_jax.data import DataError
 from bk_jax.train.cli import apply_override, load_config, parse_config_args, reference_config
 from bk_jax.train.config_validation import ConfigError, validate_config
 from bk_jax.train.loop import run
-from bk_jax.train.testing import tiny_config, write_pattern_corpus
+from tiny_configs import tiny_config, write_pattern_corpus
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))

@@ -22,7 +22,7 @@ import pytest
 from bk_jax.train.config_validation import ConfigError
 from bk_jax.entry import run as entry_run
 from bk_jax.train.loop import run
-from bk_jax.train.testing import tiny_config, write_pattern_corpus
+from tiny_configs import tiny_config, write_pattern_corpus
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, "scripts", "train.py")

@@ -13,7 +13,7 @@ import pytest
 
 from bk_jax.train import results as results_lib
 from bk_jax.train.loop import run
-from bk_jax.train.testing import tiny_config, write_pattern_corpus
+from tiny_configs import tiny_config, write_pattern_corpus
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

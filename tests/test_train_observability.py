@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from bk_jax.train.loop import run
-from bk_jax.train.testing import tiny_config, write_pattern_corpus
+from tiny_configs import tiny_config, write_pattern_corpus
 
 
 @pytest.fixture(scope="module")
