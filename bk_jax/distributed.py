@@ -65,7 +65,3 @@ def maybe_initialize(config=None, *, timeout_s: int = 120) -> bool:
   jax.distributed.initialize(**s, initialization_timeout=timeout_s)
   return True
 
-
-def is_main_process() -> bool:
-  """True on process 0 (the one that writes TensorBoard, results and console tables)."""
-  return jax.process_index() == 0

@@ -123,14 +123,6 @@ class Checkpoints:
     r = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return dict(r["meta"])
 
-  def restore_named(self, path: str, abstract_state) -> tuple[Any, dict]:
-    r = self._named.restore(path, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    return r["state"], dict(r["meta"])
-
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
-
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()

@@ -63,12 +63,9 @@ class Console:
       self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
                       leave=False, file=sys.stderr)
 
-  def update_bar(self, n: int, tokens_per_s: float, loss: float | None) -> None:
+  def update_bar(self, n: int, tokens_per_s: float) -> None:
     if self.bar is not None:
-      post = {"tok/s": f"{tokens_per_s:,.0f}"}
-      if loss is not None:
-        post["loss"] = f"{loss:.3f}"
-      self.bar.set_postfix(post, refresh=False)
+      self.bar.set_postfix({"tok/s": f"{tokens_per_s:,.0f}"}, refresh=False)
       self.bar.update(n)
 
   def close_bar(self) -> None:

@@ -23,7 +23,7 @@ from flax import nnx
 
 from bk_jax import distributed
 from bk_jax.runtime.memory import memory_usage
-from bk_jax.sharding import (batch_sharding, check_model_fits_mesh, data_parallel_size, make_mesh,
+from bk_jax.sharding import (check_model_fits_mesh, data_parallel_size, make_mesh,
                              put_replicated, shard_batch)
 from bk_jax.train import results as results_lib
 from bk_jax.train import attempts, rundir
@@ -89,7 +89,6 @@ class Trainer:
     self.graphdef, self.state, self.shardings, self.abstract = create_sharded_train_state(
         lambda: build_model(cfg.model, rngs=nnx.Rngs(cfg.seed)), self.tx, self.mesh)
     self.n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state.params))
-    self.batch_sharding = batch_sharding(self.mesh)
     self.ckpt = Checkpoints(self.save_dir, keep=cfg.checkpoint.keep)
     self.started = run_info.utc_now()
     self.data_identity = self._data_identity()
@@ -107,7 +106,6 @@ class Trainer:
     self._pending = None
     self._diverged = False
     self._gstep = 0
-    self._rep = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self._stop_signal = threading.Event()
     self._signal_name = "SIGTERM"
     self._t_epoch = None  # perf_counter at the start of the current epoch (None between lengths)
@@ -230,7 +228,7 @@ class Trainer:
         t_log, n_log = now, 0
         self._pending = (metrics, dict(step=gstep, epoch=epoch, seq_len=plan.seq_len,
                                        step_time=step_time, tokens_per_s=tps))
-      self.console.update_bar(1, tps, None)
+      self.console.update_bar(1, tps)
       if self.on_step is not None:
         self.on_step(gstep)
       if epoch_end:
