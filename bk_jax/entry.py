@@ -36,7 +36,7 @@ def run(config: ml_collections.ConfigDict, *, on_step: Callable[[int], None] | N
     return train(config, on_step=on_step)
   from bk_jax.train.evaluate import NO_CHECKPOINT
   if config.eval.streaming:
-    from bk_jax.eval.checkpoint import list_checkpoints
+    from bk_jax.eval.loading import list_checkpoints
     from bk_jax.eval.streaming import run_streaming_eval
     if not list_checkpoints(config.save_dir):  # the streaming loader's hint names another script
       raise ConfigError(NO_CHECKPOINT.format(os.path.abspath(config.save_dir)))

@@ -194,7 +194,7 @@ def state_shardings(state: Any, mesh: jax.sharding.Mesh) -> Any:
   return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def batch_spec(mesh: jax.sharding.Mesh | None = None) -> P:
+def batch_spec() -> P:
   """Batches (B, N): the "activation_batch" and "activation_length" rules (by default B over
   (data, fsdp), N over sequence)."""
   return P(LOGICAL_AXIS_RULES.get("activation_batch"), LOGICAL_AXIS_RULES.get("activation_length"))
@@ -222,7 +222,7 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
-  return NamedSharding(mesh, batch_spec(mesh))
+  return NamedSharding(mesh, batch_spec())
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

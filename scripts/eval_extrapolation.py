@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     if path is not None:
       config = load_config(path)
     elif args.checkpoint_dir:
-      from bk_jax.eval.checkpoint import resolved_meta
+      from bk_jax.eval.loading import resolved_meta
       config = fill_missing_fields(
           ml_collections.ConfigDict(resolved_meta(args.checkpoint_dir, args.checkpoint)["config"]))
     else:

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     args, unknown = parser().parse_known_args(rest)
     if unknown:
       raise ConfigError(f"unrecognised arguments: {' '.join(unknown)}")
-    from bk_jax.eval.checkpoint import resolved_meta
+    from bk_jax.eval.loading import resolved_meta
     if path is not None:
       config = load_config(path)
       save_dir = args.checkpoint_dir or config.save_dir

@@ -51,6 +51,9 @@ def main(argv=None) -> int:
   p.add_argument("--target_platform", default="gpu", help="resolves resolvent_method 'auto'")
   p.add_argument("--out", default=os.path.join("results", "plan_memory"))
   argv = sys.argv[1:] if argv is None else list(argv)
+  if any(a in ("-h", "--help") for a in argv):
+    p.print_help()
+    return 0
   sys.path.insert(0, ROOT)
   from bk_jax.train.cli import parse_config_args
   from bk_jax.train.config_validation import ConfigError

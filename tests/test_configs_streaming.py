@@ -26,7 +26,7 @@ import pytest
 from flax import nnx
 
 from bk_jax import data as bk_data
-from bk_jax.eval.checkpoint import load_checkpoint
+from bk_jax.eval.loading import load_checkpoint
 from bk_jax.eval.streaming import run_streaming_eval
 from bk_jax.train.cli import load_config
 from bk_jax.train.loop import run

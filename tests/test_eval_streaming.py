@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bk_jax.eval.checkpoint import EvalError, load_checkpoint, resolve_checkpoint
+from bk_jax.eval.loading import EvalError, load_checkpoint, resolve_checkpoint
 from bk_jax.eval.streaming import StreamingEvaluator, run_streaming_eval, text_chunks
 from bk_jax.models import build_model, default_model_config
 

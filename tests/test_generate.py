@@ -116,7 +116,7 @@ def test_bad_arguments_are_one_line_errors():
 
 def test_generate_script_on_a_trained_run(tmp_path, capsys):
   from bk_jax.eval.generate import generate_text
-  from bk_jax.eval.checkpoint import load_checkpoint
+  from bk_jax.eval.loading import load_checkpoint
   from bk_jax.train.loop import run
   from tiny_configs import tiny_config, write_pattern_corpus
 

@@ -8,7 +8,7 @@ import jax
 import pytest
 from ml_collections import ConfigDict
 
-from bk_jax.eval.checkpoint import merged_config
+from bk_jax.eval.loading import merged_config
 from bk_jax.models import default_model_config, execution_paths, validate_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -136,7 +136,7 @@ def test_every_checkpoint_damaged_starts_from_scratch(base_run, tmp_path, capsys
 
 @pytest.mark.parametrize("how,what", [("truncated", "truncated"), ("deleted_file", "missing or")])
 def test_eval_names_a_damaged_checkpoint(base_run, tmp_path, how, what):
-  from bk_jax.eval.checkpoint import EvalError, load_checkpoint
+  from bk_jax.eval.loading import EvalError, load_checkpoint
 
   cfg, _ = _copy(base_run, tmp_path)
   _damage(os.path.join(cfg.save_dir, "checkpoints", "8"), how, every_file=True)  # params included
@@ -150,7 +150,7 @@ def test_eval_names_a_damaged_checkpoint(base_run, tmp_path, how, what):
 def test_latest_checkpoint_deleted_between_pick_and_load_is_picked_again(base_run, tmp_path, monkeypatch):
   """The keep-N retention of a live run removes the picked checkpoint right after the pick (the
   deletion is real, injected at the moment the race would hit): the next newest is loaded."""
-  from bk_jax.eval import checkpoint as eval_ckpt
+  from bk_jax.eval import loading as eval_ckpt
 
   cfg, _ = _copy(base_run, tmp_path)
   real, deleted = eval_ckpt.read_meta, []
@@ -171,7 +171,7 @@ def test_latest_checkpoint_deleted_between_pick_and_load_is_picked_again(base_ru
 def test_eval_of_a_live_run_reads_a_stable_checkpoint(corpus, tmp_path):
   """A trainer saving every step and keeping one checkpoint deletes them continuously; loading
   "latest" meanwhile must always succeed (before the retry, about half of such loads failed)."""
-  from bk_jax.eval.checkpoint import load_checkpoint
+  from bk_jax.eval.loading import load_checkpoint
 
   cfg = tiny_config(str(tmp_path / "run"), *corpus, steps=100_000)
   cfg.checkpoint.every_steps, cfg.checkpoint.keep = 1, 1

@@ -60,7 +60,7 @@ def test_eval_curves_in_tensorboard_and_json(eval_run):
 
 def test_best_checkpoint_is_the_min_eval_loss_step(eval_run):
   from bk_jax import data as bk_data
-  from bk_jax.eval.checkpoint import load_checkpoint
+  from bk_jax.eval.loading import load_checkpoint
   from bk_jax.train.step import masked_cross_entropy
 
   cfg, res = eval_run

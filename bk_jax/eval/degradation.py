@@ -13,7 +13,7 @@ from typing import Callable
 
 import ml_collections
 
-from bk_jax.eval.checkpoint import (EvalError, diverged_lengths, load_checkpoint, per_length_checkpoints,
+from bk_jax.eval.loading import (EvalError, diverged_lengths, load_checkpoint, per_length_checkpoints,
                                     read_meta)
 
 

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from bk_jax.eval.checkpoint import EvalError, load_checkpoint
+from bk_jax.eval.loading import EvalError, load_checkpoint
 from bk_jax.eval.streaming import DEFAULT_SUB_CHUNK, StreamingEvaluator
 
 DEFAULT_LENGTHS = tuple(2 ** k for k in range(6, 21))

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from bk_jax.eval.checkpoint import EvalError, load_checkpoint
+from bk_jax.eval.loading import EvalError, load_checkpoint
 
 
 def tokenizer_of(config):
@@ -34,7 +34,7 @@ def generate_text(save_dir: str, prompt: str, *, max_new_tokens: int = 200, temp
     save_dir: the run directory.
     prompt: text (may be empty: generation then starts from the end-of-document token).
     max_new_tokens, temperature, top_k, top_p, seed: the sampling rule.
-    checkpoint: which checkpoint (`bk_jax.eval.checkpoint.resolve_checkpoint`; default latest).
+    checkpoint: which checkpoint (`bk_jax.eval.loading.resolve_checkpoint`; default latest).
     num_samples: independent continuations (one batch).
   Returns:
     dict(checkpoint, prompt, samples (decoded continuations), tokens (their ids),

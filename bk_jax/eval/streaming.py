@@ -36,7 +36,7 @@ from bk_jax.runtime.jsonio import write_json
 from bk_jax.runtime.memory import memory_usage
 from bk_jax.runtime.metrics import perplexity
 from bk_jax.eval.buckets import DEFAULT_EDGES, bucket_table, check_edges, format_bucket_table
-from bk_jax.eval.checkpoint import EvalError, diverged_lengths, load_checkpoint
+from bk_jax.eval.loading import EvalError, diverged_lengths, load_checkpoint
 
 #: Sub-chunk of the lax.scan inside a chunk: on the 2-core CPU 1k-token pieces run ~2x faster
 #: than one 4k-16k piece (activations stay in cache); configs/base.py's config.eval.sub_chunk.

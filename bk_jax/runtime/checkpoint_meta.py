@@ -1,7 +1,7 @@
 """What makes a checkpoint fit a model, and how a damaged checkpoint is recognised.
 
 Shared by the trainer's resume (bk_jax.train.checkpoint) and evaluation's loader
-(bk_jax.eval.checkpoint), which must agree on both.
+(bk_jax.eval.loading), which must agree on both.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import re
 
 #: Model fields that fix the parameter shapes/structure: a checkpoint only restores into a model
-#: with the same values (used by the trainer's resume and by bk_jax.eval.checkpoint).
+#: with the same values (used by the trainer's resume and by bk_jax.eval.loading).
 ARCH_FIELDS = ("kind", "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "use_semiseparable",
                "semiseparable_rank", "use_scattering_router", "num_experts", "router", "top_k",
                "scan_layers", "prime_bump", "prime_bump_scale", "param_dtype",

@@ -33,7 +33,7 @@ from bk_jax.train.checkpoint import Checkpoints
 from bk_jax.train.config_validation import ConfigError, validate_config
 from bk_jax.train import run_info
 from bk_jax.runtime.memory import memory_usage
-from bk_jax.train.logging import Console
+from bk_jax.train.console import Console
 from bk_jax.train.metrics import MetricWriter, memory_scalars
 from bk_jax.runtime.metrics import perplexity
 from bk_jax.train.monitors import MonitorState, WindowStats

@@ -81,7 +81,7 @@ class MetricWriter:
   Args:
     save_dir: the run directory (absolute); event files go directly into it.
     tensorboard: write event files (process 0 only).
-    console: a `bk_jax.train.logging.Console` (prints the one-line summaries).
+    console: a `bk_jax.train.console.Console` (prints the one-line summaries).
     meta: callable returning the dict that holds the histories (the trainer's checkpointed
       meta, which a restore replaces).
   """
