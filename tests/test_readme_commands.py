@@ -55,9 +55,49 @@ def _config_of(args: list[str]) -> str | None:
   return next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--config"), None)
 
 
+#: one CPU device, the bundled text with bytes: for the scale configs (FSDP meshes, BPE on a corpus
+#: README points at /data/...)
+ONE_DEVICE = ["--config.mesh.data=-1", "--config.mesh.fsdp=1", "--config.mesh.tensor=1",
+              "--config.mesh.sequence=1"]
+LOCAL_TEXT = ["--config.data.dataset=text", f"--config.data.path={PLACEHOLDERS['FILE']}",
+              "--config.data.tokenizer=byte", "--config.model.dtype=float32"]
+
+
+def _local(args):
+  """Paths outside the scratch directory (/data/..., /checkpoints/...) become local ones."""
+  out, extra = [], []
+  for a in args:
+    key, _, val = a.partition("=")
+    if key == "--config.data.path" and os.path.isabs(val):
+      extra = LOCAL_TEXT
+      continue
+    if key == "--config.save_dir" and os.path.isabs(val):
+      a = f"{key}=runs/{os.path.basename(val)}"
+    out.append(a)
+  return out, extra
+
+
 def _train(args):
   cfg = _config_of(args)
-  return Reduced(("scripts/train.py", *args, *TINY), slow=cfg != "configs/quickstart.py")
+  args, extra = _local(args)
+  return Reduced(("scripts/train.py", *args, *TINY, *ONE_DEVICE, *extra),
+                 slow=cfg != "configs/quickstart.py")
+
+
+def _generate(args):
+  args = [re.sub(r"checkpoint_seq\d+_(final|best)", r"checkpoint_seq64_\1", a) for a in args]
+  run = args[args.index("--checkpoint_dir") + 1]
+  return Reduced(("scripts/generate.py", *args, "--max_new_tokens", "8"), slow=True, needs=run)
+
+
+def _plan_memory(args):
+  # a tiny model of the same config file on at most 8 fake devices (a mesh axis over 2 -> 2)
+  args = [re.sub(r"=(\d+)", lambda m: "=" + str(min(int(m.group(1)), 2)), a) if i and args[i - 1] == "--mesh"
+          else a for i, a in enumerate(args)]
+  return Reduced(("scripts/plan_memory.py", *args, "--config.model.d_model=64",
+                  "--config.model.n_layers=2", "--config.model.n_heads=4", "--config.model.d_ff=128",
+                  "--config.model.transformer.n_heads=2", "--config.train.tokens_per_batch=4096",
+                  "--seq_len", "1024", "--max_devices", "8", "--out", "results/plan_memory"), slow=True)
 
 
 def _train_long_context(args):
@@ -113,6 +153,8 @@ REDUCTIONS = {
         ("scripts/eval_extrapolation.py", *args, *TINY, "--max_log2", "7", "--samples", "4",
          "--token_budget", "1024", "--no_progress"), slow=True),
     "scripts/quality_anchor.py": _quality_anchor,
+    "scripts/generate.py": _generate,
+    "scripts/plan_memory.py": _plan_memory,
     "scripts/benchmark.py": lambda args: Reduced(
         ("scripts/benchmark.py", *args, "--quick", "--kinds", "resnet_bk")
         if "--suite" not in args else ("scripts/benchmark.py", *args, "--quick"), slow=True),
@@ -175,13 +217,30 @@ def readme_commands(text: str) -> list[tuple[str, str]]:
   return cmds
 
 
+#: launchers README wraps a command in (multi-host); the reduced run is the inner command alone
+LAUNCHERS = ("srun", "mpirun", "exec", "env")
+
+
 def split_command(cmd: str) -> tuple[str, list[str]]:
-  """(script key, args) of one README command; the install steps of a fresh-machine line dropped."""
+  """(script key, args) of one README command.
+
+  The install steps of a fresh-machine line, `VAR=value` prefixes and launchers (`srun bash -c
+  '...'`, `exec`) are dropped: what remains must be one `python ...` command, else KeyError.
+  """
   parts = [p.strip() for p in cmd.split("&&")]
   rest = [p for p in parts if not re.match(r"^(python3? -m venv|\. |source |pip install)", p)]
-  assert len(rest) == 1, f"one command expected after the install steps: {cmd!r}"
+  if len(rest) != 1:
+    raise KeyError(f"README command {cmd!r}: one command expected after the install steps")
   argv = shlex.split(rest[0], comments=True)
-  assert argv[0] in ("python", "python3"), cmd
+  while argv and argv[0] not in ("python", "python3"):
+    if argv[0] in LAUNCHERS or re.match(r"^[A-Z_][A-Z0-9_]*=", argv[0]):
+      argv = argv[1:]
+    elif argv[:2] in (["bash", "-c"], ["sh", "-c"]) and len(argv) == 3:
+      argv = shlex.split(argv[2], comments=True)
+    else:
+      raise KeyError(f"README command {cmd!r}: not a python command")
+  if not argv:
+    raise KeyError(f"README command {cmd!r}: not a python command")
   argv = [PLACEHOLDERS.get(a, a) for a in argv[1:]]
   if argv[0] == "-m":
     return f"-m {argv[1]}", argv[2:]
