@@ -74,6 +74,7 @@ def main(argv=None) -> int:
       config.logging.progress_bar = False
 
     from bk_jax.eval.streaming import run_streaming_eval, write_json
+    from bk_jax.provenance import stamped
     out = run_streaming_eval(config, args.checkpoint, config_is_explicit=path is not None,
                              output=args.output)
     per_length = None
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
                                        progress=not args.no_progress)
       print("Loss vs training length:\n" + format_per_length(per_length))
       out["per_length"] = per_length
-      write_json(out["output"], out)
+      write_json(out["output"], stamped(out))
     if args.plot or per_length:
       from bk_jax.eval.plots import plot_degradation
       png = args.plot or os.path.splitext(out["output"])[0] + ".png"
