@@ -34,6 +34,7 @@ CASES = [(k, {}) for k in KINDS] + [("resnet_bk", dict(scan_layers=True, remat="
                                     ("resnet_bk", dict(use_scattering_router=True, router="learned"))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,overrides", CASES)
 def test_greedy_equals_argmax_of_full_forward(kind, overrides):
   model = _tiny(kind, **overrides)

@@ -48,6 +48,7 @@ def test_causal(variant):
   assert np.abs(np.asarray(a[:, j:] - b[:, j:])).max() > 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_streaming_chunks_equal_full(variant):
   model = make(variant)
@@ -101,6 +102,7 @@ def test_config_validation(bad, msg):
     validate_model_config(tiny_config("resnet_bk", **bad))
 
 
+@pytest.mark.slow
 def test_green_mixer_trains_the_same_on_a_sequence_parallel_mesh():
   """Green + conv + gate: 3 train steps on mesh sequence=8 (and data 2 x sequence 4) equal one
   device (tests/sharding_checks.py, 8 fake CPU devices)."""

@@ -87,6 +87,7 @@ def _train(cfg, batches):
   return np.array(losses), params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(KINDS))
 def test_bf16_training_curve_matches_f32(variant):
   batches = _text_batches(STEPS)

@@ -133,6 +133,7 @@ def test_causality_bit_identical(method):
       assert np.all(y[:, j] != base[:, j])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_carry_chaining_values_and_gradients(method):
   rng = np.random.default_rng(24)
@@ -171,6 +172,7 @@ def test_carry_chaining_values_and_gradients(method):
       np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_bounded_at_65536_with_extreme_inputs(method):
   """|y_i[k]| <= ||x_{0..i}[k]||_2 / min_{j<=i} Im z_j at N = 65,536, |v| up to 1e6."""
@@ -195,6 +197,7 @@ def test_bounded_at_65536_with_extreme_inputs(method):
   assert np.all(np.abs(y) <= norm / eta_min[..., None] * (1 + 1e-4))
 
 
+@pytest.mark.slow
 def test_methods_agree():
   rng = np.random.default_rng(26)
   v, x, t, z = problem(rng, (2,), 4096, 3, 4)

@@ -60,6 +60,7 @@ def test_matches_dense_float32_and_broadcast_batch(method):
   assert rel_err(g, expected) <= 2e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("t_pos,z_pos", KINDS)
 def test_gradients_match_finite_differences(method, t_pos, z_pos):
@@ -137,6 +138,7 @@ def test_causality_bit_identical(method):
       assert np.all(g[:, j] != base[:, j])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_carry_chaining_values_and_gradients(method):
   """Chunks chained through the carry (t_0 of a chunk = bond to the previous chunk) == one call."""

@@ -38,6 +38,7 @@ def test_benchmark_quick(tmp_path):
   assert os.path.getsize(tmp_path / "benchmark.png") > 0
 
 
+@pytest.mark.slow
 def test_ablations_quick(tmp_path, corpus):
   _script("ablations").main(["--quick", "--only", "base,bs_monitors", "--quality_steps", "2",
                              "--data", corpus, "--out", str(tmp_path)])
@@ -46,6 +47,7 @@ def test_ablations_quick(tmp_path, corpus):
   assert all(r["quality_val_loss"] > 0 for r in rows)
 
 
+@pytest.mark.slow
 def test_compare_stability_quick(tmp_path, corpus):
   res = _script("compare_stability").main(["--quick", "--kinds", "resnet_bk,mamba", "--lengths", "16",
                                            "--data", corpus, "--out", str(tmp_path)])

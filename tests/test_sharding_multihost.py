@@ -15,6 +15,7 @@ def test_two_processes_match_single_process_loss():
     assert max(abs(a - b) for a, b in zip(r["losses"], single["losses"])) <= 1e-5, (r, single)
 
 
+@pytest.mark.slow
 def test_two_processes_fsdp_x_sequence_match_single_device():
   """2 processes x 2 devices on mesh fsdp=2 x sequence=2 (sequence-parallel BK core across
   devices, fsdp across processes): losses equal the one-device run."""

@@ -65,11 +65,13 @@ def test_logical_rules():
   del jax
 
 
+@pytest.mark.slow
 def test_sequence_sharded_selective_causal_diag_matches_unsharded():
   """Per-position hopping and z, meshes (1 x 8) and (2 x 4): forward, carry and gradients."""
   _assert_close(run_check("selective", "diag", "float32"), 2e-5, 2e-5)
 
 
+@pytest.mark.slow
 def test_sequence_sharded_causal_green_matches_unsharded():
   """causal_green with per-position hopping and z on meshes (1 x 8) and (2 x 4): y, carry
   (g, y) and gradients w.r.t. v, hopping, z, x and the carry equal the single-device op."""

@@ -51,6 +51,7 @@ def _batches(n=2, b=8, seq=24, vocab=64):
   return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["resnet_bk", "transformer"])
 def test_accum_4_equals_accum_1(kind):
   batches = _batches()
