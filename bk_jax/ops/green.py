@@ -82,23 +82,9 @@ def causal_green_local(
     method: kernels.Method = "scan",
     chunk_size: int = kernels.DEFAULT_CHUNK,
 ) -> tuple[jax.Array, GreenCarry]:
-  """Values mixed by the prefix resolvent row: y_i = sum_{j<=i} [(H_{0..i} - z)^{-1}]_{ij} x_j.
+  """`bk_jax.ops.resolvent.causal_green` on one device: same arguments, same (y, carry); see there.
 
-  Args:
-    v: real potentials (..., N, H). float64 input computes in complex128.
-    x: values (..., N, H, d), real or complex.
-    hopping: t > 0 per head (H,) or per position (..., N, H) (the bond between i-1 and i; a
-      call's first entry is the bond to the previous call's last position, used with a carry).
-    z: complex shifts, Im z > 0, per head (H,) or per position (..., N, H).
-    carry: (g_last (..., H), y_last (..., H, d)) from the previous call, or None (fresh start).
-      Chaining calls through it equals one call on the concatenated sequence.
-    method: "auto", "scan", "associative" or "chunked", as for `kernels.causal_diag` (the
-      affine scan for y uses the matching sequential / associative / chunked form).
-    chunk_size: chunk length for method="chunked".
-
-  Returns:
-    (y, carry): y complex (..., N, H, d); carry GreenCarry(g (..., H), y (..., H, d)) at the
-    last position. Differentiable w.r.t. v, x, hopping, z and the carry.
+  g comes from the resolvent kernels (exact VJP), y from `linear_scan` over (c = -t g, b = g x).
   """
   method = kernels.resolve_method(method)
   v = jnp.asarray(v)

@@ -336,24 +336,7 @@ def causal_diag_local(
     method: Method = "scan",
     chunk_size: int = DEFAULT_CHUNK,
 ) -> tuple[jax.Array, jax.Array]:
-  """Causal prefix resolvent diagonal g_i = [(H_{0..i} - diag(z))^{-1}]_{ii}.
-
-  Args:
-    v: real potentials, shape (..., N, H). float64 input computes in complex128.
-    hopping: t > 0 per head (H,) or per position (..., N, H) (DESIGN §2.9): hopping[..., i, h]
-      is the bond between positions i-1 and i. Position 0's bond joins the previous call's last
-      position (it only matters with a carry; without one it is ignored).
-    z: complex shifts with Im z > 0, per head (H,) or per position (..., N, H).
-    carry: (..., H) complex, g at the last position of the previous call (None: fresh start).
-      Chaining calls with the returned carry equals one call on the concatenated sequence.
-    method: "auto", "scan", "associative" or "chunked" (see module docstring); all give the
-      same g; "auto" is `resolve_method("auto")`.
-    chunk_size: chunk length for method="chunked".
-
-  Returns:
-    (g, carry): g complex (..., N, H); carry complex (..., H) = g[..., -1, :]. Gradients
-    w.r.t. v, hopping, z and carry are exact (per-head parameters sum over batch and positions).
-  """
+  """`bk_jax.ops.resolvent.causal_diag` on one device: same arguments, same (g, carry); see there."""
   method = resolve_method(method)
   if v.ndim < 2:
     raise ValueError(f"v must have shape (..., N, H); got {v.shape}")

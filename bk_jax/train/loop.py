@@ -374,7 +374,7 @@ class Trainer:
       with contextlib.suppress(Exception):
         self.ckpt.close()
       with contextlib.suppress(Exception):
-        self.tb.close()
+        self.writer.close()
       raise
     finally:
       if self.lock is not None:
