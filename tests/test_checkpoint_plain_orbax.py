@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = r"""
 import json, sys
 import jax, numpy as np
-sys.path.insert(0, {repo!r})
+sys.path[:0] = [{repo!r}, {repo!r} + "/tests"]
 from bk_jax.train.loop import Trainer
 from tiny_configs import tiny_config, write_pattern_corpus
 
