@@ -82,6 +82,8 @@ def shrink(config: ml_collections.ConfigDict, corpus: tuple[str, str], save_dir:
   if t.tokens_per_batch > 0:
     t.tokens_per_batch = 64
   t.warmup_steps, t.log_interval = 1, 1
+  # one CPU device: the configs' meshes (fsdp x sequence for the 1B/7B files) collapse to it
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor, c.mesh.sequence = -1, 1, 1, 1
   c.checkpoint.every_steps = 1000  # only the final checkpoints
   c.logging.tensorboard, c.logging.progress_bar, c.logging.console = False, False, False
   return c
