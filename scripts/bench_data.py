@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bk_jax.data import cli_errors, default_data_config, load_corpus, vocab_size
 from bk_jax.data import bench
-from bk_jax.provenance import stamped
+from bk_jax.runtime.provenance import stamped
 
 
 def main() -> None:

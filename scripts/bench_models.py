@@ -28,7 +28,7 @@ import json
 import jax
 
 # The step, model sizing and timing live in bk_jax.reports.throughput (shared with scripts/benchmark.py).
-from bk_jax.provenance import stamped
+from bk_jax.runtime.provenance import stamped
 from bk_jax.reports.throughput import bench_one, matched_layers, model_config, param_count
 
 

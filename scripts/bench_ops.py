@@ -23,7 +23,7 @@ import sys
 import jax
 
 from bk_jax.ops import resolvent
-from bk_jax.provenance import stamped
+from bk_jax.runtime.provenance import stamped
 # the timing of one causal_diag cell lives in bk_jax.reports (shared with the GPU suite)
 from bk_jax.reports.throughput import bench_resolvent as bench_one
 from bk_jax.reports.throughput import bytes_per_element, roofline_ns_per_element

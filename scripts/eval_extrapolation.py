@@ -77,7 +77,7 @@ def main(argv=None) -> int:
       run(config)
     from bk_jax.eval.extrapolation import run_extrapolation
     from bk_jax.eval.plots import plot_extrapolation
-    from bk_jax.provenance import stamped
+    from bk_jax.runtime.provenance import stamped
     lengths = tuple(2 ** k for k in range(args.min_log2, args.max_log2 + 1))
     out = run_extrapolation(config, args.checkpoint, lengths=lengths, samples=args.samples,
                             token_budget=args.token_budget, batch_size=args.batch_size,

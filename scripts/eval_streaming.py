@@ -74,7 +74,7 @@ def main(argv=None) -> int:
       config.logging.progress_bar = False
 
     from bk_jax.eval.streaming import run_streaming_eval, write_json
-    from bk_jax.provenance import stamped
+    from bk_jax.runtime.provenance import stamped
     out = run_streaming_eval(config, args.checkpoint, config_is_explicit=path is not None,
                              output=args.output)
     per_length = None

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={n_dev}")
   from bk_jax.data import batch_size_for
-  from bk_jax.provenance import command, stamped
+  from bk_jax.runtime.provenance import command, stamped
   from bk_jax.reports.memory_plan import format_plan, plan
   from bk_jax.train.config_validation import train_lengths
 

@@ -1,4 +1,4 @@
-"""Every results JSON records `command` and `machine` through one helper (bk_jax.provenance)."""
+"""Every results JSON records `command` and `machine` through one helper (bk_jax.runtime.provenance)."""
 
 import glob
 import json
@@ -45,11 +45,11 @@ def test_every_json_writer_stamps():
         continue
       if "stamped(" not in _call_text(src, m.end()):
         bad.append(f"{rel}:{src.count(chr(10), 0, m.start()) + 1}: {src[m.start():m.end() + 60]!r}")
-  assert not bad, "results JSON written without bk_jax.provenance.stamped:\n" + "\n".join(bad)
+  assert not bad, "results JSON written without bk_jax.runtime.provenance.stamped:\n" + "\n".join(bad)
 
 
 def test_stamped_fields():
-  from bk_jax.provenance import stamped
+  from bk_jax.runtime.provenance import stamped
   out = stamped(dict(a=1, command="kept"))
   assert out["a"] == 1 and out["command"] == "kept"
   m = out["machine"]

@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from bk_jax.runtime.devices import select_device
-from bk_jax.provenance import stamped
+from bk_jax.runtime.provenance import stamped
 from bk_jax.runtime.jsonio import write_json
 from bk_jax.runtime.memory import memory_usage
 from bk_jax.runtime.metrics import perplexity

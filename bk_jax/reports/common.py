@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 
-from bk_jax.provenance import command, machine, stamped  # noqa: F401 - command/machine re-exported
+from bk_jax.runtime.provenance import command, machine, stamped  # noqa: F401 - command/machine re-exported
 from bk_jax.runtime.jsonio import write_json as write_json_file
 
 

@@ -5,6 +5,7 @@
 * `metrics`: host-side metric helpers (`perplexity`).
 * `memory`: memory figures named by what they measure (device peak since start, host RSS).
 * `jsonio`: JSON-safe conversion and atomic JSON writes.
+* `provenance`: the command line and machine stamped into every results JSON.
 * `checkpoint_meta`: what makes a checkpoint fit a model (architecture fields, config
   differences) and how a damaged checkpoint is recognised.
 """

@@ -19,7 +19,7 @@ import sys
 
 import jax
 
-from bk_jax.provenance import machine
+from bk_jax.runtime.provenance import machine
 
 #: Version of the results-JSON layout (README "Results file"); bump on any incompatible change.
 SCHEMA_VERSION = 2
