@@ -16,6 +16,8 @@ Variants (everything else = the base ResNet-BK of --d_model/--n_layers/--n_heads
   green                     bk_mixer="green" (values mixed by the prefix resolvent row)
   green_conv_gate           green + conv + gate
   green_all                 green + conv + gate + selective shift and coupling
+  green_keyed               green_all with key (x) value states read by queries (bk_key_dim=8:
+                            8 x d_head per head, Mamba's B_t/C_t role) and eta_min=1e-3 (memory)
 Baselines (--baselines mamba,transformer): the same training at parameters matched to base
 (layers matched, bk_jax.reports.runs.match_params), timed the same way.
 Speed: one jitted AdamW step per variant (bk_jax.reports.throughput.bench_one; same step as
@@ -55,7 +57,9 @@ def variants(heads: list[int]) -> dict[str, dict]:
             "sel_shift": {"selective_shift": True}, "sel_coupling": {"selective_coupling": True},
             "green": green, "green_conv_gate": {**green, "bk_conv": True, "bk_gate": True},
             "green_all": {**green, "bk_conv": True, "bk_gate": True, "selective_shift": True,
-                          "selective_coupling": True}})
+                          "selective_coupling": True},
+            "green_keyed": {**green, "bk_key_dim": 8, "bk_conv": True, "bk_gate": True,
+                            "selective_shift": True, "selective_coupling": True, "eta_min": 1e-3}})
   return v
 
 

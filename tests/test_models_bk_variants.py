@@ -10,6 +10,7 @@ from flax import nnx
 
 from bk_jax.models import build_model, validate_model_config
 from bk_jax.models.bk_mixers import BKVariantBlock, causal_conv
+import dense_reference as ref
 from test_models_interface import V, tiny_config, tokens
 
 VARIANTS = {
@@ -21,6 +22,7 @@ VARIANTS = {
     "green_conv_gate": dict(bk_mixer="green", bk_head_dim=4, bk_conv=True, bk_gate=True),
     "green_all": dict(bk_mixer="green", bk_head_dim=4, bk_conv=True, bk_gate=True,
                       selective_shift=True, selective_coupling=True),
+    "green_keyed": dict(bk_mixer="green", bk_head_dim=4, bk_key_dim=3, bk_conv=True, bk_gate=True),
     "green_scan_layers": dict(bk_mixer="green", bk_head_dim=4, bk_conv=True, scan_layers=True),
 }
 
@@ -65,6 +67,26 @@ def test_streaming_chunks_equal_full(variant):
   np.testing.assert_allclose(np.concatenate(outs, 1), np.asarray(full), rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize("selective", [False, True])
+def test_keyed_green_mixer_matches_dense_float64(selective):
+  """o_i = sum_{j<=i} [(H_{0..i} - z)^{-1}]_{ij} (q_i . k_j) x_j against dense Jacobi inverses."""
+  cfg = tiny_config("resnet_bk", bk_mixer="green", bk_head_dim=3, bk_key_dim=2,
+                    selective_shift=selective, selective_coupling=selective)
+  blk = build_model(cfg).blocks[0]
+  if selective:  # make the per-position operator really vary
+    for w in (blk.w_e, blk.w_eta, blk.w_t):
+      w.kernel[...] = 0.3 * jax.random.normal(jax.random.key(1), w.kernel[...].shape)
+  uc = jax.random.normal(jax.random.key(0), (2, 9, cfg.d_model))
+  v = jax.random.normal(jax.random.key(2), (2, 9, cfg.n_heads))
+  hopping, z, _ = blk._operator(uc)
+  got, _ = blk.green_mix(uc, v, hopping, z, blk.init_carry(2)["res"])
+  heads = lambda w, k: np.asarray(uc @ w.kernel[...], np.float64).reshape(2, 9, cfg.n_heads, k)
+  x, k, q = heads(blk.w_x, 3), heads(blk.w_k, 2), heads(blk.w_q, 2)
+  rows = ref.prefix_rows(np.asarray(v), np.asarray(hopping), np.asarray(z))  # (B, i, j, H)
+  want = np.einsum("bijh,bihn,bjhn,bjhd->bihd", rows, q, k, x)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-5 * np.abs(want).max())
+
+
 def test_causal_conv_matches_numpy_and_streams():
   rng = np.random.default_rng(0)
   u = rng.normal(size=(2, 9, 3)).astype(np.float32)
@@ -95,6 +117,8 @@ def test_selective_shift_keeps_im_z_above_eta_min_at_extreme_inputs():
 @pytest.mark.parametrize("bad,msg", [
     (dict(bk_mixer="dense"), "bk_mixer"),
     (dict(bk_head_dim=0), "bk_head_dim"),
+    (dict(bk_key_dim=2), "bk_key_dim"),
+    (dict(bk_mixer="green", bk_key_dim=-1), "bk_key_dim"),
     (dict(bk_conv=True, use_semiseparable=True), "variant block"),
 ])
 def test_config_validation(bad, msg):

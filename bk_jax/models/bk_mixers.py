@@ -10,6 +10,11 @@ block (`bk.BKBlock`, which stays unchanged). Per block, with u = RMSNorm(x) (B, 
          `selective_shift` (DESIGN §2.9: Im z_i >= eta_min for every input), else per head
     "diag"  (bk_mixer):  g = causal_diag(v; t, z),          f = [Re eta g, Im eta g]   (2H)
     "green" (bk_mixer):  y = causal_green(v, W_x u'; t, z), f = [Re eta y, Im eta y]   (2 H d_head)
+      with `bk_key_dim` n > 0 the values are outer products k_j (x) x_j (keys k = W_k u', n per
+      head) and the row is read by queries q = W_q u':  o_i = q_i . y_i = sum_{j<=i} G_ij
+      (q_i . k_j) x_j,  f = [Re eta o, Im eta o]  (2 H d_head): the Green's function is the
+      causal, data-dependent decay and q . k chooses what is recalled (Mamba's B_t / C_t role;
+      a state of n x d_head per head)
     m  = W_o f,  times silu(W_gate u) if `bk_gate`
     x' = x + FFN(u) + scale * m
 
@@ -17,7 +22,7 @@ DESIGN §2.10: y_i = sum_{j<=i} G^{(i)}_{ij} x_j is the prefix resolvent's last 
 per-head values x_j (d_head of them), so the state is a vector of d_head per head instead of one
 number; ||r_i|| <= 1/eta bounds y for bounded values. With a per-position shift the scale is the
 per-position eta_i (|eta_i g_i| <= eta_i / eta_min). Streaming state: the resolvent carry
-(g_last (B, H) for "diag", (g_last, y_last (B, H, d_head)) for "green") and, with `bk_conv`, the
+(g_last (B, H) for "diag", (g_last, y_last (B, H, n * d_head)) for "green", n = 1 without keys) and, with `bk_conv`, the
 last CONV_WIDTH - 1 block inputs (B, 3, d_model). Nothing depends on the sequence length.
 """
 
@@ -61,7 +66,7 @@ class BKVariantBlock(nnx.Module):
 
   Args (constructor):
     cfg: the model ConfigDict (d_model, n_heads, d_ff, n_layers, eta_min, resolvent_method,
-      bk_mixer, bk_head_dim, selective_shift, selective_coupling, bk_conv, bk_gate).
+      bk_mixer, bk_head_dim, bk_key_dim, selective_shift, selective_coupling, bk_conv, bk_gate).
   """
 
   def __init__(self, cfg: Any, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
@@ -71,6 +76,9 @@ class BKVariantBlock(nnx.Module):
     self.n_heads, self.eta_min, self.method, self.dtype = h, cfg.eta_min, cfg.resolvent_method, dtype
     self.green = cfg.bk_mixer == "green"
     self.head_dim = int(cfg.bk_head_dim) if self.green else 0
+    self.key_dim = int(cfg.bk_key_dim) if self.green else 0
+    # values per head inside the resolvent: k (x) x when keyed, else x itself
+    self.state_dim = self.head_dim * max(self.key_dim, 1)
     self.use_conv, self.use_gate = bool(cfg.bk_conv), bool(cfg.bk_gate)
     self.sel_shift, self.sel_coupling = bool(cfg.selective_shift), bool(cfg.selective_coupling)
     self.d_model = d
@@ -103,6 +111,9 @@ class BKVariantBlock(nnx.Module):
     if self.green:
       self.w_x = dense(d, h * self.head_dim, ("embed", "heads"), **kw)
       n_feat = 2 * h * self.head_dim
+      if self.key_dim:
+        self.w_k = dense(d, h * self.key_dim, ("embed", "heads"), **kw)
+        self.w_q = dense(d, h * self.key_dim, ("embed", "heads"), **kw)
     self.w_o = dense(n_feat, d, ("heads", "embed"), scale=out_scale, **kw)
     if self.use_gate:
       self.w_gate = dense(d, d, ("embed", "mlp"), **kw)
@@ -113,7 +124,7 @@ class BKVariantBlock(nnx.Module):
     """Fresh-sequence streaming state {"res": resolvent carry[, "conv": (B, 3, d_model)]}."""
     g = jnp.zeros((batch_size, self.n_heads), jnp.complex64)
     res = resolvent.GreenCarry(
-        g, jnp.zeros((batch_size, self.n_heads, self.head_dim), jnp.complex64)) if self.green else g
+        g, jnp.zeros((batch_size, self.n_heads, self.state_dim), jnp.complex64)) if self.green else g
     carry = {"res": res}
     if self.use_conv:
       carry["conv"] = jnp.zeros((batch_size, CONV_WIDTH - 1, self.d_model), self.dtype)
@@ -135,6 +146,32 @@ class BKVariantBlock(nnx.Module):
     if self.sel_coupling and not self.sel_shift:
       e, eta = jnp.broadcast_to(e, hopping.shape), jnp.broadcast_to(eta, hopping.shape)
     return hopping, jax.lax.complex(e, eta), eta
+
+  def green_mix(self, uc: jax.Array, v: jax.Array, hopping: jax.Array, z: jax.Array, res_carry):
+    """The Green's-function mixer: values (or keyed values, read by queries) mixed by G.
+
+    Args:
+      uc: (B, N, d_model) block input after the optional conv.
+      v: (B, N, H) potentials; hopping, z: per head (H,) or per position (B, N, H).
+      res_carry: GreenCarry from the previous chunk (state (B, H, n * d_head) when keyed).
+
+    Returns:
+      (o complex (B, N, H, d_head), new GreenCarry): o_i = sum_{j<=i} G_ij x_j, or
+      sum_{j<=i} G_ij (q_i . k_j) x_j with keys.
+    """
+    heads = lambda w, k: per_token(w, uc).astype(jnp.float32).reshape(
+        *uc.shape[:-1], self.n_heads, k)
+    vals = heads(self.w_x, self.head_dim)  # (B, N, H, d_head)
+    if self.key_dim:
+      keys = heads(self.w_k, self.key_dim)  # (B, N, H, n)
+      vals = (keys[..., :, None] * vals[..., None, :]).reshape(*vals.shape[:-1], -1)
+    y, res_carry = resolvent.causal_green(v, vals, hopping=hopping, z=z, carry=res_carry,
+                                          method=self.method)
+    if self.key_dim:  # read each head's (n, d_head) state with its query
+      q = heads(self.w_q, self.key_dim)
+      y = jnp.einsum("...hn,...hnd->...hd", q, y.reshape(*y.shape[:-1], self.key_dim,
+                                                          self.head_dim))
+    return y, res_carry
 
   def __call__(self, x: jax.Array, carry, pos: jax.Array, bias: jax.Array | None):
     """One block over a chunk.
@@ -163,10 +200,7 @@ class BKVariantBlock(nnx.Module):
       v = v + bias[:, None]
     hopping, z, eta = self._operator(uc)
     if self.green:
-      vals = per_token(self.w_x, uc).astype(jnp.float32)
-      vals = vals.reshape(*vals.shape[:-1], self.n_heads, self.head_dim)
-      y, new_carry["res"] = resolvent.causal_green(v, vals, hopping=hopping, z=z,
-                                                   carry=carry["res"], method=self.method)
+      y, new_carry["res"] = self.green_mix(uc, v, hopping, z, carry["res"])
       ey = y * eta[..., None]
       feats = jnp.concatenate([jnp.real(ey), jnp.imag(ey)], axis=-1)  # (B, N, H, 2 d_head)
       feats = feats.reshape(*feats.shape[:-2], -1)

@@ -51,6 +51,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   # --- ResNet-BK block variants (bk_mixers.py, issue 14); all off = the seed block (bk.py) ---
   c.bk_mixer = "diag"  # "diag": features eta*g (seed) | "green": values mixed by G (DESIGN §2.10)
   c.bk_head_dim = 8  # "green": values per head (the vector state per head)
+  c.bk_key_dim = 0  # "green": > 0 stores key (x) value outer products read by queries (n per head)
   c.selective_shift = False  # per-position z_i from the input (DESIGN §2.9)
   c.selective_coupling = False  # per-position hopping t_i from the input (DESIGN §2.9)
   c.bk_conv = False  # width-4 causal depthwise conv (+ SiLU) on the block input, as Mamba's
@@ -116,6 +117,8 @@ def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
     need(cfg.bs_window > 0, "bs_window must be > 0")
     need(cfg.bk_mixer in BK_MIXERS, f"bk_mixer {cfg.bk_mixer!r} not in {BK_MIXERS}")
     need(cfg.bk_head_dim > 0, f"bk_head_dim must be positive, got {cfg.bk_head_dim}")
+    need(cfg.bk_key_dim >= 0, f"bk_key_dim must be >= 0, got {cfg.bk_key_dim}")
+    need(cfg.bk_key_dim == 0 or cfg.bk_mixer == "green", "bk_key_dim > 0 needs bk_mixer='green'")
     if uses_bk_variant(cfg):
       need(not (cfg.use_semiseparable or cfg.use_birman_schwinger or cfg.use_scattering_router),
            "bk_mixer='green', selective_shift, selective_coupling, bk_conv and bk_gate build the "
