@@ -22,8 +22,8 @@ import ml_collections
 from flax import nnx
 
 from bk_jax.models.config import default_model_config
-from bk_jax.runtime.checkpoint_meta import (ARCH_FIELDS, DATA_FIELDS, config_differences,  # noqa: F401
-                                            damage_reason, get_dotted)
+from bk_jax.runtime.checkpoint_meta import (DATA_FIELDS, config_differences,  # noqa: F401
+                                            damage_reason, get_dotted, upgrade_config)
 from bk_jax.runtime.errors import ConfigError
 
 #: How often a "latest" pick is retried when the trainer's retention removes it while loading.
@@ -112,8 +112,10 @@ def resolve_checkpoint(save_dir: str, checkpoint: str | int | None = None) -> st
 def check_compatible(config: ml_collections.ConfigDict, ckpt_config: ml_collections.ConfigDict,
                      path: str) -> None:
   """EvalError naming every architecture / tokenizer field where `config` differs."""
+  from bk_jax.models.kinds import arch_fields
+
   # vocab_size: the trainer sets it from the data; checked via the tokenizer and the data
-  diffs = config_differences(config, ckpt_config, skip=("vocab_size",))
+  diffs = config_differences(config, ckpt_config, arch_fields=arch_fields(), skip=("vocab_size",))
   if diffs:
     raise EvalError(f"config does not match checkpoint {path}: {'; '.join(diffs)} (pass the "
                     f"training config, or run scripts/eval_streaming.py --checkpoint_dir without "
@@ -135,6 +137,7 @@ def read_meta(path: str) -> dict:
   meta = dict(r["meta"] or {})
   if "config" not in meta:
     raise EvalError(f"checkpoint {path} has no config in its metadata (not written by bk_jax.train)")
+  meta["config"] = upgrade_config(meta["config"])  # old key names -> today's
   return meta
 
 
