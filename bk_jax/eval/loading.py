@@ -34,11 +34,8 @@ class EvalError(ConfigError):
   """A one-line evaluation error (missing checkpoint, config mismatch, ...); scripts exit 2."""
 
 
-#: Model fields that choose how the same parameters are computed: the caller's value wins.
-RUNTIME_FIELDS = ("resolvent_method", "remat", "dtype", "transformer.cache_window",
-                  "transformer.block_size", "transformer.attention", "mamba.chunk",
-                  "mamba.scan_method",
-                  "use_birman_schwinger")
+#: Model fields that choose how the same parameters are computed (the caller's value wins) are
+#: declared per kind: bk_jax.models.kinds.runtime_fields().
 
 
 @dataclasses.dataclass
@@ -143,6 +140,8 @@ def read_meta(path: str) -> dict:
 
 def merged_config(ckpt_config: dict, config: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
   """The checkpoint's config, with `config`'s eval section, data section and save_dir when given."""
+  from bk_jax.models.kinds import runtime_fields
+
   cfg = ml_collections.ConfigDict(ckpt_config)
   if config is not None:
     for k in ("eval", "data"):
@@ -150,13 +149,13 @@ def merged_config(ckpt_config: dict, config: ml_collections.ConfigDict | None) -
         cfg[k] = ml_collections.ConfigDict(config[k].to_dict())
     cfg.save_dir = config.save_dir
     # runtime-only model choices (not part of the parameters) follow the caller
-    for f in RUNTIME_FIELDS:
+    for f in runtime_fields():
       v = get_dotted(config.model, f)
       if v is not None:
         _set(cfg.model, f, v)
   # runtime fields added after a checkpoint was written take today's defaults
   defaults = default_model_config()
-  for f in RUNTIME_FIELDS:
+  for f in runtime_fields():
     if get_dotted(cfg.model, f) is None:
       _set(cfg.model, f, get_dotted(defaults, f))
   return cfg

@@ -3,12 +3,15 @@
 Every place that depends on the kind asks this registry (no if/else that assumes a default):
 `LanguageModel` builds its blocks with `get_kind(cfg.kind).make_block`, `validate_model_config`
 runs the kind's `check`, `execution_paths` its `paths`, checkpoint matching compares
-`arch_fields()`, the aux reduction uses the kind's `aux_reduce`, and the report colours follow
-`KINDS`. An unknown kind is one `ConfigError` naming the known ones.
+`arch_fields()` (evaluation lets the caller choose `runtime_fields()`), the aux reduction uses
+the kind's `aux_reduce`, and the report colours follow `KINDS`. An unknown kind is one
+`ConfigError` naming the known ones.
 
-Adding a kind: write its block module (a class following the `Block` protocol below), then add one
-`register(ModelKind(...))` here with its factory, check, execution paths, the config fields that
-fix its parameter shapes and the reductions of every aux key its block emits.
+Adding a kind: write its block module (a class following the `Block` protocol below, with an
+`AUX_REDUCE` dict for any statistics it emits), add its config fields to
+`config.default_model_config`, then one `register(ModelKind(...))` here with its factory, check,
+execution paths, and the config fields that fix its parameter shapes or only choose how they are
+computed.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class ModelKind:
     check: cfg -> None; raises ConfigError (through `need`) on the kind's own fields.
     paths: (cfg, platform, batch, seq_len) -> {name: concrete implementation} for banners.
     arch_fields: dotted model fields (beyond the shared ones) that fix the parameter shapes.
+    runtime_fields: dotted model fields (beyond the shared ones) that only choose how the same
+      parameters are computed (evaluation takes the caller's value, not the checkpoint's).
     aux_reduce: aux key -> reduction over a leading (layers or microbatches) axis, for every key
       the block emits besides `AUX_LOSS` (declared in the block's module, next to the code that
       computes the figure, e.g. bk.AUX_REDUCE).
@@ -76,6 +81,7 @@ class ModelKind:
   check: Callable[[Any], None]
   paths: Callable[..., dict[str, str]]
   arch_fields: tuple[str, ...] = ()
+  runtime_fields: tuple[str, ...] = ()
   aux_reduce: Mapping[str, Callable[[jax.Array], jax.Array]] = dataclasses.field(
       default_factory=dict)
 
@@ -85,6 +91,8 @@ _REGISTRY: dict[str, ModelKind] = {}
 #: Model fields every kind shares that fix the parameter shapes (see `arch_fields`).
 SHARED_ARCH_FIELDS = ("kind", "vocab_size", "d_model", "n_layers", "d_ff", "scan_layers",
                       "prime_bump", "prime_bump_scale", "param_dtype")
+#: Model fields every kind shares that only choose how the parameters are computed.
+SHARED_RUNTIME_FIELDS = ("remat", "dtype")
 
 
 def register(kind: ModelKind) -> ModelKind:
@@ -108,12 +116,21 @@ def kind_names() -> tuple[str, ...]:
   return tuple(_REGISTRY)
 
 
+def _union(shared: tuple[str, ...], per_kind: str) -> tuple[str, ...]:
+  out = list(shared)
+  for k in _REGISTRY.values():
+    out += [f for f in getattr(k, per_kind) if f not in out]
+  return tuple(out)
+
+
 def arch_fields() -> tuple[str, ...]:
   """Shared + every kind's architecture fields (a checkpoint restores only where all match)."""
-  out = list(SHARED_ARCH_FIELDS)
-  for k in _REGISTRY.values():
-    out += [f for f in k.arch_fields if f not in out]
-  return tuple(out)
+  return _union(SHARED_ARCH_FIELDS, "arch_fields")
+
+
+def runtime_fields() -> tuple[str, ...]:
+  """Shared + every kind's runtime-only fields (see `ModelKind.runtime_fields`)."""
+  return _union(SHARED_RUNTIME_FIELDS, "runtime_fields")
 
 
 def reduce_aux(kind: str, stacked: Mapping[str, jax.Array], *,
@@ -175,6 +192,7 @@ register(ModelKind(
         "resolvent_method": resolve_method(cfg.resolvent_method, platform)},
     arch_fields=("n_heads", "use_semiseparable", "semiseparable_rank", "use_moe", "num_experts",
                  "router", "top_k"),
+    runtime_fields=("resolvent_method", "use_birman_schwinger"),
     aux_reduce=bk.AUX_REDUCE))  # declared in bk.py / moe.py, where the figures are computed
 
 
@@ -201,7 +219,8 @@ register(ModelKind(
     check=_check_mamba,
     paths=lambda cfg, platform, batch, seq_len: {
         "mamba_scan": resolve_scan_method(cfg.mamba.scan_method, platform)},
-    arch_fields=("mamba.d_state", "mamba.d_conv", "mamba.expand")))
+    arch_fields=("mamba.d_state", "mamba.d_conv", "mamba.expand"),
+    runtime_fields=("mamba.chunk", "mamba.scan_method")))
 
 
 # --- transformer ---------------------------------------------------------------------------------
@@ -234,7 +253,8 @@ register(ModelKind(
     make_block=_make_transformer,
     check=_check_transformer,
     paths=_transformer_paths,
-    arch_fields=("transformer.n_heads",)))
+    arch_fields=("transformer.n_heads",),
+    runtime_fields=("transformer.cache_window", "transformer.block_size", "transformer.attention")))
 
 #: Registered kind names (registration order: also the report colour order).
 KINDS = kind_names()
