@@ -6,9 +6,8 @@ Public API (DESIGN §4):
     logits = model(tokens)                              # (B, N) int32 -> (B, N, V) float32
     cache = model.init_cache(batch_size)                # ModelCache(layers, pos)
     logits, cache = model(tokens, cache=cache)          # streaming; chunked == full
-    logits, cache, aux = model.forward(tokens, cache)   # everything: one ModelOutput
-                                                        # (cache None without a cache; aux["aux_loss"]
-                                                        # is already weighted)
+    logits, cache, aux = model.forward(tokens, cache)   # one ModelOutput (cache None without
+                                                        # a cache; aux["aux_loss"] already weighted)
 
 The model kinds are registered in `bk_jax.models.kinds` (block factory, config check, aux
 reductions).

@@ -120,7 +120,8 @@ class BKVariantBlock(nnx.Module):
     g = jnp.zeros((batch_size, self.n_heads), jnp.complex64)
     res = resolvent.GreenCarry(
         g, jnp.zeros((batch_size, self.n_heads, self.head_dim), jnp.complex64)) if self.green else g
-    conv = jnp.zeros((batch_size, CONV_WIDTH - 1, self.d_model), self.dtype) if self.use_conv else None
+    conv = (jnp.zeros((batch_size, CONV_WIDTH - 1, self.d_model), self.dtype) if self.use_conv
+            else None)
     return BKVariantCarry(res=res, conv=conv)
 
   def _operator(self, uc: jax.Array):

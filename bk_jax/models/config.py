@@ -27,7 +27,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     from the data pipeline.
   """
   c = ml_collections.ConfigDict()
-  c.kind = "resnet_bk"  # a registered kind (bk_jax.models.kinds): "resnet_bk" | "mamba" | "transformer"
+  c.kind = "resnet_bk"  # a kind registered in kinds.py: "resnet_bk" | "mamba" | "transformer"
   c.vocab_size = 259  # 256 bytes + specials; set by the trainer from the data
   c.d_model = 128
   c.n_layers = 4

@@ -108,7 +108,8 @@ def get_kind(name: str) -> ModelKind:
   try:
     return _REGISTRY[name]
   except (KeyError, TypeError):
-    raise ConfigError(f"model config: unknown kind {name!r}; expected one of {kind_names()}") from None
+    raise ConfigError(f"model config: unknown kind {name!r}; expected one of "
+                      f"{kind_names()}") from None
 
 
 def kind_names() -> tuple[str, ...]:
@@ -200,7 +201,8 @@ register(ModelKind(
 
 def _check_mamba(cfg: Any) -> None:
   m = cfg.mamba
-  need(m.d_state > 0 and m.d_conv > 0 and m.expand > 0, "mamba.d_state, d_conv, expand must be positive")
+  need(m.d_state > 0 and m.d_conv > 0 and m.expand > 0,
+       "mamba.d_state, d_conv, expand must be positive")
   need(m.chunk > 0, "mamba.chunk must be positive")
   need(m.scan_method in MAMBA_SCAN_METHODS,
        f"mamba.scan_method {m.scan_method!r} not in {MAMBA_SCAN_METHODS}")

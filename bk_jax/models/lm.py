@@ -45,7 +45,7 @@ class ModelCache(NamedTuple):
 
 
 class ModelOutput(NamedTuple):
-  """What every `LanguageModel` call returns.
+  """What `LanguageModel.forward` returns (one type whatever the arguments).
 
   Attributes:
     logits: float32 (B, N, vocab).

@@ -271,7 +271,8 @@ class TransformerBlock(nnx.Module):
     pos = positions[-m:]
     slots = pos % self.cache_window
     return KVCache(k=ck.at[:, slots].set(k[:, -m:].astype(ck.dtype)),
-                   v=cv.at[:, slots].set(v[:, -m:].astype(cv.dtype)), positions=cpos.at[slots].set(pos))
+                   v=cv.at[:, slots].set(v[:, -m:].astype(cv.dtype)),
+                   positions=cpos.at[slots].set(pos))
 
   def __call__(self, x: jax.Array, carry: KVCache | None, pos: jax.Array,
                bias: jax.Array | None) -> tuple[jax.Array, KVCache, dict[str, jax.Array]]:
