@@ -4,8 +4,8 @@ Variants (everything else = the base ResNet-BK of --d_model/--n_layers/--n_heads
   base                      FFN, no monitors, plain resolvent
   bs_monitors               use_birman_schwinger=True (Birman-Schwinger monitors in the step)
   semiseparable             use_semiseparable=True (rank semiseparable_rank)
-  moe_scattering            use_scattering_router=True, router="scattering" (parameter-free)
-  moe_learned               use_scattering_router=True, router="learned" (top-k + balance loss)
+  moe_scattering            use_moe=True, router="scattering" (parameter-free)
+  moe_learned               use_moe=True, router="learned" (top-k + balance loss)
   heads_H                   n_heads=H for every H in --heads
   issue-14 block variants (bk_jax.models.bk_mixers; DESIGN §2.9, §2.10):
   conv                      bk_conv=True (width-4 causal depthwise conv + SiLU on the block input)
@@ -47,8 +47,8 @@ from bk_jax.reports import common, plots, runs, throughput  # noqa: E402
 def variants(heads: list[int]) -> dict[str, dict]:
   v = {"base": {}, "bs_monitors": {"use_birman_schwinger": True},
        "semiseparable": {"use_semiseparable": True},
-       "moe_scattering": {"use_scattering_router": True, "router": "scattering"},
-       "moe_learned": {"use_scattering_router": True, "router": "learned"}}
+       "moe_scattering": {"use_moe": True, "router": "scattering"},
+       "moe_learned": {"use_moe": True, "router": "learned"}}
   for h in heads:
     v[f"heads_{h}"] = {"n_heads": h}
   green = {"bk_mixer": "green"}

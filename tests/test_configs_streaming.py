@@ -45,8 +45,8 @@ VARIANTS = {
     "scan_layers": dict(scan_layers=True),
     "scan_layers_remat_full": dict(scan_layers=True, remat="full"),
     "semiseparable": dict(use_semiseparable=True, semiseparable_rank=2),
-    "moe_scattering": dict(use_scattering_router=True, router="scattering"),
-    "moe_learned": dict(use_scattering_router=True, router="learned"),
+    "moe_scattering": dict(use_moe=True, router="scattering"),
+    "moe_learned": dict(use_moe=True, router="learned"),
 }
 # the default run covers the two failures of issue 12 (nnx.remat in the layer loop, nnx.remat
 # inside nnx.scan over stacked layers); every other run is marked slow

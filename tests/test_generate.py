@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from bk_jax.models import build_model, default_model_config
-from bk_jax.models.config import KINDS
+from bk_jax.models.kinds import KINDS
 from bk_jax.models.sampling import filter_logits, generate, sample_logits
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +31,7 @@ def _tiny(kind, **overrides):
 
 # every kind, plus the variants whose NNX transforms run inside the per-token scan body
 CASES = [(k, {}) for k in KINDS] + [("resnet_bk", dict(scan_layers=True, remat="full")),
-                                    ("resnet_bk", dict(use_scattering_router=True, router="learned"))]
+                                    ("resnet_bk", dict(use_moe=True, router="learned"))]
 
 
 @pytest.mark.slow

@@ -79,7 +79,7 @@ def test_keyed_green_mixer_matches_dense_float64(selective):
   uc = jax.random.normal(jax.random.key(0), (2, 9, cfg.d_model))
   v = jax.random.normal(jax.random.key(2), (2, 9, cfg.n_heads))
   hopping, z, _ = blk._operator(uc)
-  got, _ = blk.green_mix(uc, v, hopping, z, blk.init_carry(2)["res"])
+  got, _ = blk.green_mix(uc, v, hopping, z, blk.init_carry(2).res)
   heads = lambda w, k: np.asarray(uc @ w.kernel[...], np.float64).reshape(2, 9, cfg.n_heads, k)
   x, k, q = heads(blk.w_x, 3), heads(blk.w_k, 2), heads(blk.w_q, 2)
   rows = ref.prefix_rows(np.asarray(v), np.asarray(hopping), np.asarray(z))  # (B, i, j, H)

@@ -37,8 +37,8 @@ VARIANTS = {
     "resnet_bk_scan_remat": dict(scan_layers=True, remat="full"),
     "resnet_bk_semisep_bump_bs": dict(use_semiseparable=True, semiseparable_rank=2,
                                       prime_bump=True, use_birman_schwinger=True),
-    "resnet_bk_moe_scattering": dict(use_scattering_router=True, router="scattering"),
-    "resnet_bk_moe_learned": dict(use_scattering_router=True, router="learned"),
+    "resnet_bk_moe_scattering": dict(use_moe=True, router="scattering"),
+    "resnet_bk_moe_learned": dict(use_moe=True, router="learned"),
     "mamba": dict(),
     "mamba_scan_dots": dict(scan_layers=True, remat="dots"),
     "mamba_associative": {"mamba.scan_method": "associative"},
@@ -86,7 +86,7 @@ def test_streaming_random_chunks_equal_full(variant):
     outs.append(out)
     assert jax.tree.map(jnp.shape, cache) == shapes  # fixed-size state
   np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=1e-5, rtol=0)
-  assert int(cache["pos"]) == n
+  assert int(cache.pos) == n
 
 
 def test_transformer_stream_beyond_window_is_sliding_window():
@@ -131,7 +131,7 @@ def test_bk_cache_is_tiny():
 
 
 def _loss_fn(model, t):
-  logits, aux = model(t[:, :-1], return_aux=True)
+  logits, _, aux = model.forward(t[:, :-1])
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, t[:, 1:]).mean()
   return ce + aux["aux_loss"], ce
 
@@ -163,13 +163,13 @@ def test_init_loss_and_gradients(variant):
 
 def test_aux_outputs():
   model = make("resnet_bk_semisep_bump_bs")
-  _, aux = model(tokens(), return_aux=True)
+  _, _, aux = model.forward(tokens())
   for key in ("bk/schatten_s1", "bk/schatten_s2", "bk/condition_number"):
     assert np.isfinite(aux[key]) and aux[key] > 0, key
   assert aux["bk/precision_upgrades"] == 0  # x64 off: decisions are counted, never executed
   model = make("resnet_bk_moe_learned")
   _, cache = model(tokens(), cache=model.init_cache(2))
-  logits, cache, aux = model(tokens(), cache=cache, return_aux=True)
+  logits, cache, aux = model.forward(tokens(), cache=cache)
   assert aux["moe/expert_load"].shape == (4,)
   np.testing.assert_allclose(aux["moe/expert_load"].sum(), 1.0, atol=1e-5)
   assert 0 <= aux["moe/routing_entropy"] <= math.log(4) + 1e-6 and aux["aux_loss"] > 0
@@ -177,7 +177,7 @@ def test_aux_outputs():
 
 def test_precision_upgrade_flags():
   model = build_model(tiny_config("resnet_bk", use_birman_schwinger=True, precision_threshold=1.0))
-  _, aux = model(tokens(), return_aux=True)
+  _, _, aux = model.forward(tokens())
   assert int(aux["bk/precision_flags"]) == 2  # every layer flagged at this tiny threshold
   assert int(aux["bk/precision_upgrades"]) == (2 if jax.config.jax_enable_x64 else 0)
 
@@ -188,10 +188,10 @@ def test_precision_upgrade_recomputes_with_x64():
     model = build_model(tiny_config("resnet_bk", use_birman_schwinger=True, use_semiseparable=True,
                                     semiseparable_rank=2))
     t = tokens(n=12)
-    base, aux0 = model(t, return_aux=True)
+    base, _, aux0 = model.forward(t)
     for block in model.blocks:
       block.precision_threshold = 1.0
-    upgraded, aux1 = model(t, return_aux=True)
+    upgraded, _, aux1 = model.forward(t)
   assert int(aux0["bk/precision_upgrades"]) == 0 and int(aux1["bk/precision_upgrades"]) == 2
   assert upgraded.dtype == jnp.float32
   np.testing.assert_allclose(upgraded, base, atol=1e-5, rtol=0)
@@ -205,17 +205,17 @@ def test_split_merge_jit_matches_eager():
   @jax.jit
   def fwd(state, t, cache):
     m = nnx.merge(graphdef, state)
-    return m(t, cache=cache, return_aux=True)
+    return m.forward(t, cache=cache)
 
   logits, cache, aux = fwd(state, t, model.init_cache(2))
   np.testing.assert_allclose(logits, model(t), atol=1e-5, rtol=0)
-  assert int(cache["pos"]) == 24 and "moe/expert_load" in aux
+  assert int(cache.pos) == 24 and "moe/expert_load" in aux
 
 
 @pytest.mark.parametrize("field,value", [("kind", "rnn"), ("d_model", 0), ("remat", "some"),
                                          ("router", "random")])
 def test_bad_config_raises(field, value):
-  c = tiny_config("resnet_bk", use_scattering_router=True)
+  c = tiny_config("resnet_bk", use_moe=True)
   c[field] = value
   with pytest.raises(ValueError, match=field if field != "d_model" else "d_model"):
     build_model(c)

@@ -24,7 +24,7 @@ def test_forward_backward_131k_finite(kind):
   t = jax.random.randint(jax.random.key(0), (1, N + 1), 0, 259, dtype=jnp.int32)
 
   def loss_fn(m, t):
-    logits, aux = m(t[:, :-1], return_aux=True)
+    logits, _, aux = m.forward(t[:, :-1])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, t[:, 1:]).mean()
     return ce + aux["aux_loss"]
 

@@ -55,7 +55,7 @@ def test_reference_flags_map_onto_the_config():
   assert (t.seq_len, t.multi_length, t.sequence_lengths, t.epochs, t.batch_size) == (512, True, (128, 512), 2, 4)
   assert (t.lr, t.weight_decay, t.grad_clip, t.log_interval) == (3e-4, 0.1, 0.5, 5)
   assert (m.d_model, m.n_layers, m.n_heads, m.d_ff) == (64, 2, 8, 128)
-  assert m.use_birman_schwinger and m.use_scattering_router and m.use_semiseparable
+  assert m.use_birman_schwinger and m.use_moe and m.use_semiseparable
   assert (c.data.dataset, c.data.data_limit) == ("wikitext2", 1000)
   assert c.eval.eval_only and c.eval.streaming and c.eval.eval_tokens == 5000
   assert (c.save_dir, c.device, c.seed, c.logging.tensorboard) == ("/tmp/x", "cpu", 7, True)

@@ -19,6 +19,7 @@ from flax import nnx
 
 from bk_jax.eval.loading import EvalError, load_checkpoint
 from bk_jax.eval.streaming import DEFAULT_SUB_CHUNK, StreamingEvaluator
+from bk_jax.runtime.run_config import train_lengths
 
 DEFAULT_LENGTHS = tuple(2 ** k for k in range(6, 21))
 
@@ -105,11 +106,6 @@ def format_table(rows: list[dict], *, train_len: int | None = None, task: str = 
   return "\n".join([head, sep, body])
 
 
-def train_length(config: ml_collections.ConfigDict) -> int:
-  t = config.train
-  return int(t.sequence_lengths[-1]) if t.get("multi_length", False) else int(t.seq_len)
-
-
 def run_extrapolation(config: ml_collections.ConfigDict, checkpoint: str | None = None, *,
                       lengths: Sequence[int] = DEFAULT_LENGTHS, samples: int = 64,
                       token_budget: int = 4 << 20, batch_size: int = 4,
@@ -140,6 +136,6 @@ def run_extrapolation(config: ml_collections.ConfigDict, checkpoint: str | None 
   rows = extrapolation_table(model, task_cfg, lengths, samples=samples, token_budget=token_budget,
                              batch_size=batch_size, chunk_size=int(config.eval.chunk_size),
                              sub_chunk=int(config.eval.sub_chunk) or None, progress=progress, log=log)
-  n = None if untrained else train_length(cfg)
+  n = None if untrained else train_lengths(cfg)[-1]  # the last length trained
   return dict(task=task_cfg.task, train_len=n, rows=rows, checkpoint=name, model_kind=cfg.model.kind,
               table=format_table(rows, train_len=n, task=task_cfg.task))

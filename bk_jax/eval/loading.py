@@ -22,8 +22,8 @@ import ml_collections
 from flax import nnx
 
 from bk_jax.models.config import default_model_config
-from bk_jax.runtime.checkpoint_meta import (ARCH_FIELDS, DATA_FIELDS, config_differences,  # noqa: F401
-                                            damage_reason, get_dotted)
+from bk_jax.runtime.checkpoint_meta import (DATA_FIELDS, config_differences,  # noqa: F401
+                                            damage_reason, get_dotted, upgrade_config)
 from bk_jax.runtime.errors import ConfigError
 
 #: How often a "latest" pick is retried when the trainer's retention removes it while loading.
@@ -34,11 +34,8 @@ class EvalError(ConfigError):
   """A one-line evaluation error (missing checkpoint, config mismatch, ...); scripts exit 2."""
 
 
-#: Model fields that choose how the same parameters are computed: the caller's value wins.
-RUNTIME_FIELDS = ("resolvent_method", "remat", "dtype", "transformer.cache_window",
-                  "transformer.block_size", "transformer.attention", "mamba.chunk",
-                  "mamba.scan_method",
-                  "use_birman_schwinger")
+#: Model fields that choose how the same parameters are computed (the caller's value wins) are
+#: declared per kind: bk_jax.models.kinds.runtime_fields().
 
 
 @dataclasses.dataclass
@@ -112,8 +109,10 @@ def resolve_checkpoint(save_dir: str, checkpoint: str | int | None = None) -> st
 def check_compatible(config: ml_collections.ConfigDict, ckpt_config: ml_collections.ConfigDict,
                      path: str) -> None:
   """EvalError naming every architecture / tokenizer field where `config` differs."""
+  from bk_jax.models.kinds import arch_fields
+
   # vocab_size: the trainer sets it from the data; checked via the tokenizer and the data
-  diffs = config_differences(config, ckpt_config, skip=("vocab_size",))
+  diffs = config_differences(config, ckpt_config, arch_fields=arch_fields(), skip=("vocab_size",))
   if diffs:
     raise EvalError(f"config does not match checkpoint {path}: {'; '.join(diffs)} (pass the "
                     f"training config, or run scripts/eval_streaming.py --checkpoint_dir without "
@@ -135,11 +134,14 @@ def read_meta(path: str) -> dict:
   meta = dict(r["meta"] or {})
   if "config" not in meta:
     raise EvalError(f"checkpoint {path} has no config in its metadata (not written by bk_jax.train)")
+  meta["config"] = upgrade_config(meta["config"])  # old key names -> today's
   return meta
 
 
 def merged_config(ckpt_config: dict, config: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
   """The checkpoint's config, with `config`'s eval section, data section and save_dir when given."""
+  from bk_jax.models.kinds import runtime_fields
+
   cfg = ml_collections.ConfigDict(ckpt_config)
   if config is not None:
     for k in ("eval", "data"):
@@ -147,13 +149,13 @@ def merged_config(ckpt_config: dict, config: ml_collections.ConfigDict | None) -
         cfg[k] = ml_collections.ConfigDict(config[k].to_dict())
     cfg.save_dir = config.save_dir
     # runtime-only model choices (not part of the parameters) follow the caller
-    for f in RUNTIME_FIELDS:
+    for f in runtime_fields():
       v = get_dotted(config.model, f)
       if v is not None:
         _set(cfg.model, f, v)
   # runtime fields added after a checkpoint was written take today's defaults
   defaults = default_model_config()
-  for f in RUNTIME_FIELDS:
+  for f in runtime_fields():
     if get_dotted(cfg.model, f) is None:
       _set(cfg.model, f, get_dotted(defaults, f))
   return cfg

@@ -61,7 +61,7 @@ def _chunk_step(graphdef, edges: tuple[int, ...], n_sub: int) -> Callable:
       # merge would reuse the Variable objects of `state`, which jit created at the outer level,
       # so merge fresh copies here. Trace-time only: nothing is copied at run time.
       model = nnx.merge(graphdef, state, copy=True)
-      pos = cache["pos"] + jnp.arange(tok.shape[1], dtype=jnp.int32)
+      pos = cache.pos + jnp.arange(tok.shape[1], dtype=jnp.int32)
       logits, cache = model(tok, cache=cache)
       lse = jax.nn.logsumexp(logits, axis=-1)
       tl = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]

@@ -4,9 +4,13 @@ Public API (DESIGN §4):
 
     model = build_model(config.model)
     logits = model(tokens)                              # (B, N) int32 -> (B, N, V) float32
-    cache = model.init_cache(batch_size)
+    cache = model.init_cache(batch_size)                # ModelCache(layers, pos)
     logits, cache = model(tokens, cache=cache)          # streaming; chunked == full
-    logits, aux = model(tokens, return_aux=True)        # aux["aux_loss"] is already weighted
+    logits, cache, aux = model.forward(tokens, cache)   # one ModelOutput (cache None without
+                                                        # a cache; aux["aux_loss"] already weighted)
+
+The model kinds are registered in `bk_jax.models.kinds` (block factory, config check, aux
+reductions).
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from typing import Any
 
 from flax import nnx
 
-from bk_jax.models.config import default_model_config, execution_paths, validate_model_config
-from bk_jax.models.lm import LanguageModel
+from bk_jax.models.config import default_model_config
+from bk_jax.models.kinds import execution_paths, validate_model_config
+from bk_jax.models.lm import LanguageModel, ModelCache, ModelOutput
 
-__all__ = ["LanguageModel", "build_model", "count_params", "default_model_config", "execution_paths",
-           "validate_model_config"]
+__all__ = ["LanguageModel", "ModelCache", "ModelOutput", "build_model", "count_params",
+           "default_model_config", "execution_paths", "validate_model_config"]
 
 
 def build_model(model_cfg: Any, *, rngs: nnx.Rngs | None = None) -> LanguageModel:
@@ -33,7 +38,7 @@ def build_model(model_cfg: Any, *, rngs: nnx.Rngs | None = None) -> LanguageMode
     A `LanguageModel` (an nnx.Module) with unsharded parameters annotated with logical axes.
 
   Raises:
-    ValueError: unknown kind, router, remat policy or method, or inconsistent sizes.
+    ConfigError (a ValueError): unknown kind, router, remat policy or method, or inconsistent sizes.
   """
   validate_model_config(model_cfg)
   if rngs is None:

@@ -37,9 +37,21 @@ from flax import nnx
 from bk_jax.models.bk_mixers import BKVariantBlock
 from bk_jax.models.config import uses_bk_variant
 from bk_jax.models.layers import FFN, RMSNorm, dense, per_token
+from bk_jax.models.moe import AUX_REDUCE as MOE_AUX_REDUCE
 from bk_jax.models.moe import MoE
 from bk_jax.ops import birman_schwinger, resolvent, semiseparable
 from bk_jax.sharding import constrain
+
+#: How each aux figure a ResNet-BK block emits combines over layers (and microbatches): the
+#: Birman-Schwinger monitors of `_monitored_core` and the MoE's (bk_jax.models.kinds.reduce_aux).
+AUX_REDUCE = {
+    "bk/schatten_s1": jnp.mean,
+    "bk/schatten_s2": jnp.mean,
+    "bk/condition_number": jnp.max,
+    "bk/precision_flags": jnp.sum,
+    "bk/precision_upgrades": jnp.sum,
+    **MOE_AUX_REDUCE,
+}
 
 PRIME_BUMP_EPS = 0.05  # epsilon of DESIGN §2.7 (bump width sqrt(eps) in log-position)
 PRIME_BUMP_KMAX = 2
@@ -88,7 +100,7 @@ class BKBlock(nnx.Module):
   Args (constructor):
     cfg: the model ConfigDict (d_model, n_heads, d_ff, eta_min, resolvent_method,
       use_semiseparable, semiseparable_rank, use_birman_schwinger, bs_window,
-      precision_threshold, use_scattering_router, num_experts, router, top_k, aux_loss_weight).
+      precision_threshold, use_moe, num_experts, router, top_k, aux_loss_weight).
   """
 
   def __init__(self, cfg: Any, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
@@ -118,7 +130,7 @@ class BKBlock(nnx.Module):
     self.w_o = dense(2 * h, d, ("heads", "embed"), scale=out_scale, **kw)
     self.scale = nnx.Param(nnx.with_partitioning(nnx.initializers.ones_init(), ("embed",))(
         None, (d,), param_dtype))
-    if cfg.use_scattering_router:
+    if cfg.use_moe:
       self.ffn = MoE(d, cfg.d_ff, cfg.num_experts, cfg.router, cfg.top_k, cfg.aux_loss_weight,
                      out_scale=out_scale, **kw)
     else:

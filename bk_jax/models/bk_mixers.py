@@ -28,7 +28,7 @@ last CONV_WIDTH - 1 block inputs (B, 3, d_model). Nothing depends on the sequenc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,12 @@ from bk_jax.models.layers import FFN, RMSNorm, dense, per_token
 from bk_jax.ops import resolvent
 
 CONV_WIDTH = 4  # as Mamba's d_conv
+
+
+class BKVariantCarry(NamedTuple):
+  """Streaming state of one variant block."""
+  res: Any  # resolvent carry: g (B, H) complex, or resolvent.GreenCarry for bk_mixer="green"
+  conv: jax.Array | None = None  # (B, CONV_WIDTH - 1, d_model) with bk_conv, else None
 
 
 def _inv_softplus(y: np.ndarray) -> np.ndarray:
@@ -121,14 +127,13 @@ class BKVariantBlock(nnx.Module):
     self.ffn = FFN(d, cfg.d_ff, out_scale=out_scale, **kw)
 
   def init_carry(self, batch_size: int):
-    """Fresh-sequence streaming state {"res": resolvent carry[, "conv": (B, 3, d_model)]}."""
+    """Fresh-sequence streaming state BKVariantCarry(res, conv)."""
     g = jnp.zeros((batch_size, self.n_heads), jnp.complex64)
     res = resolvent.GreenCarry(
         g, jnp.zeros((batch_size, self.n_heads, self.state_dim), jnp.complex64)) if self.green else g
-    carry = {"res": res}
-    if self.use_conv:
-      carry["conv"] = jnp.zeros((batch_size, CONV_WIDTH - 1, self.d_model), self.dtype)
-    return carry
+    conv = (jnp.zeros((batch_size, CONV_WIDTH - 1, self.d_model), self.dtype) if self.use_conv
+            else None)
+    return BKVariantCarry(res=res, conv=conv)
 
   def _operator(self, uc: jax.Array):
     """Hopping, shift and eta, per head (H,) or per position (B, N, H) (DESIGN §2.9)."""
@@ -188,29 +193,30 @@ class BKVariantBlock(nnx.Module):
     del pos
     if carry is None:
       carry = self.init_carry(x.shape[0])
-    new_carry = {}
+    new_conv = None
     u = self.norm(x)
     uc = u
     if self.use_conv:
-      uc, new_carry["conv"] = causal_conv(u, self.conv_w[...].astype(u.dtype),
-                                          self.conv_b[...].astype(u.dtype), carry["conv"])
+      uc, new_conv = causal_conv(u, self.conv_w[...].astype(u.dtype),
+                                 self.conv_b[...].astype(u.dtype), carry.conv)
       uc = jax.nn.silu(uc)
     v = per_token(self.w_v, uc).astype(jnp.float32)
     if bias is not None:
       v = v + bias[:, None]
     hopping, z, eta = self._operator(uc)
     if self.green:
-      y, new_carry["res"] = self.green_mix(uc, v, hopping, z, carry["res"])
+      y, new_res = self.green_mix(uc, v, hopping, z, carry.res)
       ey = y * eta[..., None]
       feats = jnp.concatenate([jnp.real(ey), jnp.imag(ey)], axis=-1)  # (B, N, H, 2 d_head)
       feats = feats.reshape(*feats.shape[:-2], -1)
     else:
-      g, new_carry["res"] = resolvent.causal_diag(v, hopping=hopping, z=z, carry=carry["res"],
-                                                  method=self.method)
+      g, new_res = resolvent.causal_diag(v, hopping=hopping, z=z, carry=carry.res,
+                                         method=self.method)
       eg = g * eta
       feats = jnp.concatenate([jnp.real(eg), jnp.imag(eg)], axis=-1)
     mix = per_token(self.w_o, feats.astype(self.dtype))
     if self.use_gate:
       mix = mix * jax.nn.silu(per_token(self.w_gate, u))
     mix = self.scale[...].astype(self.dtype) * mix
-    return x + self.ffn(u) + mix, new_carry, {"aux_loss": jnp.zeros((), jnp.float32)}
+    return (x + self.ffn(u) + mix, BKVariantCarry(res=new_res, conv=new_conv),
+            {"aux_loss": jnp.zeros((), jnp.float32)})

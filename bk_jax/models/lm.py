@@ -4,12 +4,16 @@ No position table: ResNet-BK and Mamba carry position through their recurrences,
 Transformer through RoPE on absolute positions; the optional prime-bump bias (ResNet-BK) is a
 function of the absolute position. Nothing is sized by the sequence length.
 
-Blocks share one interface: ``block(x, carry, pos, bias) -> (x, carry, aux)`` and
-``block.init_carry(batch) -> carry``. With `scan_layers` the block parameters are stacked along a
+Blocks share one interface (`bk_jax.models.kinds.Block`): ``block(x, carry, pos, bias) -> (x,
+carry, aux)`` and ``block.init_carry(batch) -> carry``; the kind's registration
+(`bk_jax.models.kinds`) builds them. With `scan_layers` the block parameters are stacked along a
 leading layer axis (logical name None) and the stack runs under `nnx.scan`; otherwise blocks are
 a Python list. The streaming cache has the same layout either way:
 
-    {"layers": per-layer carries stacked on a leading (n_layers,) axis, "pos": int32 scalar}
+    ModelCache(layers=per-layer carries stacked on a leading (n_layers,) axis, pos=int32 scalar)
+
+`forward` returns one type, ``ModelOutput(logits, cache, aux)``; ``model(tokens[, cache])`` is the
+public form of DESIGN §4 on top of it (logits, or (logits, cache) when streaming).
 
 `remat` wraps each block call: "none", "full" (save nothing), "dots" (save matmul outputs
 without batch dimensions, `jax.checkpoint_policies.dots_with_no_batch_dims_saveable`).
@@ -17,30 +21,43 @@ without batch dimensions, `jax.checkpoint_policies.dots_with_no_batch_dims_savea
 
 from __future__ import annotations
 
-import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bk_jax.models.bk import make_bk_block, prime_bump_potential
-from bk_jax.sharding import constrain
+from bk_jax.models.bk import prime_bump_potential
+from bk_jax.models.kinds import get_kind, reduce_aux
 from bk_jax.models.layers import RMSNorm, dense, embedding, to_dtype
-from bk_jax.models.mamba import MambaBlock
-from bk_jax.models.transformer import TransformerBlock
+from bk_jax.sharding import constrain
 
-# How per-layer aux statistics combine into one model-level value.
-_AUX_REDUCE = {
-    "aux_loss": jnp.sum,
-    "moe/expert_load": functools.partial(jnp.mean, axis=0),
-    "moe/routing_entropy": jnp.mean,
-    "bk/schatten_s1": jnp.mean,
-    "bk/schatten_s2": jnp.mean,
-    "bk/condition_number": jnp.max,
-    "bk/precision_flags": jnp.sum,
-    "bk/precision_upgrades": jnp.sum,
-}
+
+class ModelCache(NamedTuple):
+  """Streaming state of a whole model (a pytree; its shapes never change as tokens are consumed).
+
+  Attributes:
+    layers: the kind's per-layer carry (`Block.init_carry`), stacked on a leading (n_layers,) axis.
+    pos: int32 scalar, the absolute position of the next token.
+  """
+  layers: Any
+  pos: jax.Array
+
+
+class ModelOutput(NamedTuple):
+  """What `LanguageModel.forward` returns (one type whatever the arguments).
+
+  Attributes:
+    logits: float32 (B, N, vocab).
+    cache: the new `ModelCache` when the call was given one, else None (the training path).
+    aux: {"aux_loss": scalar (already weighted)} plus the kind's statistics, reduced over layers
+      with the reductions the kind declares (`ModelKind.aux_reduce`): with the MoE
+      "moe/expert_load" (E,), "moe/routing_entropy"; with the monitors "bk/schatten_s1",
+      "bk/schatten_s2", "bk/condition_number", "bk/precision_flags", "bk/precision_upgrades".
+  """
+  logits: jax.Array
+  cache: ModelCache | None
+  aux: dict[str, jax.Array]
 
 # logical axes of the residual stream and of the logits (bk_jax.sharding rules "activation_*")
 _BLD = ("activation_batch", "activation_length", "activation_embed")
@@ -53,18 +70,7 @@ _REMAT_POLICIES = {
 
 
 def _make_block(cfg: Any, rngs: nnx.Rngs) -> nnx.Module:
-  dt, pdt = to_dtype(cfg.dtype), to_dtype(cfg.param_dtype)
-  if cfg.kind == "resnet_bk":
-    return make_bk_block(cfg, rngs=rngs, dtype=dt, param_dtype=pdt)
-  if cfg.kind == "mamba":
-    m = cfg.mamba
-    return MambaBlock(cfg.d_model, d_state=m.d_state, d_conv=m.d_conv, expand=m.expand,
-                      chunk=m.chunk, n_layers=cfg.n_layers, rngs=rngs, dtype=dt, param_dtype=pdt,
-                      scan_method=m.scan_method)
-  t = cfg.transformer
-  return TransformerBlock(cfg.d_model, t.n_heads, cfg.d_ff, block_size=t.block_size,
-                          cache_window=t.cache_window, n_layers=cfg.n_layers, rngs=rngs,
-                          attention=t.attention, dtype=dt, param_dtype=pdt)
+  return get_kind(cfg.kind).make_block(cfg, rngs, to_dtype(cfg.dtype), to_dtype(cfg.param_dtype))
 
 
 class LanguageModel(nnx.Module):
@@ -101,19 +107,19 @@ class LanguageModel(nnx.Module):
     # init_carry only reads static attributes, which a stacked module shares across layers
     return self.blocks if self.scan_layers else self.blocks[0]
 
-  def init_cache(self, batch_size: int) -> dict[str, Any]:
+  def init_cache(self, batch_size: int) -> ModelCache:
     """Streaming state for a fresh sequence.
 
     Args:
       batch_size: B.
 
     Returns:
-      {"layers": carries with a leading (n_layers,) axis, "pos": int32 scalar 0}; the shapes
+      ModelCache(layers=carries with a leading (n_layers,) axis, pos=int32 scalar 0); the shapes
       never change as tokens are consumed.
     """
     one = self._first_block().init_carry(batch_size)
     layers = jax.tree.map(lambda a: jnp.broadcast_to(a, (self.n_layers,) + a.shape), one)
-    return {"layers": layers, "pos": jnp.zeros((), jnp.int32)}
+    return ModelCache(layers=layers, pos=jnp.zeros((), jnp.int32))
 
   def _run_blocks(self, x, carries, pos, bias):
     """Runs every block; returns (x, stacked new carries, stacked per-layer aux)."""
@@ -138,37 +144,44 @@ class LanguageModel(nnx.Module):
     stack = lambda *xs: jnp.stack(xs)
     return x, jax.tree.map(stack, *new_carries), jax.tree.map(stack, *auxes)
 
-  def __call__(self, tokens: jax.Array, cache: dict[str, Any] | None = None,
-               return_aux: bool = False):
-    """Next-token logits.
+  def __call__(self, tokens: jax.Array, cache: ModelCache | None = None):
+    """The public call of DESIGN §4: logits, or (logits, new cache) when streaming.
 
     Args:
       tokens: int32 (B, N).
       cache: streaming state from `init_cache` or a previous call; None for a fresh sequence
         without returning state (the training path).
-      return_aux: also return the aux dict.
 
     Returns:
-      logits float32 (B, N, vocab); plus the new cache when `cache` is given; plus aux when
-      `return_aux`: {"aux_loss": scalar (already weighted), and when enabled "moe/expert_load"
-      (E,), "moe/routing_entropy", "bk/schatten_s1", "bk/schatten_s2",
-      "bk/condition_number", "bk/precision_flags", "bk/precision_upgrades"}.
+      logits float32 (B, N, vocab) without `cache`; (logits, new ModelCache) with it. `forward`
+      returns everything (logits, cache and the aux figures) as one `ModelOutput`.
+    """
+    out = self.forward(tokens, cache)
+    return out.logits if cache is None else (out.logits, out.cache)
+
+  def forward(self, tokens: jax.Array, cache: ModelCache | None = None) -> ModelOutput:
+    """Next-token logits, the new streaming state and the aux figures, as one `ModelOutput`.
+
+    Args:
+      tokens: int32 (B, N).
+      cache: streaming state from `init_cache` or a previous call; None for a fresh sequence
+        without returning state (the training path).
+
+    Returns:
+      ModelOutput(logits float32 (B, N, vocab), the new ModelCache or None when `cache` is None,
+      aux dict); under jit, outputs a caller does not use cost nothing.
     """
     if tokens.ndim != 2:
       raise ValueError(f"tokens must be (batch, length); got shape {tokens.shape}")
     n = tokens.shape[1]
-    pos = jnp.zeros((), jnp.int32) if cache is None else cache["pos"]
+    pos = jnp.zeros((), jnp.int32) if cache is None else cache.pos
     bias = None
     if self.prime_bump_scale is not None:
       bias = prime_bump_potential(pos + jnp.arange(n, dtype=jnp.int32), self.prime_bump_scale)
     x = constrain(self.embed(tokens), _BLD)
-    carries = None if cache is None else cache["layers"]
+    carries = None if cache is None else cache.layers
     x, new_carries, aux = self._run_blocks(x, carries, pos, bias)
     logits = constrain(self.head(self.final_norm(x).astype(self.logits_dtype)).astype(jnp.float32),
                        _BLV)
-    out = (logits,)
-    if cache is not None:
-      out += ({"layers": new_carries, "pos": pos + n},)
-    if return_aux:
-      out += ({k: _AUX_REDUCE[k](v) for k, v in aux.items()},)
-    return out[0] if len(out) == 1 else out
+    new_cache = None if cache is None else ModelCache(layers=new_carries, pos=pos + n)
+    return ModelOutput(logits, new_cache, reduce_aux(self.kind, aux))

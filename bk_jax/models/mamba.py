@@ -20,6 +20,7 @@ inputs and the SSM state.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +30,10 @@ from bk_jax.models.layers import RMSNorm, dense
 from bk_jax.ops.linear_scan import linear_scan, resolve_scan_method
 from bk_jax.ops.scan import checkpointed_chunks
 
-MambaCarry = tuple[jax.Array, jax.Array]  # conv (B, d_conv-1, d_inner), ssm (B, d_inner, d_state)
+class MambaCarry(NamedTuple):
+  """Streaming state of one Mamba block."""
+  conv: jax.Array  # (B, d_conv-1, d_inner): the last inputs of the causal conv
+  ssm: jax.Array  # (B, d_inner, d_state) float32: the selective-scan state
 
 
 def selective_scan(x, dt, a, b, c, h0, *, chunk: int, method: str = "auto"):
@@ -122,8 +126,8 @@ class MambaBlock(nnx.Module):
 
   def init_carry(self, batch_size: int) -> MambaCarry:
     """Zero streaming state (a fresh sequence)."""
-    return (jnp.zeros((batch_size, self.d_conv - 1, self.d_inner), self.dtype),
-            jnp.zeros((batch_size, self.d_inner, self.d_state), jnp.float32))
+    return MambaCarry(conv=jnp.zeros((batch_size, self.d_conv - 1, self.d_inner), self.dtype),
+                      ssm=jnp.zeros((batch_size, self.d_inner, self.d_state), jnp.float32))
 
   def __call__(self, x: jax.Array, carry: MambaCarry | None, pos: jax.Array,
                bias: jax.Array | None) -> tuple[jax.Array, MambaCarry, dict[str, jax.Array]]:
@@ -157,4 +161,5 @@ class MambaBlock(nnx.Module):
     y, h_last = selective_scan(f32(xc), dt, a, f32(b), f32(c), h0, chunk=self.chunk,
                                method=self.scan_method)
     y = (y + f32(xc) * f32(self.d_skip[...])).astype(xi.dtype) * jax.nn.silu(z)
-    return x + self.out_proj(y), (new_conv_state, h_last), {"aux_loss": jnp.zeros((), jnp.float32)}
+    return (x + self.out_proj(y), MambaCarry(conv=new_conv_state, ssm=h_last),
+            {"aux_loss": jnp.zeros((), jnp.float32)})

@@ -20,11 +20,20 @@ capacity drops and no token loss; it is the right trade for the small E (<= 8) u
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from bk_jax.models.layers import dense
+
+#: How each aux figure the MoE emits combines over layers (and microbatches): see
+#: bk_jax.models.kinds.reduce_aux. Declared here, next to the code that computes them.
+AUX_REDUCE = {
+    "moe/expert_load": functools.partial(jnp.mean, axis=0),  # (E,) per layer -> (E,)
+    "moe/routing_entropy": jnp.mean,
+}
 
 RESONANCE_THRESHOLD = 0.5  # |mean_h eta g| above which a token is resonant (|eta g| <= 1)
 

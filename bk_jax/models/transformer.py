@@ -28,13 +28,19 @@ equals full causal attention while the total length is <= W.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from bk_jax.models.layers import FFN, RMSNorm, dense
 
-KVCache = tuple[jax.Array, jax.Array, jax.Array]  # k, v (B, W, h, dh); positions (W,) int32
+class KVCache(NamedTuple):
+  """Streaming state of one Transformer block: a KV ring buffer of W slots."""
+  k: jax.Array  # (B, W, heads, head_dim)
+  v: jax.Array  # (B, W, heads, head_dim)
+  positions: jax.Array  # (W,) int32 absolute position held by each slot; -1 = empty
 _MASKED = -1e30  # finite "minus infinity": keeps fully-masked tiles NaN-free (see _attend_block)
 
 
@@ -255,8 +261,8 @@ class TransformerBlock(nnx.Module):
   def init_carry(self, batch_size: int) -> KVCache:
     """Empty KV ring buffer (all positions -1)."""
     shape = (batch_size, self.cache_window, self.n_heads, self.d_head)
-    return (jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype),
-            jnp.full((self.cache_window,), -1, jnp.int32))
+    return KVCache(k=jnp.zeros(shape, self.dtype), v=jnp.zeros(shape, self.dtype),
+                   positions=jnp.full((self.cache_window,), -1, jnp.int32))
 
   def _push(self, cache: KVCache, k, v, positions) -> KVCache:
     """Writes the last min(N, W) keys/values into their ring slots (position mod W)."""
@@ -264,8 +270,9 @@ class TransformerBlock(nnx.Module):
     m = min(k.shape[1], self.cache_window)  # static; m consecutive positions -> distinct slots
     pos = positions[-m:]
     slots = pos % self.cache_window
-    return (ck.at[:, slots].set(k[:, -m:].astype(ck.dtype)),
-            cv.at[:, slots].set(v[:, -m:].astype(cv.dtype)), cpos.at[slots].set(pos))
+    return KVCache(k=ck.at[:, slots].set(k[:, -m:].astype(ck.dtype)),
+                   v=cv.at[:, slots].set(v[:, -m:].astype(cv.dtype)),
+                   positions=cpos.at[slots].set(pos))
 
   def __call__(self, x: jax.Array, carry: KVCache | None, pos: jax.Array,
                bias: jax.Array | None) -> tuple[jax.Array, KVCache, dict[str, jax.Array]]:

@@ -161,7 +161,7 @@ def plan(config: ml_collections.ConfigDict, mesh_shape: tuple[int, int, int, int
   import time
 
   from bk_jax.data import batch_size_for
-  from bk_jax.train.config_validation import train_lengths
+  from bk_jax.runtime.run_config import train_lengths
 
   cfg = ml_collections.ConfigDict(config.to_dict())
   names = ("data", "fsdp", "tensor", "sequence")

@@ -64,7 +64,7 @@ def bench_one(cfg, n: int, tokens_per_step: int, repeats: int) -> dict:
 
   def train_step(params, opt_state, tokens):
     def loss_fn(p):
-      logits, aux = nnx.merge(graphdef, p)(tokens[:, :-1], return_aux=True)
+      logits, _, aux = nnx.merge(graphdef, p).forward(tokens[:, :-1])
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
       return ce + aux["aux_loss"]
     loss, grads = jax.value_and_grad(loss_fn)(params)

@@ -9,14 +9,43 @@ from __future__ import annotations
 import json
 import re
 
-#: Model fields that fix the parameter shapes/structure: a checkpoint only restores into a model
-#: with the same values (used by the trainer's resume and by bk_jax.eval.loading).
-ARCH_FIELDS = ("kind", "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "use_semiseparable",
-               "semiseparable_rank", "use_scattering_router", "num_experts", "router", "top_k",
-               "scan_layers", "prime_bump", "prime_bump_scale", "param_dtype",
-               "mamba.d_state", "mamba.d_conv", "mamba.expand", "transformer.n_heads")
-#: Data fields that fix the token ids the model was trained on.
+#: Data fields that fix the token ids the model was trained on. (The model fields that fix the
+#: parameter shapes are declared per kind by bk_jax.models.kinds.arch_fields(), which the
+#: callers pass in: this floor does not import models.)
 DATA_FIELDS = ("tokenizer",)
+
+#: Model config keys renamed since checkpoints were first written: old -> new. A checkpoint's
+#: stored config is read through `upgrade_config`, so old run directories still load and resume.
+RENAMED_MODEL_FIELDS = {"use_scattering_router": "use_moe"}
+#: Model config keys added since then, with the value that builds what older checkpoints hold
+#: (the ResNet-BK block variants: absent = the seed block). Filled in by `upgrade_config`.
+ADDED_MODEL_FIELDS = {"bk_mixer": "diag", "bk_head_dim": 8, "bk_key_dim": 0,
+                      "selective_shift": False, "selective_coupling": False, "bk_conv": False,
+                      "bk_gate": False}
+
+
+def upgrade_config(config: dict) -> dict:
+  """A checkpoint's stored config with renamed keys under their current names.
+
+  Args:
+    config: the config dict stored in a checkpoint's metadata (not modified).
+
+  Returns:
+    A copy whose `model` section uses today's names (`RENAMED_MODEL_FIELDS`; a key stored under
+    both names keeps the new one) and holds every `ADDED_MODEL_FIELDS` key (missing ones take
+    the value that reproduces the stored model).
+  """
+  model = config.get("model") if isinstance(config, dict) else None
+  if not isinstance(model, dict) or (not any(k in model for k in RENAMED_MODEL_FIELDS)
+                                     and all(k in model for k in ADDED_MODEL_FIELDS)):
+    return config
+  model = {**ADDED_MODEL_FIELDS, **model}
+  for old, new in RENAMED_MODEL_FIELDS.items():
+    if old in model:
+      value = model.pop(old)
+      model.setdefault(new, value)
+  return {**config, "model": model}
+
 
 def get_dotted(cfg, dotted: str):
   """cfg["a"]["b"] for "a.b" (ConfigDict or dict); None where a key is missing."""
@@ -28,15 +57,21 @@ def get_dotted(cfg, dotted: str):
   return node
 
 
-def config_differences(config, ckpt_config, *, skip: tuple[str, ...] = ()) -> list[str]:
-  """["model.d_model=64 (checkpoint 32)", ...]: the ARCH_FIELDS / DATA_FIELDS that differ.
+def config_differences(config, ckpt_config, *, arch_fields: tuple[str, ...],
+                       skip: tuple[str, ...] = ()) -> list[str]:
+  """["model.d_model=64 (checkpoint 32)", ...]: the architecture / DATA_FIELDS that differ.
 
   Args:
     config, ckpt_config: configs (ConfigDict or dict) with `model` and `data` sections.
+    arch_fields: dotted model fields that fix the parameters
+      (`bk_jax.models.kinds.arch_fields()`).
     skip: model fields not to compare (e.g. "vocab_size" when `config` has not set it yet).
+
+  Returns:
+    One "section.field=value (checkpoint value)" string per difference.
   """
   diffs = []
-  for f in ARCH_FIELDS:
+  for f in arch_fields:
     if f in skip:
       continue
     a, b = get_dotted(config["model"], f), get_dotted(ckpt_config["model"], f)

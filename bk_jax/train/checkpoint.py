@@ -21,7 +21,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from bk_jax.runtime.checkpoint_meta import damage_reason
+from bk_jax.runtime.checkpoint_meta import damage_reason, upgrade_config
 
 #: Where damaged periodic checkpoints are moved (never deleted): save_dir/damaged/<step>-<time>.
 DAMAGED_DIR = "damaged"
@@ -121,7 +121,10 @@ class Checkpoints:
   def restore_meta(self, step: int) -> dict:
     self.manager.wait_until_finished()
     r = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return dict(r["meta"])
+    meta = dict(r["meta"])
+    if "config" in meta:
+      meta["config"] = upgrade_config(meta["config"])  # old key names -> today's
+    return meta
 
   def close(self) -> None:
     self.manager.wait_until_finished()

@@ -229,7 +229,7 @@ REFERENCE_FLAGS = {
     "eval_tokens": "eval.eval_tokens", "log_interval": "train.log_interval",
     "save_dir": "save_dir", "device": "device", "seed": "seed",
     "use_birman_schwinger": "model.use_birman_schwinger",
-    "use_scattering_router": "model.use_scattering_router",
+    "use_scattering_router": "model.use_moe",  # the reference name of the MoE switch
     "use_semiseparable": "model.use_semiseparable", "use_wandb": "logging.tensorboard",
 }
 

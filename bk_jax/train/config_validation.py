@@ -11,6 +11,7 @@ import math
 import ml_collections
 
 from bk_jax.runtime.errors import ConfigError  # noqa: F401 - re-exported for train modules
+from bk_jax.runtime.run_config import train_lengths
 
 DEVICES = ("auto", "cpu", "gpu", "cuda", "tpu")
 
@@ -20,24 +21,16 @@ def _need(cond: bool, msg: str) -> None:
     raise ConfigError(msg)
 
 
-def train_lengths(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-  """The sequence lengths this config trains, in order."""
-  t = config.train
-  if t.multi_length:
-    return tuple(int(n) for n in t.sequence_lengths)
-  return (int(t.seq_len),)
-
-
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError (one line) when `config` cannot run.
 
   Covers the train / checkpoint / eval / mesh sections, the model section (through
-  `bk_jax.models.config.validate_model_config`) and the names of the data section; missing
+  `bk_jax.models.validate_model_config`) and the names of the data section; missing
   files are reported by the data layer (`bk_jax.data.DataError`) while planning, still before
   any compile.
   """
   from bk_jax.data.config import DATASETS, SPLITS, TOKENIZERS
-  from bk_jax.models.config import validate_model_config
+  from bk_jax.models import validate_model_config
 
   t = config.train
   _need(config.device in DEVICES, f"device={config.device!r} is not one of {DEVICES}")

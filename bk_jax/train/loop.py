@@ -141,9 +141,11 @@ class Trainer:
   def _restore(self, step: int) -> None:
     """Restores state, data position and meta from periodic checkpoint `step`."""
     self._pending, self._diverged = None, False  # logs of abandoned steps are dropped
+    from bk_jax.models.kinds import arch_fields
+
     keep = {k: self.meta[k] for k in ("recoveries", "retries", "status")}
     meta = self.ckpt.restore_meta(step)
-    diffs = config_differences(self.cfg, meta["config"])
+    diffs = config_differences(self.cfg, meta["config"], arch_fields=arch_fields())
     if diffs:
       raise ConfigError(f"{self.save_dir} holds a run of another model: {'; '.join(diffs)}; use "
                         f"another save_dir or the run's original settings")

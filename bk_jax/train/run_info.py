@@ -90,11 +90,12 @@ def execution_paths(cfg) -> dict:
   """
   from bk_jax.data import batch_size_for
   from bk_jax.models import execution_paths as paths
+  from bk_jax.runtime.run_config import train_lengths
 
   out = dict(kind=cfg.model.kind, **paths(cfg.model, jax.default_backend()))
   if cfg.model.kind == "transformer":
     t = cfg.train
-    lengths = list(t.sequence_lengths) if t.multi_length else [int(t.seq_len)]
+    lengths = train_lengths(cfg)
     out["attention_by_length"] = {
         str(n): paths(cfg.model, jax.default_backend(), seq_len=int(n),
                       batch=batch_size_for(int(n), t.batch_size, t.tokens_per_batch))["attention"]

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from bk_jax.train.config_validation import ConfigError, train_lengths
+from bk_jax.runtime.run_config import train_lengths
+from bk_jax.train.config_validation import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from bk_jax.models.lm import _AUX_REDUCE
+from bk_jax.models.kinds import reduce_aux
 from bk_jax.sharding import batch_sharding, constrain, jit_sharded, replicated, state_shardings
 from bk_jax.train import monitors as mon_lib
 from bk_jax.train.state import TrainState
@@ -65,7 +65,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr_schedule: Cal
 
   def loss_fn(params, model_state, mb, weight):
     model = nnx.merge(graphdef, params, model_state)
-    logits, aux = model(mb["inputs"], return_aux=True)
+    logits, _, aux = model.forward(mb["inputs"])
     ce = masked_cross_entropy(logits, mb["targets"], mb["mask"])
     new_model_state = nnx.state(model, nnx.Not(nnx.Param))
     if weight is None:  # the whole batch at once
@@ -100,7 +100,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr_schedule: Cal
     g0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     (grads, mstate), (objs, ces, auxes) = jax.lax.scan(one, (g0, model_state), (micro, weights))
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-    aux = {k: (jnp.mean(v) if k == "aux_loss" else _AUX_REDUCE[k](v)) for k, v in auxes.items()}
+    # each figure combines over microbatches as over layers, but the aux loss is averaged
+    aux = reduce_aux(config.model.kind, auxes, loss_reduce=jnp.mean)
     return (jnp.sum(objs), (jnp.sum(ces), aux, mstate)), grads
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
