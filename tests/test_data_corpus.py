@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bk_jax.data import (ByteTokenizer, DataError, default_data_config, load_corpus,
-                         stream_tokens, vocab_size)
+from bk_jax.data import (ByteTokenizer, DataError, check_data_config, default_data_config,
+                         load_corpus, stream_tokens, vocab_size)
 from bk_jax.data.sources import stable_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,3 +176,37 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("bk_jax.data: error:"), p.stderr
         assert "Traceback" not in p.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_dataset_registry_one_function_one_registration(tmp_path, monkeypatch):
+    """A new dataset is one resolver plus one registration: its name passes the config check and
+    its corpus loads, tokenized from exactly the resolver's pieces; unknown names list the known."""
+    from bk_jax.data import sources
+
+    monkeypatch.setattr(sources, "_REGISTRY", dict(sources._REGISTRY))  # undone after the test
+    lines = {s: f"{s} line one\n{s} line two\n" for s in ("train", "valid", "test")}
+
+    def resolve_fixed(cfg, fractions):
+        fp = [["fixed", sorted(lines.items())], ["split", fractions]]
+        pieces = lambda split: iter([sources.Piece(lines[split], len(lines[split]), True)])
+        return sources.Source(cfg.dataset, fp, sum(len(t) for t in lines.values()), pieces)
+
+    sources.register_dataset("fixed", resolve_fixed, reads_path=False)
+    cfg = text_cfg(tmp_path, dataset="fixed", path="")
+    check_data_config(cfg)
+    c = load_corpus(cfg)
+    assert c.name == "fixed" and vocab_size(cfg) == 259
+    for s, t in lines.items():
+        assert c.tokenizer.decode(np.asarray(c.splits[s])) == t
+    with pytest.raises(ValueError, match="already registered"):
+        sources.register_dataset("fixed", resolve_fixed, reads_path=False)
+    cfg.path = "somewhere.txt"
+    with pytest.raises(DataError, match="data.path='somewhere.txt' is ignored by "
+                                        "data.dataset='fixed'.*dataset=text \\(or wikitext2 / "
+                                        "wikitext103\\)"):
+        check_data_config(cfg)
+    cfg.dataset = "imagenet"
+    with pytest.raises(DataError, match="unknown dataset 'imagenet'; valid: pystdlib, text, "
+                                        "wikitext2, wikitext103, synthetic, fixed$"):
+        check_data_config(cfg)
+    assert sources.DATASETS == ("pystdlib", "text", "wikitext2", "wikitext103", "synthetic")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import ml_collections
 
-#: Names accepted by ``config.data.dataset``.
-DATASETS = ("pystdlib", "text", "wikitext2", "wikitext103", "synthetic")
 #: Names accepted by ``config.data.tokenizer``.
 TOKENIZERS = ("byte", "word", "bpe")
 #: Names accepted by ``config.data.synthetic.task``.
@@ -45,7 +43,8 @@ def default_data_config() -> ml_collections.ConfigDict:
 
     Returns:
       A ConfigDict with fields:
-        dataset: one of :data:`DATASETS` ("pystdlib" is embedded and needs no files).
+        dataset: a name registered in ``bk_jax.data.sources`` (see its ``DATASETS``;
+          "pystdlib" is embedded and needs no files).
         path: file / directory / glob for "text"; the directory holding the release files for
           "wikitext2"/"wikitext103"; unused by "pystdlib" and "synthetic" (must stay "").
         tokenizer: one of :data:`TOKENIZERS` ("byte" = 256 bytes + BOS/EOS/PAD).
