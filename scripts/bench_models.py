@@ -29,7 +29,7 @@ import jax
 
 # The step, model sizing and timing live in bk_jax.reports.throughput (shared with scripts/benchmark.py).
 from bk_jax.runtime.provenance import stamped
-from bk_jax.reports.throughput import bench_one, matched_layers, model_config, param_count
+from bk_jax.reports.throughput import bench_one, layers_for_params, model_config, param_count
 
 
 def main():
@@ -51,7 +51,7 @@ def main():
   cfgs = {}
   for kind in kinds:
     layers = (args.n_layers if kind == "resnet_bk"
-              else matched_layers(kind, args.d_model, target, args.vocab))
+              else layers_for_params(model_config(kind, args.d_model, 1, args.vocab), target))
     cfgs[kind] = model_config(kind, args.d_model, layers, args.vocab)
     print(f"# {kind}: d_model={args.d_model} n_layers={layers} "
           f"params={param_count(cfgs[kind]):,}", flush=True)

@@ -27,6 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bk_jax.data.tokenizers import ByteTokenizer  # noqa: E402
 from bk_jax.reports import common, plots, throughput  # noqa: E402
 
 
@@ -38,7 +39,8 @@ def main(argv=None) -> dict:
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--d-model", type=int, default=128)
   ap.add_argument("--n-layers", type=int, default=4, help="ResNet-BK layers (baselines matched)")
-  ap.add_argument("--vocab", type=int, default=259)
+  ap.add_argument("--vocab", type=int, default=ByteTokenizer.vocab_size,
+                  help="vocabulary (default: the byte tokenizer's)")
   ap.add_argument("--transformer-max-len", type=int, default=32768,
                   help="skip the (quadratic) Transformer above this N")
   ap.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
@@ -65,7 +67,8 @@ def main(argv=None) -> dict:
   cfgs, sizes = {}, {}
   for kind in kinds:
     layers = (args.n_layers if kind == "resnet_bk"
-              else throughput.matched_layers(kind, args.d_model, target, args.vocab))
+              else throughput.layers_for_params(
+                  throughput.model_config(kind, args.d_model, 1, args.vocab), target))
     cfgs[kind] = throughput.model_config(kind, args.d_model, layers, args.vocab)
     sizes[kind] = dict(n_layers=layers, d_model=args.d_model, params=throughput.param_count(cfgs[kind]))
     print(f"# {kind}: d_model={args.d_model} n_layers={layers} params={sizes[kind]['params']:,}", flush=True)

@@ -7,6 +7,7 @@ step, XLA's FLOP count of the compiled step and an MFU estimate against a measur
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 
@@ -35,10 +36,23 @@ def param_count(cfg) -> int:
   return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
 
 
-def matched_layers(kind: str, d_model: int, target: int, vocab: int, **overrides) -> int:
-  """Number of layers whose parameter count is closest to `target`."""
-  base = param_count(model_config(kind, d_model, 1, vocab, **overrides))
-  per_layer = param_count(model_config(kind, d_model, 2, vocab, **overrides)) - base
+def layers_for_params(model_cfg, target: int) -> int:
+  """The layer count of `model_cfg` whose parameter total is closest to `target`.
+
+  The one layer-matching rule of the reports (equal-parameter comparisons): the parameter count
+  is affine in n_layers, so it is measured at 1 and 2 layers and solved for `target`.
+
+  Args:
+    model_cfg: a model config (kind, widths, vocab_size); its own n_layers is ignored.
+    target: parameter count to approach.
+  Returns:
+    n_layers >= 1.
+  """
+  m = copy.deepcopy(model_cfg)
+  m.n_layers = 1
+  base = param_count(m)
+  m.n_layers = 2
+  per_layer = param_count(m) - base
   return max(1, round((target - (base - per_layer)) / per_layer))
 
 
