@@ -1,7 +1,7 @@
 """Timing one jitted training step per (model kind, N) at equal parameters and tokens per step.
 
-Moved here from scripts/bench_models.py (which now imports it) so scripts/benchmark.py and
-scripts/ablations.py time exactly the same step. `bench_one` additionally returns every timed
+Shared by scripts/benchmark.py (bk_jax.reports.benchmark), scripts/ablations.py and the GPU
+suite, so they all time exactly the same step. `bench_one` additionally returns every timed
 step, XLA's FLOP count of the compiled step and an MFU estimate against a measured matmul peak.
 """
 
