@@ -220,3 +220,37 @@ def bench_resolvent(method: str, n: int, heads: int, backward: bool, repeats: in
       "temp_bytes": temp_bytes,
       "temp_over_g": None if temp_bytes is None else temp_bytes / g_bytes,
   }
+
+
+def resolvent_grid(methods: list[str], lengths: list[int], heads_list: list[int], repeats: int,
+                   op: str = "diag", d: int = 8) -> list[dict]:
+  """`bench_resolvent` over methods x N x H x (fwd, fwd+bwd), each against the copy roofline.
+
+  Prints one table line per cell as it finishes (scripts/bench_ops.py).
+
+  Args:
+    methods, lengths, heads_list: the grid.
+    repeats: timed calls per cell (median) and per roofline measurement.
+    op, d: see `bench_resolvent`.
+  Returns:
+    The rows of `bench_resolvent` plus roofline_ns_per_element and ratio_to_roofline.
+  """
+  header = (f"{'method':>12} {'N':>7} {'H':>4} {'pass':>8} {'ns/elem':>9} {'roofline':>9} "
+            f"{'ratio':>7} {'temp MiB':>9} {'temp/g':>7}")
+  print(header)
+  print("-" * len(header))
+  rows = []
+  for n in lengths:
+    for heads in heads_list:
+      roof = roofline_ns_per_element(n * heads, repeats, bytes_per_element(op, d))
+      for method in methods:
+        for backward in (False, True):
+          row = bench_resolvent(method, n, heads, backward, repeats, op=op, d=d)
+          row["roofline_ns_per_element"] = roof
+          row["ratio_to_roofline"] = row["ns_per_element"] / roof
+          rows.append(row)
+          temp = "n/a" if row["temp_bytes"] is None else f"{row['temp_bytes'] / 2**20:9.1f}"
+          ratio_g = "n/a" if row["temp_over_g"] is None else f"{row['temp_over_g']:7.2f}"
+          print(f"{method:>12} {n:>7} {heads:>4} {row['pass']:>8} {row['ns_per_element']:9.2f} "
+                f"{roof:9.2f} {row['ratio_to_roofline']:7.1f} {temp:>9} {ratio_g:>7}", flush=True)
+  return rows
