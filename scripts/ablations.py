@@ -19,7 +19,7 @@ Variants (everything else = the base ResNet-BK of --d_model/--n_layers/--n_heads
   green_keyed               green_all with key (x) value states read by queries (bk_key_dim=8:
                             8 x d_head per head, Mamba's B_t/C_t role) and eta_min=1e-3 (memory)
 Baselines (--baselines mamba,transformer): the same training at parameters matched to base
-(layers matched, bk_jax.reports.runs.match_params), timed the same way.
+(layers matched, bk_jax.reports.throughput.layers_for_params), timed the same way.
 Speed: one jitted AdamW step per variant (bk_jax.reports.throughput.bench_one; same step as
 scripts/benchmark.py): median step time, tokens/s, XLA peak memory, ratio to base measured in
 the same run. Quality (when --quality_steps > 0): `--quality_steps` training steps on char-level
@@ -41,7 +41,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bk_jax.data.tokenizers import ByteTokenizer  # noqa: E402
 from bk_jax.reports import common, plots, runs, throughput  # noqa: E402
+
+BYTE_VOCAB = ByteTokenizer.vocab_size  # the runs read bytes (data.tokenizer="byte")
 
 
 def variants(heads: list[int]) -> dict[str, dict]:
@@ -102,11 +105,13 @@ def main(argv=None) -> dict:
   todo += [(k, k, {}) for k in args.baselines.split(",") if k]
   rows = []
   target = throughput.param_count(throughput.model_config(  # the base ResNet-BK's parameters
-      "resnet_bk", args.d_model, args.n_layers, 259, n_heads=args.n_heads))
+      "resnet_bk", args.d_model, args.n_layers, BYTE_VOCAB, n_heads=args.n_heads))
   for kind, name, ov in todo:
-    m = throughput.model_config(kind, args.d_model, args.n_layers, 259, **{"n_heads": args.n_heads, **ov})
+    m = throughput.model_config(kind, args.d_model, args.n_layers, BYTE_VOCAB,
+                                **{"n_heads": args.n_heads, **ov})
     if kind != "resnet_bk":  # baselines: layers matched to the base ResNet-BK's parameters
-      m.n_layers = throughput.matched_layers(kind, args.d_model, target, 259)
+      m.n_layers = throughput.layers_for_params(
+          throughput.model_config(kind, args.d_model, 1, BYTE_VOCAB), target)
     r = throughput.bench_one(m, args.n, args.tokens_per_step, args.repeats)
     r.update(variant=name, kind=kind, overrides=ov)
     if args.quality_steps > 0:

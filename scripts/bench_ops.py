@@ -24,9 +24,9 @@ import jax
 
 from bk_jax.ops import resolvent
 from bk_jax.runtime.provenance import stamped
-# the timing of one causal_diag cell lives in bk_jax.reports (shared with the GPU suite)
-from bk_jax.reports.throughput import bench_resolvent as bench_one
-from bk_jax.reports.throughput import bytes_per_element, roofline_ns_per_element
+# the timing (bench_resolvent, shared with the GPU suite) and the grid live in bk_jax.reports
+from bk_jax.reports.throughput import resolvent_grid
+
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -53,24 +53,7 @@ def main(argv=None) -> int:
   op_name = f"green (d={args.d})" if args.op == "green" else "diag"
   print(f"op {op_name}; jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}, "
         f"{os.cpu_count()} host cores; medians of {args.repeats} repeats", flush=True)
-  header = f"{'method':>12} {'N':>7} {'H':>4} {'pass':>8} {'ns/elem':>9} {'roofline':>9} {'ratio':>7} {'temp MiB':>9} {'temp/g':>7}"
-  print(header)
-  print("-" * len(header))
-  rows = []
-  for n in lengths:
-    for heads in heads_list:
-      roof = roofline_ns_per_element(n * heads, args.repeats,
-                                     bytes_per_element(args.op, args.d))
-      for method in methods:
-        for backward in (False, True):
-          row = bench_one(method, n, heads, backward, args.repeats, op=args.op, d=args.d)
-          row["roofline_ns_per_element"] = roof
-          row["ratio_to_roofline"] = row["ns_per_element"] / roof
-          rows.append(row)
-          temp = "n/a" if row["temp_bytes"] is None else f"{row['temp_bytes'] / 2**20:9.1f}"
-          ratio_g = "n/a" if row["temp_over_g"] is None else f"{row['temp_over_g']:7.2f}"
-          print(f"{method:>12} {n:>7} {heads:>4} {row['pass']:>8} {row['ns_per_element']:9.2f} "
-                f"{roof:9.2f} {row['ratio_to_roofline']:7.1f} {temp:>9} {ratio_g:>7}", flush=True)
+  rows = resolvent_grid(methods, lengths, heads_list, args.repeats, op=args.op, d=args.d)
   if args.out:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:

@@ -11,7 +11,7 @@ the validation perplexity of the final checkpoint at the training length
 val ppl at the shortest N (same kind and seed). For each metric and N it prints ResNet-BK vs each
 baseline with Welch's t-test and the Mann-Whitney U test across seeds (scipy p-values).
 Outputs under --out (default results/compare_stability/): stability.json, stability.md,
-loss_curves.png, grad_norm_bands.png, spikes.png.
+loss_curves.png, grad_norm_bands.png, spikes.png. The logic lives in bk_jax.reports.stability.
 
   python scripts/compare_stability.py --seeds 0,1,2,3,4 --lengths 128,512,2048 --steps 500
   python scripts/compare_stability.py --quick
@@ -20,18 +20,12 @@ loss_curves.png, grad_norm_bands.png, spikes.png.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bk_jax.data.tokenizers import ByteTokenizer  # noqa: E402
-from bk_jax.reports import common, plots, runs, stats  # noqa: E402
-from bk_jax.runtime.metrics import perplexity  # noqa: E402
-
-METRICS = (("val_loss", True), ("val_ppl", True), ("grad_norm_cv", True),
-           ("spikes_per_1000", True), ("final_train_loss", True))
+from bk_jax.reports import common, runs, stability  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -55,111 +49,15 @@ def main(argv=None) -> dict:
     args.steps, args.tokens = 4, 64
     args.d_model, args.n_layers, args.n_heads, args.eval_tokens = 16, 1, 2, 128
   args.seeds, args.lengths = args.seeds or "0,1,2", args.lengths or "128,512"
+  grid = stability.Grid(
+      kinds=tuple(args.kinds.split(",")), seeds=tuple(int(s) for s in args.seeds.split(",")),
+      lengths=tuple(int(n) for n in args.lengths.split(",")), steps=args.steps,
+      tokens=args.tokens, data=os.path.abspath(args.data), d_model=args.d_model,
+      n_layers=args.n_layers, n_heads=args.n_heads, lr=args.lr, eval_tokens=args.eval_tokens)
   out = common.out_dir(args.out, "compare_stability", args.quick)
-  kinds = args.kinds.split(",")
-  seeds = [int(s) for s in args.seeds.split(",")]
-  lengths = [int(n) for n in args.lengths.split(",")]
-  data = os.path.abspath(args.data)
-
-  def cfg(kind, seed, n):
-    return runs.make_config(kind, os.path.join(out, "runs", f"{kind}_s{seed}_n{n}"), {
-        "seed": seed, "data.dataset": "text", "data.path": data, "data.tokenizer": "byte",
-        "data.cache_dir": os.path.join(out, "cache"), "model.d_model": args.d_model,
-        "model.n_layers": args.n_layers, "model.n_heads": args.n_heads, "model.d_ff": 4 * args.d_model,
-        "model.transformer.n_heads": max(1, args.d_model // 32), "train.seq_len": n,
-        "train.tokens_per_batch": args.tokens, "train.steps_per_length": args.steps,
-        "train.lr": args.lr, "train.warmup_steps": max(1, args.steps // 10)})
-
-  target = runs.n_params(cfg("resnet_bk", 0, lengths[0]).model, ByteTokenizer.vocab_size)
-  layers = {}
-  for kind in kinds:
-    c = cfg(kind, 0, lengths[0])
-    layers[kind] = int(c.model.n_layers) if kind == "resnet_bk" else None
-    if kind != "resnet_bk":
-      runs.match_params(c, target)
-      layers[kind] = int(c.model.n_layers)
-  records = []
-  for n in lengths:
-    for seed in seeds:
-      for kind in kinds:
-        c = cfg(kind, seed, n)
-        c.model.n_layers = layers[kind]
-        res = runs.train(c)
-        f = runs.length_figures(res, n)
-        try:
-          val = runs.validate(c, args.eval_tokens)
-          f["val_loss"] = val["loss"]
-        except Exception as e:  # a diverged run may have nothing finite to evaluate
-          f["val_loss"], f["val_error"] = math.nan, f"{type(e).__name__}: {e}"
-        f["val_ppl"] = perplexity(f["val_loss"])
-        f.update(kind=kind, seed=seed, params=res["n_params"], n_layers=layers[kind],
-                 wall_s=res["wall_s"])
-        records.append(f)
-        print(f"# {kind} seed={seed} N={n}: {f['status']} val_loss={f['val_loss']:.4f} "
-              f"spikes/1k={f['spikes_per_1000']:.1f} gn_mean={f['grad_norm_mean']:.3f} "
-              f"gn_cv={f['grad_norm_cv']:.3f} ({f['wall_s']:.0f}s)", flush=True)
-  # degradation with length, per kind and seed
-  if len(lengths) > 1:
-    for kind in kinds:
-      for seed in seeds:
-        by = {r["seq_len"]: r for r in records if r["kind"] == kind and r["seed"] == seed}
-        deg = by[lengths[-1]]["val_ppl"] / by[lengths[0]]["val_ppl"]
-        for r in by.values():
-          r["ppl_degradation"] = deg
-  claims = []
-  base = "resnet_bk" if "resnet_bk" in kinds else kinds[0]
-  metrics = list(METRICS) + ([("ppl_degradation", True)] if len(lengths) > 1 else [])
-  for other in (k for k in kinds if k != base):
-    for name, lower in metrics:
-      for n in (lengths if name != "ppl_degradation" else lengths[:1]):
-        a = [r[name] for r in records if r["kind"] == base and r["seq_len"] == n]
-        b = [r[name] for r in records if r["kind"] == other and r["seq_len"] == n]
-        c = stats.compare(f"{name}" + ("" if name == "ppl_degradation" else f" @N={n}"), a, b,
-                          label_a=base, label_b=other, lower_is_better=lower)
-        claims.append(c)
-        print("CLAIM " + stats.format_claim(c), flush=True)
-  # tables
-  header = ["kind", "N", "seeds", "DIVERGED", "spikes/1k steps", "grad-norm mean", "grad-norm std/mean",
-            "final train loss", "val loss", "val ppl"]
-  trows = []
-  for n in lengths:
-    for kind in kinds:
-      rr = [r for r in records if r["kind"] == kind and r["seq_len"] == n]
-      def ms(key, rr=rr):
-        s = stats.summary([r[key] for r in rr])
-        return f"{s['mean']:.3f} ± {s['std']:.3f}" if s["n"] else "n/a"
-      trows.append([kind, n, len(rr), sum(r["diverged"] for r in rr), ms("spikes_per_1000"),
-                    ms("grad_norm_mean"), ms("grad_norm_cv"), ms("final_train_loss"), ms("val_loss"),
-                    ms("val_ppl")])
-  md = common.md_table(header, trows)
-  if len(lengths) > 1:
-    md += "\n\n" + common.md_table(
-        ["kind", f"ppl(N={lengths[-1]}) / ppl(N={lengths[0]})"],
-        [[k, (lambda s: f"{s['mean']:.3f} ± {s['std']:.3f}")(stats.summary(
-            [r["ppl_degradation"] for r in records if r["kind"] == k and r["seq_len"] == lengths[0]]))]
-         for k in kinds])
-  md += "\n\n" + common.md_table(
-      ["claim", "mean a", "mean b", "Welch p", "Mann-Whitney p"],
-      [[f"{c['metric']}: {c['a']} vs {c['b']}", c["summary_a"].get("mean"), c["summary_b"].get("mean"),
-        c["welch"]["p"], c["mann_whitney"]["p"]] for c in claims])
-  with open(os.path.join(out, "stability.md"), "w") as f:
-    f.write(md + "\n")
-  common.write_json(out, "stability.json", dict(args=vars(args), n_layers=layers, records=records,
-                                               claims=claims))
-  curves = [dict(kind=r["kind"], seed=r["seed"], seq_len=r["seq_len"], steps=r["curve_steps"],
-                 values=r["curve_loss"]) for r in records]
-  plots.plot_curves(os.path.join(out, "loss_curves.png"), curves, ylabel="training loss",
-                    title="every seed; identical data and tokens per step")
-  plots.plot_curves(os.path.join(out, "grad_norm_bands.png"),
-                    [dict(d, values=r["curve_grad_norm"]) for d, r in zip(curves, records)],
-                    ylabel="gradient norm (pre-clip)", band=True, title="mean and min-max over seeds")
-  plots.plot_bars(os.path.join(out, "spikes.png"), [f"N={n}" for n in lengths],
-                  {k: [stats.summary([r["spikes_per_1000"] for r in records
-                                      if r["kind"] == k and r["seq_len"] == n]).get("mean", math.nan)
-                       for n in lengths] for k in kinds},
-                  ylabel="loss spikes per 1,000 steps (mean over seeds)")
-  print(md)
-  return dict(records=records, claims=claims, out=out)
+  res = stability.compare_stability(grid, out, vars(args))
+  print(res["markdown"])
+  return res
 
 
 if __name__ == "__main__":

@@ -28,9 +28,7 @@ from bk_jax.train.cli import one_line_errors  # noqa: E402
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   with one_line_errors("eval_extrapolation.py"):
-    import ml_collections
-
-    from bk_jax.train.cli import add_config_help, apply_override, fill_missing_fields, load_config
+    from bk_jax.train.cli import DEFAULT_CONFIG, add_config_help, apply_override, load_config
     from bk_jax.train.config_validation import ConfigError
     from eval_streaming import split_config_args
 
@@ -59,9 +57,8 @@ def main(argv=None) -> int:
     if path is not None:
       config = load_config(path)
     elif args.checkpoint_dir:
-      from bk_jax.eval.loading import resolved_meta
-      config = fill_missing_fields(
-          ml_collections.ConfigDict(resolved_meta(args.checkpoint_dir, args.checkpoint)["config"]))
+      from bk_jax.eval.loading import checkpoint_config
+      config = checkpoint_config(args.checkpoint_dir, args.checkpoint, load_config(DEFAULT_CONFIG))
     else:
       raise ConfigError("give --checkpoint_dir or --config FILE")
     for key, val in overrides:

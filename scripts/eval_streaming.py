@@ -42,16 +42,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   with one_line_errors("eval_streaming.py"):
-    import ml_collections
-
-    from bk_jax.train.cli import apply_override, fill_missing_fields, load_config
+    from bk_jax.train.cli import DEFAULT_CONFIG, apply_override, load_config
     from bk_jax.train.config_validation import ConfigError
 
     path, overrides, rest = split_config_args(argv)
     args, unknown = parser().parse_known_args(rest)
     if unknown:
       raise ConfigError(f"unrecognised arguments: {' '.join(unknown)}")
-    from bk_jax.eval.loading import resolved_meta
+    from bk_jax.eval.loading import checkpoint_config
     if path is not None:
       config = load_config(path)
       save_dir = args.checkpoint_dir or config.save_dir
@@ -59,7 +57,7 @@ def main(argv=None) -> int:
       if not args.checkpoint_dir:
         raise ConfigError("give --checkpoint_dir (the run directory) or --config FILE")
       save_dir = args.checkpoint_dir
-      config = fill_missing_fields(ml_collections.ConfigDict(resolved_meta(save_dir, args.checkpoint)["config"]))
+      config = checkpoint_config(save_dir, args.checkpoint, load_config(DEFAULT_CONFIG))
       config.eval.split = "test"  # the script's default split
     config.save_dir = save_dir
     for key, val in overrides:

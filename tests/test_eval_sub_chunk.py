@@ -9,7 +9,8 @@ from flax import nnx
 from bk_jax.data import TINY_SHAKESPEARE
 from bk_jax.eval.streaming import DEFAULT_SUB_CHUNK, evaluate_model
 from bk_jax.models import build_model
-from bk_jax.train.cli import DEFAULT_CONFIG, apply_override, fill_missing_fields, load_config, split_config_args
+from bk_jax.eval.loading import fill_missing_fields
+from bk_jax.train.cli import DEFAULT_CONFIG, apply_override, load_config, split_config_args
 from bk_jax.train.config_validation import ConfigError, validate_config
 
 
@@ -56,7 +57,7 @@ def test_old_checkpoint_config_gets_the_field():
   config = ml_collections.ConfigDict(stored)
   with pytest.raises(ConfigError, match="unknown config field"):
     apply_override(config, "eval.sub_chunk", "256")
-  fill_missing_fields(config)
+  fill_missing_fields(config, load_config(DEFAULT_CONFIG))
   assert config.eval.sub_chunk == DEFAULT_SUB_CHUNK and config.eval.chunk_size == 512
   apply_override(config, "eval.sub_chunk", "256")
   assert config.eval.sub_chunk == 256

@@ -202,6 +202,44 @@ def resolved_meta(save_dir: str, checkpoint: str | int | None = None) -> dict:
   return _on_resolved(save_dir, checkpoint, read_meta)
 
 
+def fill_missing_fields(config: ml_collections.ConfigDict,
+                        defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Adds the fields of `defaults` that `config` lacks, in place; existing values are kept.
+
+  A checkpoint's stored config predates fields added since (e.g. `eval.sub_chunk`); those take
+  today's defaults so the scripts can read and override them.
+
+  Args:
+    config: a config read from a checkpoint's meta.
+    defaults: the reference config (the scripts pass configs/base.py).
+  Returns:
+    `config`.
+  """
+  with config.unlocked():
+    for key, val in defaults.items():
+      if key not in config:
+        config[key] = (ml_collections.ConfigDict(val.to_dict())
+                       if isinstance(val, ml_collections.ConfigDict) else val)
+      elif (isinstance(val, ml_collections.ConfigDict)
+            and isinstance(config[key], ml_collections.ConfigDict)):
+        fill_missing_fields(config[key], val)
+  return config
+
+
+def checkpoint_config(save_dir: str, checkpoint: str | int | None,
+                      defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The run config stored with a checkpoint, completed by `defaults` (`fill_missing_fields`).
+
+  Args:
+    save_dir, checkpoint: see `resolve_checkpoint` ("latest" is safe against a live run).
+    defaults: the reference config for fields the checkpoint predates (configs/base.py).
+  Returns:
+    A new ConfigDict.
+  """
+  meta = resolved_meta(save_dir, checkpoint)
+  return fill_missing_fields(ml_collections.ConfigDict(meta["config"]), defaults)
+
+
 def _on_resolved(save_dir: str, checkpoint, fn):
   """fn(resolved path); for "latest", picks again when the picked checkpoint vanished meanwhile."""
   latest = checkpoint is None or str(checkpoint) in ("", "latest")

@@ -2,7 +2,9 @@
 
   stats.py       Welch t-test, Mann-Whitney U and per-sample summaries (scipy p-values)
   throughput.py  one jitted AdamW step per (kind, N): tokens/s, step-time spread, XLA peak
-                 memory, FLOPs and an MFU estimate (shared with scripts/bench_models.py)
+                 memory, FLOPs and an MFU estimate; the layer-matching rule (layers_for_params)
+  benchmark.py   scripts/benchmark.py's table over kinds and N, and the issue-3 target checks
+  stability.py   scripts/compare_stability.py: kinds x seeds x N runs, Welch / Mann-Whitney claims
   runs.py        short trainings through bk_jax.train.loop.run, wall-clock budgets, validation
                  and the per-run figures read from long_context_results.json
   plots.py       matplotlib (Agg) figures for the scripts

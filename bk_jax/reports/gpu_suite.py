@@ -27,6 +27,8 @@ import sys
 import time
 import traceback
 
+from bk_jax.data.tokenizers import ByteTokenizer
+
 STAGES = ("ops", "models:resnet_bk", "models:mamba", "models:transformer", "train", "stream")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -59,7 +61,7 @@ def suite_spec(quick: bool = False, budget_scale: float = 1.0) -> dict:
                 budgets={"ops": 50.0, "models:resnet_bk": 45.0, "models:mamba": 45.0,
                          "models:transformer": 40.0, "train": 70.0, "stream": 30.0})
   spec["budgets"] = {k: v * budget_scale for k, v in spec["budgets"].items()}
-  spec.update(quick=quick, vocab=259, ops_methods=["associative", "scan", "chunked"],
+  spec.update(quick=quick, vocab=ByteTokenizer.vocab_size, ops_methods=["associative", "scan", "chunked"],
               train_config=os.path.join(REPO, "configs", "seq32k.py"))
   return spec
 
@@ -86,7 +88,8 @@ def _model_cfg(spec: dict, kind: str, remat: str):
   target = throughput.param_count(
       throughput.model_config("resnet_bk", spec["d_model"], spec["n_layers"], spec["vocab"], **kw))
   layers = (spec["n_layers"] if kind == "resnet_bk" else
-            throughput.matched_layers(kind, spec["d_model"], target, spec["vocab"], **kw))
+            throughput.layers_for_params(
+                throughput.model_config(kind, spec["d_model"], 1, spec["vocab"], **kw), target))
   cfg = throughput.model_config(kind, spec["d_model"], layers, spec["vocab"], **kw)
   # the fastest path: every method left on "auto" (resolved per platform by the model)
   cfg.resolvent_method = cfg.mamba.scan_method = cfg.transformer.attention = "auto"

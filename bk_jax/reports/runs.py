@@ -68,14 +68,18 @@ def n_params(model_cfg, vocab: int) -> int:
 
 
 def match_params(c: ml_collections.ConfigDict, target: int) -> int:
-  """Sets c.model.n_layers to the count whose parameter total is closest to `target`."""
+  """Sets c.model.n_layers to the count whose parameter total is closest to `target`
+  (`throughput.layers_for_params` on the run's model at its data's vocabulary).
+
+  Returns:
+    The parameter count at that layer count.
+  """
+  from bk_jax.reports.throughput import layers_for_params
+
   v = vocab_of(c)
   m = copy.deepcopy(c.model)
-  m.n_layers = 1
-  p1 = n_params(m, v)
-  m.n_layers = 2
-  per = n_params(m, v) - p1
-  c.model.n_layers = max(1, round((target - (p1 - per)) / per))
+  m.vocab_size = v
+  c.model.n_layers = layers_for_params(m, target)
   return n_params(c.model, v)
 
 

@@ -1,12 +1,13 @@
 """Timing one jitted training step per (model kind, N) at equal parameters and tokens per step.
 
-Moved here from scripts/bench_models.py (which now imports it) so scripts/benchmark.py and
-scripts/ablations.py time exactly the same step. `bench_one` additionally returns every timed
+Shared by scripts/benchmark.py (bk_jax.reports.benchmark), scripts/ablations.py and the GPU
+suite, so they all time exactly the same step. `bench_one` additionally returns every timed
 step, XLA's FLOP count of the compiled step and an MFU estimate against a measured matmul peak.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 
@@ -35,10 +36,23 @@ def param_count(cfg) -> int:
   return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
 
 
-def matched_layers(kind: str, d_model: int, target: int, vocab: int, **overrides) -> int:
-  """Number of layers whose parameter count is closest to `target`."""
-  base = param_count(model_config(kind, d_model, 1, vocab, **overrides))
-  per_layer = param_count(model_config(kind, d_model, 2, vocab, **overrides)) - base
+def layers_for_params(model_cfg, target: int) -> int:
+  """The layer count of `model_cfg` whose parameter total is closest to `target`.
+
+  The one layer-matching rule of the reports (equal-parameter comparisons): the parameter count
+  is affine in n_layers, so it is measured at 1 and 2 layers and solved for `target`.
+
+  Args:
+    model_cfg: a model config (kind, widths, vocab_size); its own n_layers is ignored.
+    target: parameter count to approach.
+  Returns:
+    n_layers >= 1.
+  """
+  m = copy.deepcopy(model_cfg)
+  m.n_layers = 1
+  base = param_count(m)
+  m.n_layers = 2
+  per_layer = param_count(m) - base
   return max(1, round((target - (base - per_layer)) / per_layer))
 
 
@@ -206,3 +220,37 @@ def bench_resolvent(method: str, n: int, heads: int, backward: bool, repeats: in
       "temp_bytes": temp_bytes,
       "temp_over_g": None if temp_bytes is None else temp_bytes / g_bytes,
   }
+
+
+def resolvent_grid(methods: list[str], lengths: list[int], heads_list: list[int], repeats: int,
+                   op: str = "diag", d: int = 8) -> list[dict]:
+  """`bench_resolvent` over methods x N x H x (fwd, fwd+bwd), each against the copy roofline.
+
+  Prints one table line per cell as it finishes (scripts/bench_ops.py).
+
+  Args:
+    methods, lengths, heads_list: the grid.
+    repeats: timed calls per cell (median) and per roofline measurement.
+    op, d: see `bench_resolvent`.
+  Returns:
+    The rows of `bench_resolvent` plus roofline_ns_per_element and ratio_to_roofline.
+  """
+  header = (f"{'method':>12} {'N':>7} {'H':>4} {'pass':>8} {'ns/elem':>9} {'roofline':>9} "
+            f"{'ratio':>7} {'temp MiB':>9} {'temp/g':>7}")
+  print(header)
+  print("-" * len(header))
+  rows = []
+  for n in lengths:
+    for heads in heads_list:
+      roof = roofline_ns_per_element(n * heads, repeats, bytes_per_element(op, d))
+      for method in methods:
+        for backward in (False, True):
+          row = bench_resolvent(method, n, heads, backward, repeats, op=op, d=d)
+          row["roofline_ns_per_element"] = roof
+          row["ratio_to_roofline"] = row["ns_per_element"] / roof
+          rows.append(row)
+          temp = "n/a" if row["temp_bytes"] is None else f"{row['temp_bytes'] / 2**20:9.1f}"
+          ratio_g = "n/a" if row["temp_over_g"] is None else f"{row['temp_over_g']:7.2f}"
+          print(f"{method:>12} {n:>7} {heads:>4} {row['pass']:>8} {row['ns_per_element']:9.2f} "
+                f"{roof:9.2f} {row['ratio_to_roofline']:7.1f} {temp:>9} {ratio_g:>7}", flush=True)
+  return rows

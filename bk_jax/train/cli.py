@@ -175,29 +175,6 @@ def parse_config_args(argv: Sequence[str], default_config: str | None = None) ->
   return config, rest
 
 
-def fill_missing_fields(config: ml_collections.ConfigDict,
-                        defaults: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
-  """Adds the fields of `defaults` (default: configs/base.py) that `config` lacks, in place.
-
-  A checkpoint's stored config predates fields added since (e.g. `eval.sub_chunk`); those take
-  today's defaults so the scripts can read and override them. Existing values are kept.
-
-  Args:
-    config: a config read from a checkpoint's meta.
-    defaults: the reference config; None loads DEFAULT_CONFIG.
-  Returns:
-    `config`.
-  """
-  defaults = load_config(DEFAULT_CONFIG) if defaults is None else defaults
-  with config.unlocked():
-    for key, val in defaults.items():
-      if key not in config:
-        config[key] = ml_collections.ConfigDict(val.to_dict()) if isinstance(val, ml_collections.ConfigDict) else val
-      elif isinstance(val, ml_collections.ConfigDict) and isinstance(config[key], ml_collections.ConfigDict):
-        fill_missing_fields(config[key], val)
-  return config
-
-
 @contextlib.contextmanager
 def one_line_errors(prog: str) -> Iterator[None]:
   """Config and data errors become `<prog>: error: <message>` on stderr and exit status 2."""

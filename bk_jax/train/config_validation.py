@@ -29,7 +29,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   files are reported by the data layer (`bk_jax.data.DataError`) while planning, still before
   any compile.
   """
-  from bk_jax.data.config import DATASETS, SPLITS, TOKENIZERS
+  from bk_jax.data.config import SPLITS, TOKENIZERS
+  from bk_jax.data.errors import DataError
+  from bk_jax.data.sources import check_data_config
   from bk_jax.models import validate_model_config
 
   t = config.train
@@ -44,12 +46,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(str(e)) from None
 
   d = config.data
-  _need(d.dataset in DATASETS, f"data.dataset={d.dataset!r} is not one of {DATASETS}")
+  try:
+    check_data_config(d)  # a registered name, and the settings that dataset accepts
+  except DataError as e:
+    raise ConfigError(str(e)) from None
   _need(d.tokenizer in TOKENIZERS, f"data.tokenizer={d.tokenizer!r} is not one of {TOKENIZERS}")
   _need(d.data_limit >= 0, f"data.data_limit must be >= 0, got {d.data_limit}")
-  _need(not (d.dataset in ("pystdlib", "synthetic") and str(d.path)),
-        f"data.path={d.path!r} is ignored by data.dataset={d.dataset!r}; to train on that file set "
-        f"--config.data.dataset=text (or wikitext2 / wikitext103), or clear data.path")
 
   lengths = train_lengths(config)
   _need(len(lengths) > 0, "train.sequence_lengths is empty")
