@@ -41,29 +41,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bk_jax.data.tokenizers import ByteTokenizer  # noqa: E402
-from bk_jax.reports import common, plots, runs, throughput  # noqa: E402
-
-BYTE_VOCAB = ByteTokenizer.vocab_size  # the runs read bytes (data.tokenizer="byte")
-
-
-def variants(heads: list[int]) -> dict[str, dict]:
-  v = {"base": {}, "bs_monitors": {"use_birman_schwinger": True},
-       "semiseparable": {"use_semiseparable": True},
-       "moe_scattering": {"use_moe": True, "router": "scattering"},
-       "moe_learned": {"use_moe": True, "router": "learned"}}
-  for h in heads:
-    v[f"heads_{h}"] = {"n_heads": h}
-  green = {"bk_mixer": "green"}
-  v.update({"conv": {"bk_conv": True}, "gate": {"bk_gate": True},
-            "conv_gate": {"bk_conv": True, "bk_gate": True},
-            "sel_shift": {"selective_shift": True}, "sel_coupling": {"selective_coupling": True},
-            "green": green, "green_conv_gate": {**green, "bk_conv": True, "bk_gate": True},
-            "green_all": {**green, "bk_conv": True, "bk_gate": True, "selective_shift": True,
-                          "selective_coupling": True},
-            "green_keyed": {**green, "bk_key_dim": 8, "bk_conv": True, "bk_gate": True,
-                            "selective_shift": True, "selective_coupling": True, "eta_min": 1e-3}})
-  return v
+from bk_jax.reports import ablations, common, runs  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -98,62 +76,15 @@ def main(argv=None) -> dict:
     args.quality_steps = min(args.quality_steps, 3)
     args.quality_len, args.quality_batch, args.eval_tokens = 16, 2, 64
   out = common.out_dir(args.out, "ablations", args.quick)
-  vs = variants([int(h) for h in args.heads.split(",") if h])
-  if args.only:
-    vs = {k: vs[k] for k in args.only.split(",") if k != "none"}
-  todo = [("resnet_bk", name, ov) for name, ov in vs.items()]
-  todo += [(k, k, {}) for k in args.baselines.split(",") if k]
-  rows = []
-  target = throughput.param_count(throughput.model_config(  # the base ResNet-BK's parameters
-      "resnet_bk", args.d_model, args.n_layers, BYTE_VOCAB, n_heads=args.n_heads))
-  for kind, name, ov in todo:
-    m = throughput.model_config(kind, args.d_model, args.n_layers, BYTE_VOCAB,
-                                **{"n_heads": args.n_heads, **ov})
-    if kind != "resnet_bk":  # baselines: layers matched to the base ResNet-BK's parameters
-      m.n_layers = throughput.layers_for_params(
-          throughput.model_config(kind, args.d_model, 1, BYTE_VOCAB), target)
-    r = throughput.bench_one(m, args.n, args.tokens_per_step, args.repeats)
-    r.update(variant=name, kind=kind, overrides=ov)
-    if args.quality_steps > 0:
-      c = runs.make_config(kind, os.path.join(out, "runs", name), {"seed": args.seed,
-          "data.dataset": "text", "data.path": os.path.abspath(args.data), "data.tokenizer": "byte",
-          "data.cache_dir": os.path.join(out, "cache"), "model.d_model": args.d_model,
-          "model.n_layers": int(m.n_layers), "model.n_heads": args.n_heads, "model.d_ff": 4 * args.d_model,
-          "train.seq_len": args.quality_len, "train.batch_size": args.quality_batch,
-          "train.steps_per_length": args.quality_steps, "train.lr": args.lr,
-          "model.transformer.n_heads": max(1, args.d_model // 32),
-          "train.warmup_steps": max(1, args.quality_steps // 10), "train.log_interval": 10,
-          **{f"model.{k}": v for k, v in ov.items()}})
-      res = runs.train(c)
-      r["quality_val_loss"] = runs.validate(c, args.eval_tokens)["loss"]
-      r["quality_train_wall_s"] = res["wall_s"]
-      r["quality_tokens_seen"] = int(res["total_steps"]) * args.quality_batch * args.quality_len
-    rows.append(r)
-    print(f"# {name}: step {r['step_s']:.3f}s params {r['n_params']:,} "
-          f"val {r.get('quality_val_loss', float('nan')):.4f}", flush=True)
-  base = next((r for r in rows if r["variant"] == "base"), rows[0])
-  header = ["variant", "params", "step s (median)", "tokens/s", "speed vs base", "peak MB"]
-  if args.quality_steps > 0:
-    header += [f"val loss after {args.quality_steps} steps = "
-               f"{args.quality_steps * args.quality_batch * args.quality_len:,} tokens (nats/char)",
-               "train wall s (under load)"]
-  trows = []
-  for r in rows:
-    r["speed_vs_base"] = base["step_s"] / r["step_s"]
-    row = [r["variant"], r["n_params"], round(r["step_s"], 4), r["tokens_per_s"],
-           f"{r['speed_vs_base']:.2f}x", r["peak_mb"]]
-    if args.quality_steps > 0:
-      row += [round(r["quality_val_loss"], 4), round(r["quality_train_wall_s"])]
-    trows.append(row)
-  md = common.md_table(header, trows)
-  with open(os.path.join(out, "ablations.md"), "w") as f:
-    f.write(md + "\n")
-  common.write_json(out, "ablations.json", dict(args=vars(args), rows=rows))
-  plots.plot_bars(os.path.join(out, "ablations.png"), [r["variant"] for r in rows],
-                  {"resnet_bk": [r["tokens_per_s"] for r in rows]}, ylabel="training tokens/s",
-                  title=f"ResNet-BK ablations, N={args.n}, {args.tokens_per_step} tokens/step")
-  print(md)
-  return dict(rows=rows, out=out)
+  todo = ablations.plan_rows([int(h) for h in args.heads.split(",") if h],
+                             args.only.split(",") if args.only else None, args.baselines.split(","))
+  return ablations.run_ablations(
+      todo, n=args.n, tokens_per_step=args.tokens_per_step, repeats=args.repeats,
+      d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
+      quality_steps=args.quality_steps, quality_len=args.quality_len,
+      quality_batch=args.quality_batch, lr=args.lr, seed=args.seed,
+      data=os.path.abspath(args.data), eval_tokens=args.eval_tokens,
+      out=out, args=vars(args))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bk_jax.reports import common, plots, runs  # noqa: E402
+from bk_jax.reports import common, induction  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -67,85 +67,14 @@ def main(argv=None) -> dict:
   if args.quick:
     args.train_len, args.steps, args.batch, args.d_model, args.n_layers = 32, 3, 4, 16, 1
     args.n_heads, args.max_log2, args.samples, args.token_budget = 2, 7, 4, 1024
-  from bk_jax.eval.extrapolation import format_table, run_extrapolation
-
   out = common.out_dir(args.out, "induction_anchor", args.quick)
-  lengths = [2 ** k for k in range(args.min_log2, args.max_log2 + 1)]
-  target, results = None, []
-  for kind in args.kinds.split(","):
-    c = runs.make_config(kind, os.path.join(out, "runs", kind), {
-        "seed": args.seed, "data.dataset": "synthetic", "data.synthetic.task": "induction_heads",
-        "model.d_model": args.d_model, "model.n_layers": args.n_layers, "model.n_heads": args.n_heads,
-        "model.d_ff": 4 * args.d_model, "model.transformer.n_heads": max(1, args.d_model // 32),
-        "train.seq_len": args.train_len, "train.batch_size": args.batch,
-        "train.steps_per_length": args.steps, "train.lr": args.lr,
-        "train.warmup_steps": max(1, min(100, args.steps // 10)), "train.log_interval": 10,
-        **({} if args.weight_decay is None else {"train.weight_decay": args.weight_decay}),
-        **(parse_overrides(args.bk_overrides) if kind == "resnet_bk" else {})})
-    if target is None:
-      target = runs.n_params(c.model, runs.vocab_of(c))
-    if kind != "resnet_bk" and not args.no_match:
-      runs.match_params(c, target)
-    res = runs.train(c, budget_s=args.budget_s or None)
-    fig = runs.length_figures(res, args.train_len)
-    ext = run_extrapolation(c, lengths=lengths, samples=args.samples, token_budget=args.token_budget,
-                            batch_size=4, progress=False, log=None)
-    r = dict(kind=kind, overrides=args.bk_overrides if kind == "resnet_bk" else "", params=res["n_params"], n_layers=int(c.model.n_layers),
-             steps=int(res["total_steps"]), train_wall_s=res["wall_s"],
-             stopped_by_budget=res["stopped_by_budget"], final_train_loss=fig["final_train_loss"],
-             rows=ext["rows"], curve_steps=fig["curve_steps"], curve_loss=fig["curve_loss"])
-    results.append(r)
-    print(f"# {kind}: params={r['params']:,} steps={r['steps']} train {r['train_wall_s']:.0f}s "
-          f"final train loss {r['final_train_loss']:.3f}", flush=True)
-    print(format_table(ext["rows"], train_len=args.train_len, task=kind), flush=True)
-  def short(n):
-    return f"2^{n.bit_length() - 1}"
-  header = ["model (trained at %d)" % args.train_len, "params", "steps"] + [short(n) for n in lengths]
-  trows = [[r["kind"] + (f" ({r['overrides']})" if r["overrides"] else ""), r["params"], r["steps"]] + [f"{100 * x['accuracy']:.1f}" for x in r["rows"]]
-           for r in results]
-  trows.append(["Mamba (paper, Table 2)", "~74k", "-"] + ["100.0"] * len(lengths))
-  md = common.md_table(header, trows)
-  with open(os.path.join(out, "induction_anchor.md"), "w") as f:
-    f.write(md + "\n")
-  common.write_json(out, "induction_anchor.json", dict(args=vars(args), lengths=lengths, results=results))
-  _plot(os.path.join(out, "induction_anchor.png"), results, args.train_len)
-  print(md)
-  return dict(results=results, out=out)
-
-
-def parse_overrides(text: str) -> dict:
-  """'model.a=1,model.b=green' -> {"model.a": 1, "model.b": "green"} (ints, floats, booleans)."""
-  out = {}
-  for item in filter(None, text.split(",")):
-    key, _, val = item.partition("=")
-    low = val.lower()
-    if low in ("true", "false"):
-      out[key] = low == "true"
-    else:
-      try:
-        out[key] = int(val)
-      except ValueError:
-        try:
-          out[key] = float(val)
-        except ValueError:
-          out[key] = val
-  return out
-
-
-def _plot(path, results, train_len):
-  plt = plots.pyplot()
-  fig, ax = plt.subplots(figsize=(6.5, 3.8))
-  for r in results:
-    ax.plot([x["length"] for x in r["rows"]], [100 * x["accuracy"] for x in r["rows"]], marker="o",
-            color=plots.COLORS.get(r["kind"]), label=r["kind"])
-  ax.axvline(train_len, color="gray", ls="--", lw=1, label=f"train length {train_len}")
-  ax.set_xscale("log", base=2)
-  ax.set_ylim(-2, 102)
-  ax.set_xlabel("test sequence length")
-  ax.set_ylabel("induction-heads accuracy (%)")
-  ax.grid(True, alpha=0.3)
-  ax.legend(fontsize=8)
-  plots.save_figure(fig, path)
+  setup = induction.Setup(
+      train_len=args.train_len, steps=args.steps, batch=args.batch, d_model=args.d_model,
+      n_layers=args.n_layers, n_heads=args.n_heads, lr=args.lr, weight_decay=args.weight_decay,
+      seed=args.seed, match=not args.no_match, bk_overrides=args.bk_overrides,
+      budget_s=args.budget_s, lengths=tuple(2 ** k for k in range(args.min_log2, args.max_log2 + 1)),
+      samples=args.samples, token_budget=args.token_budget)
+  return induction.run_induction(args.kinds.split(","), setup, out, vars(args))
 
 
 if __name__ == "__main__":

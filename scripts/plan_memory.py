@@ -16,24 +16,11 @@ Writes <out>/<config>_N<seq>_<mesh>.txt/.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def candidate_meshes(global_batch: int, seq_len: int, max_devices: int):
-  """(data, fsdp, tensor, sequence) for 8, 16, 32, ... devices: fsdp = the largest power of two
-  dividing both the device count and the global batch, sequence = the rest."""
-  n = 8
-  while n <= max_devices:
-    fsdp = math.gcd(n, global_batch)
-    seq = n // fsdp
-    if seq_len % seq == 0:
-      yield (1, fsdp, 1, seq)
-    n *= 2
 
 
 def main(argv=None) -> int:
@@ -74,49 +61,18 @@ def main(argv=None) -> int:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={n_dev}")
-  from bk_jax.data import batch_size_for
-  from bk_jax.runtime.provenance import command, stamped
-  from bk_jax.reports.memory_plan import format_plan, plan
-  from bk_jax.train.config_validation import train_lengths
+  from bk_jax.reports.memory_plan import plan_meshes
 
-  name = os.path.splitext(os.path.basename(a.config))[0]
-  seq = a.seq_len or max(train_lengths(cfg))
-  if a.find_min_mesh:
-    batch = batch_size_for(seq, cfg.train.batch_size, cfg.train.tokens_per_batch)
-    meshes = list(candidate_meshes(batch // int(cfg.train.get("grad_accum_steps", 1)), seq,
-                                   a.max_devices))
-  else:
-    meshes = [mesh]
-  os.makedirs(a.out, exist_ok=True)
-  tried = []
-  found = None
-  for m in meshes:
-    try:
-      pl = plan(cfg, m, seq_len=seq, device_memory_gb=a.device_memory_gb,
-                target_platform=a.target_platform, peak_tflops=a.peak_tflops,
-                hbm_tbps=a.hbm_tbps, config_name=name,
-                flops_by_layer="if_fits" if a.find_min_mesh else True)
-    except ConfigError as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 2
-    text = format_plan(pl)
-    print(text + "\n", flush=True)
-    tag = f"{name}_N{seq}_" + "x".join(str(x) for x in m)
-    with open(os.path.join(a.out, tag + ".txt"), "w") as f:
-      f.write(f"$ {command()}\n{text}\n")
-    with open(os.path.join(a.out, tag + ".json"), "w") as f:
-      json.dump(stamped(pl.to_dict()), f, indent=1)
-    tried.append((m, pl.bytes["peak"], pl.fits))
-    if pl.fits:
-      found = m
-      break
-  if a.find_min_mesh:
-    for m, peak, fits in tried:
-      print(f"mesh data,fsdp,tensor,sequence={m}: peak {peak / 2 ** 30:.2f} GiB per device "
-            f"-> {'fits' if fits else 'does not fit'}")
-    print(f"smallest mesh that fits in {a.device_memory_gb:g} GB: "
-          f"{found if found else f'none up to {a.max_devices} devices'}")
-  return 0 if found or not a.find_min_mesh else 1
+  try:
+    res = plan_meshes(cfg, None if a.find_min_mesh else mesh,
+                      config_name=os.path.splitext(os.path.basename(a.config))[0], out=a.out,
+                      seq_len=a.seq_len, max_devices=a.max_devices,
+                      device_memory_gb=a.device_memory_gb, target_platform=a.target_platform,
+                      peak_tflops=a.peak_tflops, hbm_tbps=a.hbm_tbps)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0 if res["found"] or not a.find_min_mesh else 1
 
 
 if __name__ == "__main__":

@@ -27,10 +27,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bk_jax.reports import common, plots, quality, runs  # noqa: E402
-
-NANOGPT = dict(params=800_000, val_loss=1.88, cpu_minutes=3,
-               source="nanoGPT README, 'I only have a macbook' char-level Shakespeare CPU run")
+from bk_jax.reports import common, quality, runs  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -69,32 +66,13 @@ def main(argv=None) -> dict:
     args.seq_len, args.batch, args.eval_tokens, args.steps = 32, 4, 512, args.steps or 6
   out = common.out_dir(args.out, "quality_anchor", args.quick)
   budget = quality.Budget(tokens=args.tokens) if args.tokens else quality.Budget(seconds=args.budget_s)
-  shared = {"seed": args.seed, "model.d_model": args.d_model, "model.n_heads": args.n_heads,
-            "model.d_ff": 4 * args.d_model, "model.transformer.n_heads": max(1, args.d_model // 32),
-            "train.seq_len": args.seq_len, "train.batch_size": args.batch, "train.lr": args.lr,
-            "train.warmup_steps": 40, "train.log_interval": 10}
   if args.steps:  # fixed steps (tests): expressed as the equal-tokens budget they amount to
     budget = quality.Budget(tokens=args.steps * args.batch * args.seq_len)
-  rows = [quality.run_kind(kind, budget, out=out, data=os.path.abspath(args.data),
-                           params=args.params, overrides=shared, eval_tokens=args.eval_tokens,
-                           timing_steps=args.timing_steps)
-          for kind in args.kinds.split(",")]
-  trows = [quality.table_row(r) for r in rows]
-  trows.append(["nanoGPT GPT (published)", NANOGPT["params"], 4, "180 s CPU", 2000, "-", 180, "-",
-                NANOGPT["val_loss"]])
-  md = common.md_table(quality.TABLE_HEADER, trows)
-  with open(os.path.join(out, "quality_anchor.md"), "w") as f:
-    f.write(md + "\n")
-  common.write_json(out, "quality_anchor.json", dict(args=vars(args), mode=budget.mode, rows=rows,
-                                                        published=NANOGPT))
-  plots.plot_curves(os.path.join(out, "quality_anchor.png"),
-                    [dict(kind=r["kind"], seed=args.seed, seq_len=args.seq_len, steps=r["curve_steps"],
-                          values=r["curve_loss"]) for r in rows],
-                    ylabel="training loss (nats/char)",
-                    title=(f"Tiny Shakespeare, {budget.tokens:,} tokens per kind" if budget.tokens
-                           else f"Tiny Shakespeare, {budget.seconds:.0f} s per kind"))
-  print(md)
-  return dict(rows=rows, out=out)
+  return quality.run_anchor(
+      args.kinds.split(","), budget, out=out, data=os.path.abspath(args.data), params=args.params,
+      d_model=args.d_model, n_heads=args.n_heads, seq_len=args.seq_len, batch=args.batch,
+      lr=args.lr, seed=args.seed, eval_tokens=args.eval_tokens, timing_steps=args.timing_steps,
+      args=vars(args))
 
 
 if __name__ == "__main__":

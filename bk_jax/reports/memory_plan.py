@@ -21,7 +21,9 @@ temporaries are an estimate of the GPU figure (of the right order, not to the by
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from typing import Any
 
 import jax
@@ -30,12 +32,15 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from bk_jax.data import batch_size_for
 from bk_jax.models import build_model, count_params
 from bk_jax.ops.resolvent import resolve_method
 from bk_jax.sharding import batch_sharding, make_mesh, state_shardings
 from bk_jax.runtime.errors import ConfigError
+from bk_jax.runtime.provenance import command, stamped
 from bk_jax.train.schedule import learning_rate_schedule
 from bk_jax.train.state import create_train_state
+from bk_jax.train.config_validation import train_lengths
 from bk_jax.train.step import jit_train_step, make_optimizer, make_train_step
 
 GIB = 2.0 ** 30
@@ -291,3 +296,75 @@ def format_plan(p: Plan) -> str:
       f"  note: {f['flops_note']}",
   ]
   return "\n".join(lines)
+
+
+
+def candidate_meshes(global_batch: int, seq_len: int, max_devices: int):
+  """(data, fsdp, tensor, sequence) for 8, 16, 32, ... devices: fsdp = the largest power of two
+  dividing both the device count and the global batch, sequence = the rest."""
+  n = 8
+  while n <= max_devices:
+    fsdp = math.gcd(n, global_batch)
+    seq = n // fsdp
+    if seq_len % seq == 0:
+      yield (1, fsdp, 1, seq)
+    n *= 2
+
+
+def plan_meshes(cfg: ml_collections.ConfigDict, mesh: tuple[int, int, int, int] | None, *,
+                config_name: str, out: str, seq_len: int = 0, max_devices: int = 64,
+                device_memory_gb: float = 80.0, target_platform: str = "gpu",
+                peak_tflops: float = H100_BF16_TFLOPS, hbm_tbps: float = H100_HBM_TBPS) -> dict:
+  """scripts/plan_memory.py: plans `mesh`, or (mesh None) the candidate meshes up to the first fit.
+
+  Each plan is printed and written to out/<config_name>_N<seq>_<mesh>.txt (the command line, then
+  `format_plan`) and .json (`Plan.to_dict`, stamped). With mesh None, a summary of the meshes
+  tried follows.
+
+  Args:
+    cfg: the run config.
+    mesh: (data, fsdp, tensor, sequence), or None: try `candidate_meshes` of the config's global
+      batch (per gradient-accumulation step) up to `max_devices` and stop at the first that fits.
+    config_name: the name in the report and the file names.
+    out: output folder (created).
+    seq_len: the planned length; 0: the longest trained length of the config.
+    max_devices, device_memory_gb, target_platform, peak_tflops, hbm_tbps: see `plan`.
+
+  Returns:
+    {"tried": [(mesh, peak bytes per device, fits)], "found": the first mesh that fits or None}.
+
+  Raises:
+    ConfigError: the config cannot be planned (after the plans already printed).
+  """
+  seq = seq_len or max(train_lengths(cfg))
+  find_min = mesh is None
+  if find_min:
+    batch = batch_size_for(seq, cfg.train.batch_size, cfg.train.tokens_per_batch)
+    meshes = list(candidate_meshes(batch // int(cfg.train.get("grad_accum_steps", 1)), seq,
+                                   max_devices))
+  else:
+    meshes = [mesh]
+  os.makedirs(out, exist_ok=True)
+  tried, found = [], None
+  for m in meshes:
+    pl = plan(cfg, m, seq_len=seq, device_memory_gb=device_memory_gb,
+              target_platform=target_platform, peak_tflops=peak_tflops, hbm_tbps=hbm_tbps,
+              config_name=config_name, flops_by_layer="if_fits" if find_min else True)
+    text = format_plan(pl)
+    print(text + "\n", flush=True)
+    tag = f"{config_name}_N{seq}_" + "x".join(str(x) for x in m)
+    with open(os.path.join(out, tag + ".txt"), "w") as f:
+      f.write(f"$ {command()}\n{text}\n")
+    with open(os.path.join(out, tag + ".json"), "w") as f:
+      json.dump(stamped(pl.to_dict()), f, indent=1)
+    tried.append((m, pl.bytes["peak"], pl.fits))
+    if pl.fits:
+      found = m
+      break
+  if find_min:
+    for m, peak, fits in tried:
+      print(f"mesh data,fsdp,tensor,sequence={m}: peak {peak / 2 ** 30:.2f} GiB per device "
+            f"-> {'fits' if fits else 'does not fit'}")
+    print(f"smallest mesh that fits in {device_memory_gb:g} GB: "
+          f"{found if found else f'none up to {max_devices} devices'}")
+  return dict(tried=tried, found=found)

@@ -12,7 +12,8 @@ Two comparisons, chosen by `budget`:
   that moment: on one idle machine it planned 1,150 steps where ~1,960 fitted.
 
 Every row reports the steps, tokens seen and seconds per step beside the wall clock, then the
-validation loss (nats/char) of the final checkpoint (bk_jax.train.evaluate).
+validation loss (nats/char) of the final checkpoint (bk_jax.train.evaluate). `run_anchor` runs
+every kind and writes the report of scripts/quality_anchor.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ import dataclasses
 import math
 import os
 
-from bk_jax.reports import runs, throughput
+from bk_jax.reports import common, plots, runs, throughput
+
+#: The published reference row of the anchor table.
+NANOGPT = dict(params=800_000, val_loss=1.88, cpu_minutes=3,
+               source="nanoGPT README, 'I only have a macbook' char-level Shakespeare CPU run")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,5 +117,50 @@ TABLE_HEADER = ["model", "params", "layers", "mode", "steps", "tokens seen", "tr
 
 
 def table_row(r: dict) -> list:
+  """One markdown row (TABLE_HEADER's columns) of a `run_kind` row."""
   return [r["kind"], r["params"], r["n_layers"], r["mode"], r["steps"], r["tokens_seen"],
           round(r["wall_s"]), round(r["s_per_step"], 4), round(r["val_loss"], 4)]
+
+
+def run_anchor(kinds: list[str], budget: Budget, *, out: str, data: str, params: int,
+               d_model: int, n_heads: int, seq_len: int, batch: int, lr: float, seed: int,
+               eval_tokens: int, timing_steps: int, args: dict) -> dict:
+  """scripts/quality_anchor.py: every kind under `budget` (`run_kind`), then the report.
+
+  Args:
+    kinds: model kinds, in order.
+    budget: equal tokens or equal wall clock.
+    out: output folder; quality_anchor.json/.md/.png are written there.
+    data: path of the text corpus.
+    params: target parameter count (layers matched per kind).
+    d_model, n_heads, seq_len, batch, lr, seed: shared by every kind (n_heads: BK heads).
+    eval_tokens: validation characters scored.
+    timing_steps: see `plan_steps`.
+    args: the command's arguments, recorded in quality_anchor.json.
+
+  Returns:
+    {"rows": one `run_kind` row per kind, "out": out}.
+  """
+  shared = {"seed": seed, "model.d_model": d_model, "model.n_heads": n_heads,
+            "model.d_ff": 4 * d_model, "model.transformer.n_heads": max(1, d_model // 32),
+            "train.seq_len": seq_len, "train.batch_size": batch, "train.lr": lr,
+            "train.warmup_steps": 40, "train.log_interval": 10}
+  rows = [run_kind(kind, budget, out=out, data=data, params=params, overrides=shared,
+                   eval_tokens=eval_tokens, timing_steps=timing_steps)
+          for kind in kinds]
+  trows = [table_row(r) for r in rows]
+  trows.append(["nanoGPT GPT (published)", NANOGPT["params"], 4, "180 s CPU", 2000, "-", 180, "-",
+                NANOGPT["val_loss"]])
+  md = common.md_table(TABLE_HEADER, trows)
+  with open(os.path.join(out, "quality_anchor.md"), "w") as f:
+    f.write(md + "\n")
+  common.write_json(out, "quality_anchor.json", dict(args=args, mode=budget.mode, rows=rows,
+                                                        published=NANOGPT))
+  plots.plot_curves(os.path.join(out, "quality_anchor.png"),
+                    [dict(kind=r["kind"], seed=seed, seq_len=seq_len, steps=r["curve_steps"],
+                          values=r["curve_loss"]) for r in rows],
+                    ylabel="training loss (nats/char)",
+                    title=(f"Tiny Shakespeare, {budget.tokens:,} tokens per kind" if budget.tokens
+                           else f"Tiny Shakespeare, {budget.seconds:.0f} s per kind"))
+  print(md)
+  return dict(rows=rows, out=out)
