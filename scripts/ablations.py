@@ -18,6 +18,8 @@ Variants (everything else = the base ResNet-BK of --d_model/--n_layers/--n_heads
   green_all                 green + conv + gate + selective shift and coupling
   green_keyed               green_all with key (x) value states read by queries (bk_key_dim=8:
                             8 x d_head per head, Mamba's B_t/C_t role) and eta_min=1e-3 (memory)
+  green_keyed_matched       green_keyed with 8 heads and d_ff = d_model (at d_model 64: 104,048
+                            parameters, the seed block's 105,888)
 Baselines (--baselines mamba,transformer): the same training at parameters matched to base
 (layers matched, bk_jax.reports.throughput.layers_for_params), timed the same way.
 Speed: one jitted AdamW step per variant (bk_jax.reports.throughput.bench_one; same step as

@@ -41,6 +41,9 @@ def variants(heads: list[int]) -> dict[str, dict]:
                           "selective_coupling": True},
             "green_keyed": {**green, "bk_key_dim": 8, "bk_conv": True, "bk_gate": True,
                             "selective_shift": True, "selective_coupling": True, "eta_min": 1e-3}})
+  # the keyed block at about the seed block's parameter count (d_model 64: 104,048 vs 105,888): half
+  # the heads and a d_model-wide FFN pay for the key/query projections
+  v["green_keyed_matched"] = {**v["green_keyed"], "n_heads": 8, "d_ff": 64}
   return v
 
 
