@@ -90,6 +90,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_peak_memory_flat_from_100k_to_1m(tmp_path):
   script = tmp_path / "mem.py"
   script.write_text(MEMORY_SCRIPT)

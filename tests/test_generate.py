@@ -115,6 +115,7 @@ def test_bad_arguments_are_one_line_errors():
     generate(model, np.zeros((1, 0), np.int32), max_new_tokens=2)
 
 
+@pytest.mark.slow
 def test_generate_script_on_a_trained_run(tmp_path, capsys):
   from bk_jax.eval.generate import generate_text
   from bk_jax.eval.loading import load_checkpoint

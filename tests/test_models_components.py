@@ -116,6 +116,7 @@ def test_selective_scan_associative_equals_sequential():
     np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_mamba_block_associative_equals_sequential_grads():
   """The whole block (conv, projections, scan) under both methods: values and parameter grads."""
   from flax import nnx

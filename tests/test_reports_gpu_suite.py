@@ -21,6 +21,7 @@ def _benchmark_script():
   return mod
 
 
+@pytest.mark.slow
 def test_gpu_suite_quick(tmp_path):
   _benchmark_script().main(["--suite", "gpu", "--quick", "--out", str(tmp_path)])
   with open(tmp_path / "gpu_suite.json") as f:

@@ -5,6 +5,7 @@ import pytest
 from sharding_checks import run_check, run_multiprocess
 
 
+@pytest.mark.slow
 def test_two_processes_match_single_process_loss():
   """Each process feeds its half of the global batch; losses equal the one-process run."""
   single = run_check("multiprocess_step", "-", devices=1)

@@ -11,6 +11,7 @@ def _assert_close(res, tol_g, tol_grad):
     assert r["grad"] <= tol_grad, (key, r)
 
 
+@pytest.mark.slow
 def test_sequence_sharded_causal_diag_matches_unsharded():
   """Forward, carry and gradients (v, hopping, z, carry) on mesh sequence=8, float32."""
   res = run_check("scan", "float32", "quick")

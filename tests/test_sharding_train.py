@@ -7,6 +7,7 @@ from sharding_checks import run_check
 MESHES = ("8,1,1,1", "2,2,2,1", "1,1,1,8", "2,1,1,4")
 
 
+@pytest.mark.slow
 def test_train_step_on_meshes_equals_single_device():
   """3 train steps per mesh: every loss and every updated parameter within 1e-5."""
   res = run_check("train_meshes", *MESHES)

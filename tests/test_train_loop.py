@@ -177,6 +177,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(multi_run, corpus, tmp_p
   assert res["status"] == ref["status"]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly_then_resumes(multi_run, corpus, tmp_path):
   _, ref = multi_run
   cfg = tiny_config(str(tmp_path), *corpus, lengths=(32, 64), steps=10)
