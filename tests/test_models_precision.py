@@ -14,6 +14,13 @@ achieves), and that both runs really learn (the loss drops by >= 0.5 nats), so a
 not the agreement of two runs that stand still. Measured (jax 0.10.2, CPU): max |diff| 0.0001
 (transformer) to 0.0028 (semiseparable + MoE + monitors). `test_bf16_activations_are_bf16`
 checks that bf16 really runs (the curves alone would also agree if nothing ran in bf16).
+
+Known conditioning limit (measured, not a tolerance): Mamba's exp(dt A) amplifies a relative
+error in dt by |A| dt. Until Nov 2026 this test trained on README bytes; after a README edit one
+token whose trained dt was 0.69 reached 1.6% of the logit scale (the next 0.2%). Half of that
+was a real defect, dt's bias added in bf16 (fixed: bias and accumulation are float32, as in
+Mamba's kernel); the rest (1.3%) is the bf16 rounding of the activations feeding dt. The data
+is now the shipped corpus, so the check no longer moves with the docs.
 """
 
 from __future__ import annotations
@@ -57,8 +64,9 @@ def _config(variant: str, dtype: str):
 
 def _text_batches(n_batches: int, batch: int = 4, n: int = 48) -> np.ndarray:
   """Real data: the byte tokens of this repository's README (folded into a vocab of V)."""
-  readme = pathlib.Path(__file__).resolve().parent.parent / "README.md"
-  data = np.frombuffer(readme.read_bytes(), np.uint8).astype(np.int32) % V
+  # the shipped corpus, not a doc that changes with every edit: the curves must not move with it
+  text = pathlib.Path(__file__).resolve().parent.parent / "bk_jax/data/assets/tinyshakespeare.txt"
+  data = np.frombuffer(text.read_bytes(), np.uint8).astype(np.int32) % V
   rows = n_batches * batch
   starts = np.linspace(0, len(data) - n - 2, rows).astype(int)
   return np.stack([data[s:s + n + 1] for s in starts]).reshape(n_batches, batch, n + 1)

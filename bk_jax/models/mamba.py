@@ -156,7 +156,13 @@ class MambaBlock(nnx.Module):
     xc = jax.nn.silu(conv)
     dt_in, b, c = jnp.split(self.x_proj(xc), [self.dt_rank, self.dt_rank + self.d_state], -1)
     f32 = lambda t: t.astype(jnp.float32)
-    dt = jax.nn.softplus(f32(self.dt_proj(dt_in)))
+    # dt's pre-activation is a bias of -2.3..-6.9 plus a small rank-dt_rank projection: rounded
+    # to bf16 (spacing 2^-5 at |x| >= 4) it would move dt by up to ~1.6% and exp(dt A) with it,
+    # so the bf16 matmul accumulates into float32 and the bias is added in float32 (as Mamba's
+    # own kernel adds delta_bias in fp32 before its softplus).
+    dt_pre = jnp.dot(dt_in, self.dt_proj.kernel[...].astype(dt_in.dtype),
+                     preferred_element_type=jnp.float32) + f32(self.dt_proj.bias[...])
+    dt = jax.nn.softplus(dt_pre)
     a = -jnp.exp(f32(self.a_log[...]))
     y, h_last = selective_scan(f32(xc), dt, a, f32(b), f32(c), h0, chunk=self.chunk,
                                method=self.scan_method)
