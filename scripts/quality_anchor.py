@@ -14,6 +14,8 @@ CPU-minutes.
   python scripts/quality_anchor.py --tokens 4000000       # equal tokens: 4M per kind
   python scripts/quality_anchor.py --budget_s 150         # reduced
   python scripts/quality_anchor.py --quick                # seconds (tests)
+  # a ResNet-BK block variant as a row of its own, beside the seed block and the baselines
+  python scripts/quality_anchor.py --kinds resnet_bk:green_keyed,resnet_bk,mamba,transformer
   # rebuild the table and figure from result JSONs (no training)
   python scripts/quality_anchor.py --out results/quality_anchor_600s --merge \
       results/quality_anchor_600s/quality_anchor.json results/quality_anchor_600s/quality_anchor_resnet_bk.json
@@ -32,7 +34,9 @@ from bk_jax.reports import common, quality, runs  # noqa: E402
 
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--kinds", default="resnet_bk,mamba,transformer")
+  ap.add_argument("--kinds", default="resnet_bk,mamba,transformer",
+                  help="rows: model kinds, or resnet_bk:VARIANT for a block variant of "
+                       "scripts/ablations.py (e.g. resnet_bk:green_keyed)")
   ap.add_argument("--data", default=runs.TINY_SHAKESPEARE)
   ap.add_argument("--budget_s", type=float, default=600.0, help="training wall clock per kind")
   ap.add_argument("--tokens", type=int, default=0,
@@ -64,6 +68,11 @@ def main(argv=None) -> dict:
   if args.quick:
     args.budget_s, args.params, args.d_model, args.n_heads = 20.0, 20_000, 32, 4
     args.seq_len, args.batch, args.eval_tokens, args.steps = 32, 4, 512, args.steps or 6
+  for spec in args.kinds.split(","):
+    try:
+      quality.parse_row(spec)
+    except ValueError as e:
+      ap.error(str(e))
   out = common.out_dir(args.out, "quality_anchor", args.quick)
   budget = quality.Budget(tokens=args.tokens) if args.tokens else quality.Budget(seconds=args.budget_s)
   if args.steps:  # fixed steps (tests): expressed as the equal-tokens budget they amount to

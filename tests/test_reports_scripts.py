@@ -62,12 +62,29 @@ def test_compare_stability_quick(tmp_path, corpus):
 
 
 def test_quality_anchor_quick(tmp_path, corpus):
-  _script("quality_anchor").main(["--quick", "--kinds", "resnet_bk", "--data", corpus,
+  # a block-variant row: the variant's overrides reach the trained model
+  _script("quality_anchor").main(["--quick", "--kinds", "resnet_bk:green_keyed", "--data", corpus,
                                   "--out", str(tmp_path)])
   row = _read(tmp_path, "quality_anchor.json")["rows"][0]
+  assert row["kind"] == "resnet_bk:green_keyed"
+  ran = _read(tmp_path / "runs" / "resnet_bk_green_keyed", "long_context_results.json")
+  assert '"bk_mixer": "green"' in json.dumps(ran) and '"bk_key_dim": 8' in json.dumps(ran)
   assert row["steps"] == 6 and 0 < row["val_loss"] < 10
   assert row["mode"] == "equal_tokens" and row["tokens_seen"] == 6 * 4 * 32
   assert row["s_per_step"] > 0
+
+
+def test_quality_anchor_rows_parse_and_bad_rows_fail_before_training():
+  from bk_jax.reports import quality
+  assert quality.parse_row("mamba") == ("mamba", {})
+  kind, ov = quality.parse_row("resnet_bk:green_conv_gate")
+  assert kind == "resnet_bk" and ov == {"model.bk_mixer": "green", "model.bk_conv": True,
+                                        "model.bk_gate": True}
+  for bad in ("resnet_bk:nope", "mamba:green"):
+    with pytest.raises(ValueError, match="resnet_bk:VARIANT"):
+      quality.parse_row(bad)
+  with pytest.raises(SystemExit):  # the script: one argparse line, before any training
+    _script("quality_anchor").main(["--quick", "--kinds", "resnet_bk,resnet_bk:nope"])
 
 
 def test_quality_anchor_equal_tokens_and_wall_clock_planning(tmp_path, corpus):

@@ -67,14 +67,37 @@ def plan_steps(c, budget: Budget, *, timing_steps: int = 5) -> dict:
   return dict(steps=steps, timed_step_s=b["step_s"], timed_steps=len(b["step_s_all"]))
 
 
-def run_kind(kind: str, budget: Budget, *, out: str, data: str, params: int, overrides: dict,
-             eval_tokens: int, timing_steps: int = 5) -> dict:
-  """Trains one kind under `budget` and validates it.
+def parse_row(spec: str) -> tuple[str, dict]:
+  """A row of `--kinds`: "KIND" or "resnet_bk:VARIANT" (a block variant of scripts/ablations.py).
 
   Args:
-    kind: model kind.
+    spec: e.g. "mamba" or "resnet_bk:green_keyed".
+
+  Returns:
+    (kind, dotted model overrides of the variant; {} for a plain kind).
+
+  Raises:
+    ValueError: an unknown variant, or a variant on a kind other than resnet_bk.
+  """
+  kind, _, variant = spec.partition(":")
+  if not variant:
+    return kind, {}
+  from bk_jax.reports.ablations import variants  # the one list of block variants
+  known = variants([])
+  if kind != "resnet_bk" or variant not in known:
+    raise ValueError(f"unknown row {spec!r}: a variant row is resnet_bk:VARIANT with VARIANT one "
+                     f"of {', '.join(known)}")
+  return kind, {f"model.{k}": v for k, v in known[variant].items()}
+
+
+def run_kind(spec: str, budget: Budget, *, out: str, data: str, params: int, overrides: dict,
+             eval_tokens: int, timing_steps: int = 5) -> dict:
+  """Trains one row (a kind, or a ResNet-BK block variant) under `budget` and validates it.
+
+  Args:
+    spec: "KIND" or "resnet_bk:VARIANT" (`parse_row`).
     budget: equal tokens or equal wall clock.
-    out: output folder (the run goes to out/runs/<kind>, the token cache to out/cache).
+    out: output folder (the run goes to out/runs/<spec>, the token cache to out/cache).
     data: path of the text corpus.
     params: target parameter count (the layer count is matched to it).
     overrides: dotted config overrides shared by every kind (model width, batch, lr, ...).
@@ -84,29 +107,30 @@ def run_kind(kind: str, budget: Budget, *, out: str, data: str, params: int, ove
   Returns:
     The row written to the report (see `row_fields`).
   """
-  c = runs.make_config(kind, os.path.join(out, "runs", kind), {
+  kind, variant = parse_row(spec)
+  c = runs.make_config(kind, os.path.join(out, "runs", spec.replace(":", "_")), {
       "data.dataset": "text", "data.path": data, "data.tokenizer": "byte",
-      "data.cache_dir": os.path.join(out, "cache"), **overrides})
+      "data.cache_dir": os.path.join(out, "cache"), **overrides, **variant})
   n_params = runs.match_params(c, params)
   plan = plan_steps(c, budget, timing_steps=timing_steps)
   steps = plan["steps"]
   c.train.steps_per_length = steps
   c.train.warmup_steps = min(int(c.train.warmup_steps), max(1, steps // 10))
-  print(f"# {kind}: n_layers={c.model.n_layers} params={n_params:,} {budget.mode}: planned "
+  print(f"# {spec}: n_layers={c.model.n_layers} params={n_params:,} {budget.mode}: planned "
         f"steps={steps} (timed step {plan['timed_step_s']})", flush=True)
   res = runs.train(c, budget_s=budget.seconds or None)
   val = runs.validate(c, eval_tokens)
   fig = runs.length_figures(res, int(c.train.seq_len))
   done = int(res["total_steps"])
   tokens_per_step = int(c.train.batch_size) * int(c.train.seq_len)
-  row = dict(kind=kind, params=res["n_params"], n_layers=int(c.model.n_layers),
+  row = dict(kind=spec, params=res["n_params"], n_layers=int(c.model.n_layers),
              mode=budget.mode, planned_steps=steps, timed_step_s=plan["timed_step_s"],
              steps=done, wall_s=res["wall_s"], s_per_step=res["wall_s"] / max(done, 1),
              stopped_by_budget=res["stopped_by_budget"], tokens_seen=done * tokens_per_step,
              val_loss=val["loss"], val_tokens=val["tokens"],
              train_loss_last=fig["final_train_loss"], curve_steps=fig["curve_steps"],
              curve_loss=fig["curve_loss"])
-  print(f"# {kind}: val loss {row['val_loss']:.4f} nats/char after {done} steps "
+  print(f"# {spec}: val loss {row['val_loss']:.4f} nats/char after {done} steps "
         f"({row['tokens_seen']:,} tokens, {row['wall_s']:.0f} s, {row['s_per_step']:.3f} s/step)",
         flush=True)
   return row
@@ -128,7 +152,7 @@ def run_anchor(kinds: list[str], budget: Budget, *, out: str, data: str, params:
   """scripts/quality_anchor.py: every kind under `budget` (`run_kind`), then the report.
 
   Args:
-    kinds: model kinds, in order.
+    kinds: the rows, in order: model kinds or "resnet_bk:VARIANT" (`parse_row`).
     budget: equal tokens or equal wall clock.
     out: output folder; quality_anchor.json/.md/.png are written there.
     data: path of the text corpus.
@@ -145,6 +169,8 @@ def run_anchor(kinds: list[str], budget: Budget, *, out: str, data: str, params:
             "model.d_ff": 4 * d_model, "model.transformer.n_heads": max(1, d_model // 32),
             "train.seq_len": seq_len, "train.batch_size": batch, "train.lr": lr,
             "train.warmup_steps": 40, "train.log_interval": 10}
+  for spec in kinds:  # fail on a bad row before any training
+    parse_row(spec)
   rows = [run_kind(kind, budget, out=out, data=data, params=params, overrides=shared,
                    eval_tokens=eval_tokens, timing_steps=timing_steps)
           for kind in kinds]
