@@ -158,6 +158,7 @@ def test_carry_gradient_flows():
     np.testing.assert_allclose(jax.grad(two)(jnp.asarray(v)), jax.grad(one)(jnp.asarray(v)), rtol=1e-12)
 
 
+@pytest.mark.slow  # a long sequence (16 s on the 2-core CPU)
 def test_methods_agree_and_associative_accurate_at_65536():
   rng = np.random.default_rng(9)
   n, heads = 65536, 2

@@ -28,6 +28,7 @@ def _read(d, name):
     return json.load(f)
 
 
+@pytest.mark.slow  # a whole report script; README's commands run it reduced too
 def test_benchmark_quick(tmp_path):
   _script("benchmark").main(["--quick", "--kinds", "resnet_bk,transformer", "--out", str(tmp_path)])
   out = _read(tmp_path, "benchmark.json")
@@ -103,6 +104,7 @@ def test_quality_anchor_equal_tokens_and_wall_clock_planning(tmp_path, corpus):
   assert p["steps"] == max(10, int(0.9 * 2.0 / p["timed_step_s"]))
 
 
+@pytest.mark.slow  # a whole report script; README's commands run it reduced too
 def test_induction_anchor_quick(tmp_path):
   _script("induction_anchor").main(["--quick", "--kinds", "resnet_bk", "--out", str(tmp_path)])
   res = _read(tmp_path, "induction_anchor.json")["results"][0]
