@@ -23,6 +23,9 @@ VARIANTS = {
     "green_all": dict(bk_mixer="green", bk_head_dim=4, bk_conv=True, bk_gate=True,
                       selective_shift=True, selective_coupling=True),
     "green_keyed": dict(bk_mixer="green", bk_head_dim=4, bk_key_dim=3, bk_conv=True, bk_gate=True),
+    "green_modulus_keyed": dict(bk_mixer="green_modulus", bk_head_dim=4, bk_key_dim=3,
+                                bk_conv=True, bk_gate=True, selective_shift=True,
+                                selective_coupling=True),
     "green_scan_layers": dict(bk_mixer="green", bk_head_dim=4, bk_conv=True, scan_layers=True),
 }
 
@@ -67,10 +70,12 @@ def test_streaming_chunks_equal_full(variant):
   np.testing.assert_allclose(np.concatenate(outs, 1), np.asarray(full), rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize("mixer", ["green", "green_modulus"])
 @pytest.mark.parametrize("selective", [False, True])
-def test_keyed_green_mixer_matches_dense_float64(selective):
-  """o_i = sum_{j<=i} [(H_{0..i} - z)^{-1}]_{ij} (q_i . k_j) x_j against dense Jacobi inverses."""
-  cfg = tiny_config("resnet_bk", bk_mixer="green", bk_head_dim=3, bk_key_dim=2,
+def test_keyed_green_mixer_matches_dense_float64(selective, mixer):
+  """o_i = sum_{j<=i} K_ij (q_i . k_j) x_j against dense Jacobi inverses, with the kernel
+  K = [(H_{0..i} - z)^{-1}]_{ij} ("green") or its modulus ("green_modulus")."""
+  cfg = tiny_config("resnet_bk", bk_mixer=mixer, bk_head_dim=3, bk_key_dim=2,
                     selective_shift=selective, selective_coupling=selective)
   blk = build_model(cfg).blocks[0]
   if selective:  # make the per-position operator really vary
@@ -83,6 +88,9 @@ def test_keyed_green_mixer_matches_dense_float64(selective):
   heads = lambda w, k: np.asarray(uc @ w.kernel[...], np.float64).reshape(2, 9, cfg.n_heads, k)
   x, k, q = heads(blk.w_x, 3), heads(blk.w_k, 2), heads(blk.w_q, 2)
   rows = ref.prefix_rows(np.asarray(v), np.asarray(hopping), np.asarray(z))  # (B, i, j, H)
+  if mixer == "green_modulus":
+    rows = np.abs(rows)
+    assert not np.iscomplexobj(np.asarray(got))
   want = np.einsum("bijh,bihn,bjhn,bjhd->bihd", rows, q, k, x)
   np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-5 * np.abs(want).max())
 
@@ -127,14 +135,15 @@ def test_config_validation(bad, msg):
 
 
 @pytest.mark.slow
-def test_green_mixer_trains_the_same_on_a_sequence_parallel_mesh():
-  """Green + conv + gate: 3 train steps on mesh sequence=8 (and data 2 x sequence 4) equal one
-  device (tests/sharding_checks.py, 8 fake CPU devices)."""
+@pytest.mark.parametrize("mixer,key_dim", [("green", 0), ("green_modulus", 2)])
+def test_green_mixer_trains_the_same_on_a_sequence_parallel_mesh(mixer, key_dim):
+  """Green (or keyed modulus) + conv + gate: 3 train steps on mesh sequence=8 (and data 2 x
+  sequence 4) equal one device (tests/sharding_checks.py, 8 fake CPU devices)."""
   import json
 
   from sharding_checks import run_check
 
-  ov = dict(bk_mixer="green", bk_head_dim=4, bk_conv=True, bk_gate=True)
+  ov = dict(bk_mixer=mixer, bk_head_dim=4, bk_key_dim=key_dim, bk_conv=True, bk_gate=True)
   res = run_check("train_variant_meshes", json.dumps(ov), "1,1,1,8", "2,1,1,4")
   for spec in ("1,1,1,8", "2,1,1,4"):
     assert res[spec]["loss"] <= 1e-5 and res[spec]["params"] <= 1e-5, (spec, res[spec])

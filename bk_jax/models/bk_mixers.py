@@ -15,6 +15,10 @@ block (`bk.BKBlock`, which stays unchanged). Per block, with u = RMSNorm(x) (B, 
       (q_i . k_j) x_j,  f = [Re eta o, Im eta o]  (2 H d_head): the Green's function is the
       causal, data-dependent decay and q . k chooses what is recalled (Mamba's B_t / C_t role;
       a state of n x d_head per head)
+    "green_modulus" (bk_mixer): the same with the kernel |G_ij| instead of G_ij, f = eta o
+      (H d_head, real): |G_ij| = |g_j| prod_{j<k<=i} |t_k g_k|, so o is the real affine scan
+      y_i = |t_i g_i| y_{i-1} + |g_i| x_i over g = causal_diag(v; t, z). A stored value comes back
+      without the gap-dependent phase of G's in-band decay (DESIGN §2.10, the memory bound)
     m  = W_o f,  times silu(W_gate u) if `bk_gate`
     x' = x + FFN(u) + scale * m
 
@@ -37,6 +41,7 @@ from flax import nnx
 
 from bk_jax.models.layers import FFN, RMSNorm, dense, per_token
 from bk_jax.ops import resolvent
+from bk_jax.ops.linear_scan import linear_scan
 
 CONV_WIDTH = 4  # as Mamba's d_conv
 
@@ -80,7 +85,8 @@ class BKVariantBlock(nnx.Module):
     out_scale = 1.0 / (2 * cfg.n_layers)
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     self.n_heads, self.eta_min, self.method, self.dtype = h, cfg.eta_min, cfg.resolvent_method, dtype
-    self.green = cfg.bk_mixer == "green"
+    self.green = cfg.bk_mixer in ("green", "green_modulus")
+    self.modulus = cfg.bk_mixer == "green_modulus"  # real kernel |G_ij|, real features
     self.head_dim = int(cfg.bk_head_dim) if self.green else 0
     self.key_dim = int(cfg.bk_key_dim) if self.green else 0
     # values per head inside the resolvent: k (x) x when keyed, else x itself
@@ -116,7 +122,7 @@ class BKVariantBlock(nnx.Module):
     n_feat = 2 * h
     if self.green:
       self.w_x = dense(d, h * self.head_dim, ("embed", "heads"), **kw)
-      n_feat = 2 * h * self.head_dim
+      n_feat = (1 if self.modulus else 2) * h * self.head_dim
       if self.key_dim:
         self.w_k = dense(d, h * self.key_dim, ("embed", "heads"), **kw)
         self.w_q = dense(d, h * self.key_dim, ("embed", "heads"), **kw)
@@ -129,8 +135,9 @@ class BKVariantBlock(nnx.Module):
   def init_carry(self, batch_size: int):
     """Fresh-sequence streaming state BKVariantCarry(res, conv)."""
     g = jnp.zeros((batch_size, self.n_heads), jnp.complex64)
+    y_dtype = jnp.float32 if self.modulus else jnp.complex64
     res = resolvent.GreenCarry(
-        g, jnp.zeros((batch_size, self.n_heads, self.state_dim), jnp.complex64)) if self.green else g
+        g, jnp.zeros((batch_size, self.n_heads, self.state_dim), y_dtype)) if self.green else g
     conv = (jnp.zeros((batch_size, CONV_WIDTH - 1, self.d_model), self.dtype) if self.use_conv
             else None)
     return BKVariantCarry(res=res, conv=conv)
@@ -161,8 +168,9 @@ class BKVariantBlock(nnx.Module):
       res_carry: GreenCarry from the previous chunk (state (B, H, n * d_head) when keyed).
 
     Returns:
-      (o complex (B, N, H, d_head), new GreenCarry): o_i = sum_{j<=i} G_ij x_j, or
-      sum_{j<=i} G_ij (q_i . k_j) x_j with keys.
+      (o (B, N, H, d_head), new GreenCarry): o_i = sum_{j<=i} G_ij x_j, or
+      sum_{j<=i} G_ij (q_i . k_j) x_j with keys; complex, or real with |G_ij| for
+      "green_modulus".
     """
     heads = lambda w, k: per_token(w, uc).astype(jnp.float32).reshape(
         *uc.shape[:-1], self.n_heads, k)
@@ -170,13 +178,32 @@ class BKVariantBlock(nnx.Module):
     if self.key_dim:
       keys = heads(self.w_k, self.key_dim)  # (B, N, H, n)
       vals = (keys[..., :, None] * vals[..., None, :]).reshape(*vals.shape[:-1], -1)
-    y, res_carry = resolvent.causal_green(v, vals, hopping=hopping, z=z, carry=res_carry,
-                                          method=self.method)
+    if self.modulus:
+      y, res_carry = self._modulus_mix(v, vals, hopping, z, res_carry)
+    else:
+      y, res_carry = resolvent.causal_green(v, vals, hopping=hopping, z=z, carry=res_carry,
+                                            method=self.method)
     if self.key_dim:  # read each head's (n, d_head) state with its query
       q = heads(self.w_q, self.key_dim)
       y = jnp.einsum("...hn,...hnd->...hd", q, y.reshape(*y.shape[:-1], self.key_dim,
                                                           self.head_dim))
     return y, res_carry
+
+  def _modulus_mix(self, v, vals, hopping, z, res_carry):
+    """y_i = sum_{j<=i} |G_ij| x_j as y_i = |t_i g_i| y_{i-1} + |g_i| x_i (real affine scan).
+
+    |G_ij| = |g_j| prod_{j<k<=i} |c_k| with c_k = -t_k g_k (DESIGN §2.10), so the row norm bound
+    ||r_i|| <= 1/eta holds as for G. g comes from causal_diag (its sequence-parallel path
+    included); the value scan is linear_scan over the sequence axis.
+    """
+    g, g_last = resolvent.causal_diag(v, hopping=hopping, z=z, carry=res_carry.g,
+                                      method=self.method)
+    decay = jnp.abs(hopping * g)[..., None]  # (B, N, H, 1); hopping[i]: the bond i-1 -- i
+    time = lambda a: jnp.moveaxis(a, -3, 0)  # (N, B, H, .): linear_scan is time-major
+    scan_method = {"scan": "sequential", "auto": "auto"}.get(self.method, "associative")
+    y, y_last = linear_scan(time(decay), time(jnp.abs(g)[..., None] * vals), res_carry.y,
+                            method=scan_method)
+    return jnp.moveaxis(y, 0, -3), resolvent.GreenCarry(g_last, y_last)
 
   def __call__(self, x: jax.Array, carry, pos: jax.Array, bias: jax.Array | None):
     """One block over a chunk.
@@ -207,8 +234,9 @@ class BKVariantBlock(nnx.Module):
     if self.green:
       y, new_res = self.green_mix(uc, v, hopping, z, carry.res)
       ey = y * eta[..., None]
-      feats = jnp.concatenate([jnp.real(ey), jnp.imag(ey)], axis=-1)  # (B, N, H, 2 d_head)
-      feats = feats.reshape(*feats.shape[:-2], -1)
+      if not self.modulus:  # (B, N, H, 2 d_head); the modulus mixer's y is real already
+        ey = jnp.concatenate([jnp.real(ey), jnp.imag(ey)], axis=-1)
+      feats = ey.reshape(*ey.shape[:-2], -1)
     else:
       g, new_res = resolvent.causal_diag(v, hopping=hopping, z=z, carry=carry.res,
                                          method=self.method)

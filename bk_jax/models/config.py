@@ -16,7 +16,7 @@ RESOLVENT_METHODS = ("auto", "scan", "associative", "chunked")
 MAMBA_SCAN_METHODS = ("auto", "sequential", "associative")
 DTYPES = ("float32", "bfloat16", "float64")
 ATTENTIONS = ("auto", "xla", "cudnn", "blockwise")  # transformer.py: resolve_attention
-BK_MIXERS = ("diag", "green")
+BK_MIXERS = ("diag", "green", "green_modulus")
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -45,9 +45,11 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.bs_window = 256  # window of the exact Schatten-1 norm
   c.precision_threshold = 1e4  # condition bound above which a layer is recomputed in complex128
   # --- ResNet-BK block variants (bk_mixers.py, issue 14); all off = the seed block (bk.py) ---
-  c.bk_mixer = "diag"  # "diag": features eta*g (seed) | "green": values mixed by G (DESIGN §2.10)
-  c.bk_head_dim = 8  # "green": values per head (the vector state per head)
-  c.bk_key_dim = 0  # "green": > 0 stores key (x) value outer products read by queries (n per head)
+  # "diag": features eta*g (seed) | "green": values mixed by G (DESIGN §2.10) | "green_modulus":
+  # values mixed by |G_ij| (a real, non-rotating kernel; DESIGN §2.10)
+  c.bk_mixer = "diag"
+  c.bk_head_dim = 8  # "green*": values per head (the vector state per head)
+  c.bk_key_dim = 0  # "green*": > 0 stores key (x) value outer products read by queries (n per head)
   c.selective_shift = False  # per-position z_i from the input (DESIGN §2.9)
   c.selective_coupling = False  # per-position hopping t_i from the input (DESIGN §2.9)
   c.bk_conv = False  # width-4 causal depthwise conv (+ SiLU) on the block input, as Mamba's

@@ -175,7 +175,8 @@ def _check_resnet_bk(cfg: Any) -> None:
   need(cfg.bk_mixer in BK_MIXERS, f"bk_mixer {cfg.bk_mixer!r} not in {BK_MIXERS}")
   need(cfg.bk_head_dim > 0, f"bk_head_dim must be positive, got {cfg.bk_head_dim}")
   need(cfg.bk_key_dim >= 0, f"bk_key_dim must be >= 0, got {cfg.bk_key_dim}")
-  need(cfg.bk_key_dim == 0 or cfg.bk_mixer == "green", "bk_key_dim > 0 needs bk_mixer='green'")
+  need(cfg.bk_key_dim == 0 or cfg.bk_mixer.startswith("green"),
+       "bk_key_dim > 0 needs bk_mixer='green' or 'green_modulus'")
   if uses_bk_variant(cfg):
     need(not (cfg.use_semiseparable or cfg.use_birman_schwinger or cfg.use_moe),
          "bk_mixer='green', selective_shift, selective_coupling, bk_conv and bk_gate build the "

@@ -44,6 +44,8 @@ def variants(heads: list[int]) -> dict[str, dict]:
   # the keyed block at about the seed block's parameter count (d_model 64: 104,048 vs 105,888): half
   # the heads and a d_model-wide FFN pay for the key/query projections
   v["green_keyed_matched"] = {**v["green_keyed"], "n_heads": 8, "d_ff": 64}
+  # the keyed block with the non-rotating kernel |G_ij| (DESIGN §2.10, the memory bound)
+  v["green_keyed_modulus"] = {**v["green_keyed"], "bk_mixer": "green_modulus"}
   return v
 
 
