@@ -34,6 +34,7 @@ import optax
 import pytest
 from flax import nnx
 
+from bk_jax.data import TINY_SHAKESPEARE
 from bk_jax.models import build_model, default_model_config
 
 V = 61
@@ -65,8 +66,7 @@ def _config(variant: str, dtype: str):
 def _text_batches(n_batches: int, batch: int = 4, n: int = 48) -> np.ndarray:
   """Real data: the byte tokens of this repository's README (folded into a vocab of V)."""
   # the shipped corpus, not a doc that changes with every edit: the curves must not move with it
-  text = pathlib.Path(__file__).resolve().parent.parent / "bk_jax/data/assets/tinyshakespeare.txt"
-  data = np.frombuffer(text.read_bytes(), np.uint8).astype(np.int32) % V
+  data = np.frombuffer(pathlib.Path(TINY_SHAKESPEARE).read_bytes(), np.uint8).astype(np.int32) % V
   rows = n_batches * batch
   starts = np.linspace(0, len(data) - n - 2, rows).astype(int)
   return np.stack([data[s:s + n + 1] for s in starts]).reshape(n_batches, batch, n + 1)
