@@ -20,6 +20,9 @@ Variants (everything else = the base ResNet-BK of --d_model/--n_layers/--n_heads
                             8 x d_head per head, Mamba's B_t/C_t role) and eta_min=1e-3 (memory)
   green_keyed_matched       green_keyed with 8 heads and d_ff = d_model (at d_model 64: 104,048
                             parameters, the seed block's 105,888)
+  green_keyed_modulus       green_keyed with the real kernel |G_ij| (bk_mixer="green_modulus")
+  green_keyed_long          green_keyed with bk_init="long_memory" (memories at init ~2-660 tokens)
+  green_keyed_modulus_long  green_keyed_modulus with bk_init="long_memory"
 Baselines (--baselines mamba,transformer): the same training at parameters matched to base
 (layers matched, bk_jax.reports.throughput.layers_for_params), timed the same way.
 Speed: one jitted AdamW step per variant (bk_jax.reports.throughput.bench_one; same step as

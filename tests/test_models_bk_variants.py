@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 from bk_jax.models import build_model, validate_model_config
-from bk_jax.models.bk_mixers import BKVariantBlock, causal_conv
+from bk_jax.models.bk_mixers import BKVariantBlock, causal_conv, initial_eta
+from bk_jax.ops import resolvent
 import dense_reference as ref
 from test_models_interface import V, tiny_config, tokens
 
@@ -122,12 +123,45 @@ def test_selective_shift_keeps_im_z_above_eta_min_at_extreme_inputs():
   assert bool(jnp.all(jnp.isfinite(jnp.abs(z))))
 
 
+def _memories_at_init(cfg, n: int = 4000) -> np.ndarray:
+  """Per-head memory -1 / mean log|t_i g_i| of a built variant block at init, on the potentials
+  and operator the block itself makes from random unit-RMS inputs (as after its RMSNorm)."""
+  blk = build_model(cfg).blocks[0]
+  u = jax.random.normal(jax.random.key(1), (2, n, cfg.d_model))
+  uc = u
+  if blk.use_conv:
+    uc, _ = causal_conv(u, blk.conv_w[...], blk.conv_b[...], jnp.zeros((2, 3, cfg.d_model)))
+    uc = jax.nn.silu(uc)
+  v = blk.w_v(uc)
+  hopping, z, _ = blk._operator(uc)
+  hopping = jnp.broadcast_to(hopping, v.shape)
+  g, _ = resolvent.causal_diag(v, hopping=hopping, z=jnp.broadcast_to(z, v.shape), method="scan")
+  log_decay = np.log(np.abs(np.asarray(hopping * g)))[:, n // 4:]  # past the start-up
+  return -1.0 / log_decay.mean(axis=(0, 1))
+
+
+def test_long_memory_init_spans_mamba_like_memories():
+  """bk_init="long_memory": memories at init spread from a few tokens to hundreds, rising head by
+  head; "seed": every head forgets within ~15 tokens, both because eta >= 0.1 and because the
+  random potentials localize the Green's function (what kept induction at 256 at chance)."""
+  base = dict(bk_mixer="green_modulus", bk_head_dim=4, bk_conv=True, selective_shift=True,
+              selective_coupling=True, eta_min=1e-3, n_heads=16)
+  seed = _memories_at_init(tiny_config("resnet_bk", **base))
+  long = _memories_at_init(tiny_config("resnet_bk", bk_init="long_memory", **base))
+  assert seed.max() < 15
+  assert long.min() < 3 and long.max() > 400  # eta_min 1e-3: up to ~660 tokens at v = 0
+  assert np.all(np.diff(long) > 0)  # each head remembers longer than the last
+  np.testing.assert_allclose(initial_eta(16, 1e-3, "long_memory")[[0, -1]], [1.0, 2e-3])
+
+
 @pytest.mark.parametrize("bad,msg", [
     (dict(bk_mixer="dense"), "bk_mixer"),
     (dict(bk_head_dim=0), "bk_head_dim"),
     (dict(bk_key_dim=2), "bk_key_dim"),
     (dict(bk_mixer="green", bk_key_dim=-1), "bk_key_dim"),
     (dict(bk_conv=True, use_semiseparable=True), "variant block"),
+    (dict(bk_mixer="green", bk_init="long"), "bk_init"),
+    (dict(bk_init="long_memory"), "bk_init"),  # the seed block keeps its own init
 ])
 def test_config_validation(bad, msg):
   with pytest.raises(ValueError, match=msg):

@@ -44,6 +44,7 @@ from bk_jax.ops import resolvent
 from bk_jax.ops.linear_scan import linear_scan
 
 CONV_WIDTH = 4  # as Mamba's d_conv
+V_SCALE_LONG_MEMORY = 1e-4  # bk_init="long_memory": fan-in variance scale of W_v (std ~0.01)
 
 
 class BKVariantCarry(NamedTuple):
@@ -54,6 +55,24 @@ class BKVariantCarry(NamedTuple):
 
 def _inv_softplus(y: np.ndarray) -> np.ndarray:
   return y + np.log(-np.expm1(-y))
+
+
+def initial_eta(n_heads: int, eta_min: float, init: str) -> np.ndarray:
+  """Per-head Im z at initialisation, paired with the energies linspace(-3.5, -0.5, H), t = 1.
+
+  Every energy lies in the band [-4, 0] of H0 (diagonal -2, DESIGN §2), where a head's memory
+  1 / (1 - |t g|) at v = 0 grows like 1 / eta (DESIGN §2.10's memory bound).
+  "seed": geomspace(0.1, 1) rising with the energy, as the seed block: memories of 2.2 to 13.8
+    tokens, so almost no gradient reaches a gap of hundreds of tokens (induction heads at 256
+    stayed at chance).
+  "long_memory": geomspace(1, 2 eta_min) falling as the energy rises: memories spread
+    geometrically from 2.2 tokens to ~0.66 / eta_min (eta_min 1e-3: 2.2 ... 659 tokens), the
+    span of Mamba's dt init (1e-3 .. 1e-1 at A = 1). `tests/test_models_bk_variants.py` measures
+    both spans.
+  """
+  if init == "seed":
+    return np.geomspace(0.1, 1.0, n_heads)
+  return np.geomspace(1.0, 2.0 * eta_min, n_heads)
 
 
 def causal_conv(u: jax.Array, w: jax.Array, b: jax.Array, state: jax.Array):
@@ -99,11 +118,13 @@ class BKVariantBlock(nnx.Module):
       init = lambda *_: jnp.asarray(values, param_dtype)
       return nnx.Param(nnx.with_partitioning(init, axes)(None, values.shape, param_dtype))
 
-    # per-head parameters, initialised as the seed block's (DESIGN §2.8)
-    eta0 = np.geomspace(0.1, 1.0, h)
+    # per-head parameters: energies and hopping as the seed block's (DESIGN §2.8); eta by bk_init
+    energy = np.linspace(-3.5, -0.5, h)
+    eta0 = initial_eta(h, cfg.eta_min, cfg.bk_init)
     self.hopping_raw = param(np.full(h, _inv_softplus(1.0)), ("heads",))
-    self.energy = param(np.linspace(-3.5, -0.5, h), ("heads",))
-    self.eta_raw = param(_inv_softplus(np.maximum(eta0 - cfg.eta_min, 1e-3)), ("heads",))
+    self.energy = param(energy, ("heads",))
+    self.eta_raw = param(_inv_softplus(np.maximum(eta0 - cfg.eta_min, min(1e-3, cfg.eta_min))),
+                         ("heads",))
     self.norm = RMSNorm(d, param_dtype=param_dtype)
     if self.use_conv:
       conv_init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=0,
@@ -111,7 +132,10 @@ class BKVariantBlock(nnx.Module):
       self.conv_w = nnx.Param(nnx.with_partitioning(conv_init, ("conv", "embed"))(
           rngs.params(), (CONV_WIDTH, d), param_dtype))
       self.conv_b = param(np.zeros(d), ("embed",))
-    self.w_v = dense(d, h, ("embed", "heads"), **kw)
+    # "long_memory": potentials start near zero, since a random potential of std s localizes the
+    # Green's function within ~8 / s^2 tokens (Anderson localization) whatever eta is
+    v_scale = V_SCALE_LONG_MEMORY if cfg.bk_init == "long_memory" else 1.0
+    self.w_v = dense(d, h, ("embed", "heads"), scale=v_scale, **kw)
     # selective deltas start at zero: the variant begins as the per-head block
     zero = dict(scale=1e-8, **kw)
     if self.sel_coupling:

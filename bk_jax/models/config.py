@@ -17,6 +17,7 @@ MAMBA_SCAN_METHODS = ("auto", "sequential", "associative")
 DTYPES = ("float32", "bfloat16", "float64")
 ATTENTIONS = ("auto", "xla", "cudnn", "blockwise")  # transformer.py: resolve_attention
 BK_MIXERS = ("diag", "green", "green_modulus")
+BK_INITS = ("seed", "long_memory")
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -54,6 +55,10 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.selective_coupling = False  # per-position hopping t_i from the input (DESIGN §2.9)
   c.bk_conv = False  # width-4 causal depthwise conv (+ SiLU) on the block input, as Mamba's
   c.bk_gate = False  # mixer output times SiLU(W_gate u)
+  # per-head shift at init: "seed" (eta 0.1..1 rising with the energy: every head forgets within
+  # ~4 tokens) | "long_memory" (eta falls from 1 to 2 eta_min as the energy enters the band:
+  # memories from ~1 to ~1/eta_min tokens, as Mamba's dt init spans; bk_mixers.py)
+  c.bk_init = "seed"
   # --- MoE (moe.py) ---
   c.use_moe = False  # True: the FFN of every BK block becomes an MoE routed by `router`
   c.num_experts = 4

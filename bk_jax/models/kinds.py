@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bk_jax.models import bk
-from bk_jax.models.config import (ATTENTIONS, BK_MIXERS, DTYPES, MAMBA_SCAN_METHODS, REMAT_POLICIES,
+from bk_jax.models.config import (ATTENTIONS, BK_INITS, BK_MIXERS, DTYPES, MAMBA_SCAN_METHODS, REMAT_POLICIES,
                                   RESOLVENT_METHODS, ROUTERS, uses_bk_variant)
 from bk_jax.models.mamba import MambaBlock
 from bk_jax.models.transformer import TransformerBlock, attention_implementation
@@ -177,6 +177,9 @@ def _check_resnet_bk(cfg: Any) -> None:
   need(cfg.bk_key_dim >= 0, f"bk_key_dim must be >= 0, got {cfg.bk_key_dim}")
   need(cfg.bk_key_dim == 0 or cfg.bk_mixer.startswith("green"),
        "bk_key_dim > 0 needs bk_mixer='green' or 'green_modulus'")
+  need(cfg.bk_init in BK_INITS, f"bk_init {cfg.bk_init!r} not in {BK_INITS}")
+  need(cfg.bk_init == "seed" or uses_bk_variant(cfg),
+       "bk_init='long_memory' initialises the variant block; the seed block keeps its own init")
   if uses_bk_variant(cfg):
     need(not (cfg.use_semiseparable or cfg.use_birman_schwinger or cfg.use_moe),
          "bk_mixer='green', selective_shift, selective_coupling, bk_conv and bk_gate build the "

@@ -46,6 +46,9 @@ def variants(heads: list[int]) -> dict[str, dict]:
   v["green_keyed_matched"] = {**v["green_keyed"], "n_heads": 8, "d_ff": 64}
   # the keyed block with the non-rotating kernel |G_ij| (DESIGN §2.10, the memory bound)
   v["green_keyed_modulus"] = {**v["green_keyed"], "bk_mixer": "green_modulus"}
+  # both keyed blocks with memories at init spread from ~2 to ~660 tokens (bk_init, bk_mixers.py)
+  v["green_keyed_long"] = {**v["green_keyed"], "bk_init": "long_memory"}
+  v["green_keyed_modulus_long"] = {**v["green_keyed_modulus"], "bk_init": "long_memory"}
   return v
 
 
