@@ -154,6 +154,21 @@ def test_long_memory_init_spans_mamba_like_memories():
   np.testing.assert_allclose(initial_eta(16, 1e-3, "long_memory")[[0, -1]], [1.0, 2e-3])
 
 
+def test_mimetic_init_ties_queries_to_keys_and_keeps_long_memories():
+  """bk_init="mimetic": long_memory's operator, and W_q = W_k so q_i . k_i = |k_i|^2 >= 0 (each
+  position's query matches its own key best on average); training moves them apart freely."""
+  kw = dict(bk_mixer="green_modulus", bk_head_dim=4, bk_key_dim=3, bk_conv=True, eta_min=1e-3,
+            n_heads=16)
+  mim = build_model(tiny_config("resnet_bk", bk_init="mimetic", **kw)).blocks[0]
+  np.testing.assert_array_equal(np.asarray(mim.w_q.kernel[...]), np.asarray(mim.w_k.kernel[...]))
+  assert mim.w_q.kernel is not mim.w_k.kernel  # two parameters, not one shared
+  np.testing.assert_allclose(_memories_at_init(tiny_config("resnet_bk", bk_init="mimetic", **kw)),
+                             _memories_at_init(tiny_config("resnet_bk", bk_init="long_memory", **kw)),
+                             rtol=1e-5)
+  other = build_model(tiny_config("resnet_bk", bk_init="long_memory", **kw)).blocks[0]
+  assert not np.allclose(np.asarray(other.w_q.kernel[...]), np.asarray(other.w_k.kernel[...]))
+
+
 @pytest.mark.parametrize("bad,msg", [
     (dict(bk_mixer="dense"), "bk_mixer"),
     (dict(bk_head_dim=0), "bk_head_dim"),

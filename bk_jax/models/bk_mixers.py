@@ -71,7 +71,7 @@ def initial_eta(n_heads: int, eta_min: float, init: str) -> np.ndarray:
     both spans.
   """
   if init == "seed":
-    return np.geomspace(0.1, 1.0, n_heads)
+    return np.geomspace(0.1, 1.0, n_heads)  # "long_memory" and "mimetic" below
   return np.geomspace(1.0, 2.0 * eta_min, n_heads)
 
 
@@ -134,7 +134,7 @@ class BKVariantBlock(nnx.Module):
       self.conv_b = param(np.zeros(d), ("embed",))
     # "long_memory": potentials start near zero, since a random potential of std s localizes the
     # Green's function within ~8 / s^2 tokens (Anderson localization) whatever eta is
-    v_scale = V_SCALE_LONG_MEMORY if cfg.bk_init == "long_memory" else 1.0
+    v_scale = 1.0 if cfg.bk_init == "seed" else V_SCALE_LONG_MEMORY
     self.w_v = dense(d, h, ("embed", "heads"), scale=v_scale, **kw)
     # selective deltas start at zero: the variant begins as the per-head block
     zero = dict(scale=1e-8, **kw)
@@ -150,6 +150,8 @@ class BKVariantBlock(nnx.Module):
       if self.key_dim:
         self.w_k = dense(d, h * self.key_dim, ("embed", "heads"), **kw)
         self.w_q = dense(d, h * self.key_dim, ("embed", "heads"), **kw)
+        if cfg.bk_init == "mimetic":  # q . k starts as a similarity of the two positions' inputs
+          self.w_q.kernel[...] = self.w_k.kernel[...]
     self.w_o = dense(n_feat, d, ("heads", "embed"), scale=out_scale, **kw)
     if self.use_gate:
       self.w_gate = dense(d, d, ("embed", "mlp"), **kw)

@@ -17,7 +17,7 @@ MAMBA_SCAN_METHODS = ("auto", "sequential", "associative")
 DTYPES = ("float32", "bfloat16", "float64")
 ATTENTIONS = ("auto", "xla", "cudnn", "blockwise")  # transformer.py: resolve_attention
 BK_MIXERS = ("diag", "green", "green_modulus")
-BK_INITS = ("seed", "long_memory")
+BK_INITS = ("seed", "long_memory", "mimetic")
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -57,7 +57,9 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.bk_gate = False  # mixer output times SiLU(W_gate u)
   # per-head shift at init: "seed" (eta 0.1..1 rising with the energy: every head forgets within
   # ~4 tokens) | "long_memory" (eta falls from 1 to 2 eta_min as the energy enters the band:
-  # memories from ~1 to ~1/eta_min tokens, as Mamba's dt init spans; bk_mixers.py)
+  # memories from ~2 to ~0.66/eta_min tokens, as Mamba's dt init spans; bk_mixers.py) |
+  # "mimetic" (long_memory and, with bk_key_dim, W_q = W_k at init, as Trockman et al. 2024
+  # initialise Mamba like linear attention)
   c.bk_init = "seed"
   # --- MoE (moe.py) ---
   c.use_moe = False  # True: the FFN of every BK block becomes an MoE routed by `router`

@@ -179,7 +179,7 @@ def _check_resnet_bk(cfg: Any) -> None:
        "bk_key_dim > 0 needs bk_mixer='green' or 'green_modulus'")
   need(cfg.bk_init in BK_INITS, f"bk_init {cfg.bk_init!r} not in {BK_INITS}")
   need(cfg.bk_init == "seed" or uses_bk_variant(cfg),
-       "bk_init='long_memory' initialises the variant block; the seed block keeps its own init")
+       "bk_init other than 'seed' initialises the variant block; the seed block keeps its own")
   if uses_bk_variant(cfg):
     need(not (cfg.use_semiseparable or cfg.use_birman_schwinger or cfg.use_moe),
          "bk_mixer='green', selective_shift, selective_coupling, bk_conv and bk_gate build the "
