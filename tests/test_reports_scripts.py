@@ -104,6 +104,21 @@ def test_quality_anchor_equal_tokens_and_wall_clock_planning(tmp_path, corpus):
   assert p["steps"] == max(10, int(0.9 * 2.0 / p["timed_step_s"]))
 
 
+def test_report_training_prints_progress_to_stderr(tmp_path, corpus, capsys, monkeypatch):
+  """runs.train: the loop's console is quiet in reports, so a progress line goes to stderr."""
+  from bk_jax.reports import runs
+  monkeypatch.setattr(runs, "PROGRESS_EVERY_S", 0.0)  # every step
+  c = runs.make_config("resnet_bk", str(tmp_path / "prog"), {
+      "data.dataset": "text", "data.path": corpus, "data.tokenizer": "byte",
+      "model.d_model": 16, "model.n_heads": 2, "model.d_ff": 32, "model.n_layers": 1,
+      "train.seq_len": 32, "train.batch_size": 2, "train.steps_per_length": 3})
+  res = runs.train(c)
+  err = capsys.readouterr().err
+  lines = [l.strip() for l in err.splitlines() if l.strip().startswith("prog: step")]
+  assert [l.split(",")[0] for l in lines] == ["prog: step 1", "prog: step 2", "prog: step 3"]
+  assert res["total_steps"] == 3
+
+
 @pytest.mark.slow  # a whole report script; README's commands run it reduced too
 def test_induction_anchor_quick(tmp_path):
   _script("induction_anchor").main(["--quick", "--kinds", "resnet_bk", "--out", str(tmp_path)])

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 
@@ -83,19 +84,29 @@ def match_params(c: ml_collections.ConfigDict, target: int) -> int:
   return n_params(c.model, v)
 
 
+PROGRESS_EVERY_S = 60.0  # a report's training run prints one progress line to stderr this often
+
+
 def train(c: ml_collections.ConfigDict, *, budget_s: float | None = None, fresh: bool = True) -> dict:
   """loop.run(c); with budget_s, SIGTERM is raised once the wall clock passes it (the loop saves,
-  stops cleanly and marks the results `interrupted`). Adds wall_s and budget fields."""
+  stops cleanly and marks the results `interrupted`). Adds wall_s and budget fields. The report
+  configs keep the loop's console quiet, so a line "<run>: step S, T s" goes to stderr every
+  PROGRESS_EVERY_S seconds (long report runs show that they are alive)."""
   from bk_jax.train import loop
 
   if fresh and os.path.isdir(c.save_dir):
     shutil.rmtree(c.save_dir)
   t0 = time.perf_counter()
-  fired = []
+  fired, last_print = [], [t0]
   can_signal = threading.current_thread() is threading.main_thread()
+  name = os.path.basename(os.path.normpath(c.save_dir))
 
-  def on_step(_step: int) -> None:
-    if budget_s and can_signal and not fired and time.perf_counter() - t0 > budget_s:
+  def on_step(step: int) -> None:
+    now = time.perf_counter()
+    if now - last_print[0] >= PROGRESS_EVERY_S:
+      last_print[0] = now
+      print(f"  {name}: step {step}, {now - t0:.0f} s", file=sys.stderr, flush=True)
+    if budget_s and can_signal and not fired and now - t0 > budget_s:
       fired.append(time.perf_counter() - t0)
       os.kill(os.getpid(), signal.SIGTERM)
 
