@@ -44,7 +44,7 @@ from bk_jax.ops import resolvent
 from bk_jax.ops.linear_scan import linear_scan
 
 CONV_WIDTH = 4  # as Mamba's d_conv
-V_SCALE_LONG_MEMORY = 1e-4  # bk_init="long_memory": fan-in variance scale of W_v (std ~0.01)
+V_SCALE_LONG_MEMORY = 1e-4  # bk_init "long_memory" / "mimetic": fan-in variance scale of W_v (std ~0.01)
 
 
 class BKVariantCarry(NamedTuple):
@@ -132,7 +132,7 @@ class BKVariantBlock(nnx.Module):
       self.conv_w = nnx.Param(nnx.with_partitioning(conv_init, ("conv", "embed"))(
           rngs.params(), (CONV_WIDTH, d), param_dtype))
       self.conv_b = param(np.zeros(d), ("embed",))
-    # "long_memory": potentials start near zero, since a random potential of std s localizes the
+    # "long_memory" / "mimetic": potentials start near zero, since a random potential of std s localizes the
     # Green's function within ~8 / s^2 tokens (Anderson localization) whatever eta is
     v_scale = 1.0 if cfg.bk_init == "seed" else V_SCALE_LONG_MEMORY
     self.w_v = dense(d, h, ("embed", "heads"), scale=v_scale, **kw)

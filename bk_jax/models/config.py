@@ -55,8 +55,8 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.selective_coupling = False  # per-position hopping t_i from the input (DESIGN §2.9)
   c.bk_conv = False  # width-4 causal depthwise conv (+ SiLU) on the block input, as Mamba's
   c.bk_gate = False  # mixer output times SiLU(W_gate u)
-  # per-head shift at init: "seed" (eta 0.1..1 rising with the energy: every head forgets within
-  # ~4 tokens) | "long_memory" (eta falls from 1 to 2 eta_min as the energy enters the band:
+  # variant block's init: "seed" (eta 0.1..1 rising with the energy and random potentials: every
+  # head forgets within ~8 tokens) | "long_memory" (eta falls from 1 to 2 eta_min as the energy enters the band:
   # memories from ~2 to ~0.66/eta_min tokens, as Mamba's dt init spans; bk_mixers.py) |
   # "mimetic" (long_memory and, with bk_key_dim, W_q = W_k at init, as Trockman et al. 2024
   # initialise Mamba like linear attention)

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bk_jax.models import bk
-from bk_jax.models.config import (ATTENTIONS, BK_INITS, BK_MIXERS, DTYPES, MAMBA_SCAN_METHODS, REMAT_POLICIES,
-                                  RESOLVENT_METHODS, ROUTERS, uses_bk_variant)
+from bk_jax.models.config import (ATTENTIONS, BK_INITS, BK_MIXERS, DTYPES, MAMBA_SCAN_METHODS,
+                                  REMAT_POLICIES, RESOLVENT_METHODS, ROUTERS, uses_bk_variant)
 from bk_jax.models.mamba import MambaBlock
 from bk_jax.models.transformer import TransformerBlock, attention_implementation
 from bk_jax.ops.linear_scan import resolve_scan_method
