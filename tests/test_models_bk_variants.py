@@ -128,11 +128,7 @@ def _memories_at_init(cfg, n: int = 4000) -> np.ndarray:
   and operator the block itself makes from random unit-RMS inputs (as after its RMSNorm)."""
   blk = build_model(cfg).blocks[0]
   u = jax.random.normal(jax.random.key(1), (2, n, cfg.d_model))
-  uc = u
-  if blk.use_conv:
-    uc, _ = causal_conv(u, blk.conv_w[...], blk.conv_b[...], jnp.zeros((2, 3, cfg.d_model)))
-    uc = jax.nn.silu(uc)
-  v = blk.w_v(uc)
+  uc, _, v = blk.potentials(u, blk.init_carry(2).conv)
   hopping, z, _ = blk._operator(uc)
   hopping = jnp.broadcast_to(hopping, v.shape)
   g, _ = resolvent.causal_diag(v, hopping=hopping, z=jnp.broadcast_to(z, v.shape), method="scan")

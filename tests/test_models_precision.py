@@ -64,7 +64,7 @@ def _config(variant: str, dtype: str):
 
 
 def _text_batches(n_batches: int, batch: int = 4, n: int = 48) -> np.ndarray:
-  """Real data: the byte tokens of this repository's README (folded into a vocab of V)."""
+  """Real data: the byte tokens of the shipped Tiny Shakespeare (folded into a vocab of V)."""
   # the shipped corpus, not a doc that changes with every edit: the curves must not move with it
   data = np.frombuffer(pathlib.Path(TINY_SHAKESPEARE).read_bytes(), np.uint8).astype(np.int32) % V
   rows = n_batches * batch

@@ -168,6 +168,23 @@ class BKVariantBlock(nnx.Module):
             else None)
     return BKVariantCarry(res=res, conv=conv)
 
+  def potentials(self, u: jax.Array, conv_state: jax.Array | None):
+    """The block input after the optional conv, and the potentials from it.
+
+    Args:
+      u: (B, N, d_model) normed block input.
+      conv_state: (B, CONV_WIDTH - 1, d_model) with bk_conv (None otherwise).
+
+    Returns:
+      (uc (B, N, d_model), new conv state or None, v (B, N, H) float32).
+    """
+    uc, new_conv = u, None
+    if self.use_conv:
+      uc, new_conv = causal_conv(u, self.conv_w[...].astype(u.dtype),
+                                 self.conv_b[...].astype(u.dtype), conv_state)
+      uc = jax.nn.silu(uc)
+    return uc, new_conv, per_token(self.w_v, uc).astype(jnp.float32)
+
   def _operator(self, uc: jax.Array):
     """Hopping, shift and eta, per head (H,) or per position (B, N, H) (DESIGN §2.9)."""
     f32 = lambda a: a.astype(jnp.float32)
@@ -246,14 +263,8 @@ class BKVariantBlock(nnx.Module):
     del pos
     if carry is None:
       carry = self.init_carry(x.shape[0])
-    new_conv = None
     u = self.norm(x)
-    uc = u
-    if self.use_conv:
-      uc, new_conv = causal_conv(u, self.conv_w[...].astype(u.dtype),
-                                 self.conv_b[...].astype(u.dtype), carry.conv)
-      uc = jax.nn.silu(uc)
-    v = per_token(self.w_v, uc).astype(jnp.float32)
+    uc, new_conv, v = self.potentials(u, carry.conv)
     if bias is not None:
       v = v + bias[:, None]
     hopping, z, eta = self._operator(uc)
