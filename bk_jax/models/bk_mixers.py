@@ -39,8 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bk_jax.models.config import resolve_mix_method
 from bk_jax.models.layers import FFN, RMSNorm, dense, per_token
 from bk_jax.ops import resolvent
+from bk_jax.ops.chunkwise import chunkwise
 from bk_jax.ops.linear_scan import linear_scan
 
 CONV_WIDTH = 4  # as Mamba's d_conv
@@ -113,6 +115,7 @@ class BKVariantBlock(nnx.Module):
     self.use_conv, self.use_gate = bool(cfg.bk_conv), bool(cfg.bk_gate)
     self.sel_shift, self.sel_coupling = bool(cfg.selective_shift), bool(cfg.selective_coupling)
     self.d_model = d
+    self.mix_method = resolve_mix_method(cfg.bk_mix_method)
 
     def param(values: np.ndarray, axes) -> nnx.Param:
       init = lambda *_: jnp.asarray(values, param_dtype)
@@ -218,6 +221,9 @@ class BKVariantBlock(nnx.Module):
     heads = lambda w, k: per_token(w, uc).astype(jnp.float32).reshape(
         *uc.shape[:-1], self.n_heads, k)
     vals = heads(self.w_x, self.head_dim)  # (B, N, H, d_head)
+    if self.key_dim and self.mix_method == "chunkwise":
+      return self._chunkwise_mix(v, heads(self.w_q, self.key_dim), heads(self.w_k, self.key_dim),
+                                 vals, hopping, z, res_carry)
     if self.key_dim:
       keys = heads(self.w_k, self.key_dim)  # (B, N, H, n)
       vals = (keys[..., :, None] * vals[..., None, :]).reshape(*vals.shape[:-1], -1)
@@ -231,6 +237,26 @@ class BKVariantBlock(nnx.Module):
       y = jnp.einsum("...hn,...hnd->...hd", q, y.reshape(*y.shape[:-1], self.key_dim,
                                                           self.head_dim))
     return y, res_carry
+
+  def _chunkwise_mix(self, v, q, k, vals, hopping, z, res_carry):
+    """The keyed mixer by the chunkwise kernel: o_i = sum_{j<=i} K_ij (q_i . k_j) x_j.
+
+    K_ij = g_j prod_{j<u<=i} c_u with c_u = -t_u g_u (G), or |g_j| prod |c_u| (|G|), is the
+    scalar-decay form of `ops.chunkwise` (DESIGN §2.11) with log c = log t + log(-g) and write
+    weight g (or their moduli). The (n, d_head) state per head exists once per chunk, not once
+    per token. Same carry layout as the recurrent path (state flattened key-major).
+    """
+    g, g_last = resolvent.causal_diag(v, hopping=hopping, z=z, carry=res_carry.g,
+                                      method=self.method)
+    log_t = jnp.log(jnp.asarray(hopping, jnp.float32))
+    if self.modulus:
+      log_c, weight = log_t + jnp.log(jnp.abs(g)), jnp.abs(g)
+    else:
+      log_c, weight = log_t + jnp.log(-g), g
+    log_c = jnp.broadcast_to(log_c, g.shape)
+    state = res_carry.y.reshape(*res_carry.y.shape[:-1], self.key_dim, self.head_dim)
+    o, state = chunkwise(q, k, vals, log_c, weight, state)
+    return o, resolvent.GreenCarry(g_last, state.reshape(res_carry.y.shape))
 
   def _modulus_mix(self, v, vals, hopping, z, res_carry):
     """y_i = sum_{j<=i} |G_ij| x_j as y_i = |t_i g_i| y_{i-1} + |g_i| x_i (real affine scan).

@@ -18,6 +18,7 @@ DTYPES = ("float32", "bfloat16", "float64")
 ATTENTIONS = ("auto", "xla", "cudnn", "blockwise")  # transformer.py: resolve_attention
 BK_MIXERS = ("diag", "green", "green_modulus")
 BK_INITS = ("seed", "long_memory", "mimetic")
+BK_MIX_METHODS = ("auto", "chunkwise", "recurrent")
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -51,6 +52,10 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.bk_mixer = "diag"
   c.bk_head_dim = 8  # "green*": values per head (the vector state per head)
   c.bk_key_dim = 0  # "green*": > 0 stores key (x) value outer products read by queries (n per head)
+  # keyed "green*" mixers: "chunkwise" (the state once per chunk, by matmuls; ops/chunkwise.py,
+  # DESIGN §2.11) | "recurrent" (the state at every token, by the resolvent method's value scan:
+  # the reference form) | "auto" (chunkwise)
+  c.bk_mix_method = "auto"
   c.selective_shift = False  # per-position z_i from the input (DESIGN §2.9)
   c.selective_coupling = False  # per-position hopping t_i from the input (DESIGN §2.9)
   c.bk_conv = False  # width-4 causal depthwise conv (+ SiLU) on the block input, as Mamba's
@@ -95,3 +100,9 @@ def uses_bk_variant(cfg: ml_collections.ConfigDict) -> bool:
   """True when a ResNet-BK config asks for the issue-14 variant block instead of the seed's."""
   return bool(cfg.bk_mixer != "diag" or cfg.selective_shift or cfg.selective_coupling
               or cfg.bk_conv or cfg.bk_gate)
+
+
+def resolve_mix_method(method: str) -> str:
+  """The keyed mixer's concrete form: "auto" is "chunkwise" (faster and smaller on the CPU at
+  every measured shape, scripts/benchmark.py; the accelerator form by construction)."""
+  return "chunkwise" if method == "auto" else method

@@ -24,8 +24,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bk_jax.models import bk
-from bk_jax.models.config import (ATTENTIONS, BK_INITS, BK_MIXERS, DTYPES, MAMBA_SCAN_METHODS,
-                                  REMAT_POLICIES, RESOLVENT_METHODS, ROUTERS, uses_bk_variant)
+from bk_jax.models.config import (ATTENTIONS, BK_INITS, BK_MIX_METHODS, BK_MIXERS, DTYPES,
+                                  MAMBA_SCAN_METHODS,
+                                  REMAT_POLICIES, RESOLVENT_METHODS, ROUTERS, resolve_mix_method,
+                                  uses_bk_variant)
 from bk_jax.models.mamba import MambaBlock
 from bk_jax.models.transformer import TransformerBlock, attention_implementation
 from bk_jax.ops.linear_scan import resolve_scan_method
@@ -178,6 +180,8 @@ def _check_resnet_bk(cfg: Any) -> None:
   need(cfg.bk_key_dim == 0 or cfg.bk_mixer.startswith("green"),
        "bk_key_dim > 0 needs bk_mixer='green' or 'green_modulus'")
   need(cfg.bk_init in BK_INITS, f"bk_init {cfg.bk_init!r} not in {BK_INITS}")
+  need(cfg.bk_mix_method in BK_MIX_METHODS,
+       f"bk_mix_method {cfg.bk_mix_method!r} not in {BK_MIX_METHODS}")
   need(cfg.bk_init == "seed" or uses_bk_variant(cfg),
        "bk_init other than 'seed' initialises the variant block; the seed block keeps its own")
   if uses_bk_variant(cfg):
@@ -190,17 +194,23 @@ def _check_resnet_bk(cfg: Any) -> None:
     need(1 <= cfg.top_k <= cfg.num_experts, f"top_k must be in [1, num_experts], got {cfg.top_k}")
 
 
+def _resnet_bk_paths(cfg: Any, platform, batch, seq_len) -> dict[str, str]:
+  paths = {"resolvent_method": resolve_method(cfg.resolvent_method, platform)}
+  if uses_bk_variant(cfg) and cfg.bk_key_dim:
+    paths["bk_mix"] = resolve_mix_method(cfg.bk_mix_method)
+  return paths
+
+
 register(ModelKind(
     name="resnet_bk",
     make_block=lambda cfg, rngs, dtype, param_dtype: bk.make_bk_block(
         cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype),
     check=_check_resnet_bk,
-    paths=lambda cfg, platform, batch, seq_len: {
-        "resolvent_method": resolve_method(cfg.resolvent_method, platform)},
+    paths=_resnet_bk_paths,
     arch_fields=("n_heads", "use_semiseparable", "semiseparable_rank", "use_moe", "num_experts",
                  "router", "top_k", "bk_mixer", "bk_head_dim", "bk_key_dim", "selective_shift",
                  "selective_coupling", "bk_conv", "bk_gate"),
-    runtime_fields=("resolvent_method", "use_birman_schwinger"),
+    runtime_fields=("resolvent_method", "use_birman_schwinger", "bk_mix_method"),
     aux_reduce=bk.AUX_REDUCE))  # declared in bk.py / moe.py, where the figures are computed
 
 

@@ -21,7 +21,7 @@ RENAMED_MODEL_FIELDS = {"use_scattering_router": "use_moe"}
 #: (the ResNet-BK block variants: absent = the seed block). Filled in by `upgrade_config`.
 ADDED_MODEL_FIELDS = {"bk_mixer": "diag", "bk_head_dim": 8, "bk_key_dim": 0,
                       "selective_shift": False, "selective_coupling": False, "bk_conv": False,
-                      "bk_gate": False, "bk_init": "seed"}
+                      "bk_gate": False, "bk_init": "seed", "bk_mix_method": "auto"}
 
 
 def upgrade_config(config: dict) -> dict:
