@@ -434,6 +434,52 @@ def check_multiprocess_trainer(save_dir, corpus, cache_dir):
     jax.distributed.shutdown()
 
 
+def check_chunkwise(dtype="float64"):
+  """Sequence-sharded chunkwise kernel == one device: rotating (complex) and real decays, fresh
+  and carried, meshes (sequence 8) and (data 2 x sequence 4); values, state and gradients."""
+  import jax
+
+  if dtype == "float64":
+    jax.config.update("jax_enable_x64", True)
+  import jax.numpy as jnp
+  import numpy as np
+
+  from bk_jax.ops.chunkwise import chunkwise
+  from bk_jax.sharding import make_mesh
+
+  rng = np.random.default_rng(3)
+  out = {}
+  for n_data, n_seq in ((1, 8), (2, 4)):
+    mesh = make_mesh(dict(data=n_data, fsdp=1, tensor=1, sequence=n_seq))
+    b, n, h, kd, d = 4, n_seq * 6, 3, 2, 3
+    q, k = (jnp.asarray(rng.normal(size=(b, n, h, kd))) for _ in range(2))
+    v = jnp.asarray(rng.normal(size=(b, n, h, d)))
+    mod = rng.uniform(0.2, 1.0, (b, n, h))
+    mod[:, 7] = 1e-30
+    for rotating in (True, False):
+      phase = np.exp(1j * rng.uniform(-np.pi, 0, (b, n, h))) if rotating else 1.0
+      lc = jnp.asarray(np.log(mod * phase))
+      w = jnp.asarray(rng.normal(size=(b, n, h)) * phase)
+      s0 = jnp.asarray(rng.normal(size=(b, h, kd, d)) * (1 + 1j if rotating else 1))
+      for s in (None, s0):
+        def loss(q, k, v, lc, w, s):
+          o, last = chunkwise(q, k, v, lc, w, s, chunk=4)
+          return jnp.sum(jnp.abs(o) ** 2) + jnp.sum(jnp.real(last)), (o, last)
+
+        argn = (0, 1, 2, 3, 4) + (() if s is None else (5,))
+        f = jax.value_and_grad(loss, argnums=argn, has_aux=True)
+        (_, (o0, l0)), gr0 = jax.jit(f)(q, k, v, lc, w, s)
+        with jax.set_mesh(mesh):
+          jaxpr = str(jax.make_jaxpr(lambda *a: loss(*a)[0])(q, k, v, lc, w, s))
+          assert "shard_map" in jaxpr, "did not dispatch to the sequence-parallel path"
+          (_, (o1, l1)), gr1 = jax.jit(f)(q, k, v, lc, w, s)
+        scale = max(float(np.max(np.abs(np.asarray(t)))) for t in jax.tree.leaves(gr0))
+        key = f"S{n_seq}_{'complex' if rotating else 'real'}_{'carry' if s is not None else 'fresh'}"
+        out[key] = dict(o=float(np.max(np.abs(o0 - o1)) / np.max(np.abs(o0))),
+                        carry=_max_tree_diff(l0, l1), grad=_max_tree_diff(gr0, gr1) / scale)
+  _result(**out)
+
+
 def check_train_variant_meshes(overrides, *meshes):
   """check_train_meshes for a ResNet-BK block variant (model overrides as JSON), e.g. the
   Green's-function mixer on a sequence-parallel mesh: losses and parameters vs one device."""

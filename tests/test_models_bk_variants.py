@@ -180,10 +180,11 @@ def test_config_validation(bad, msg):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mixer,key_dim", [("green", 0), ("green_modulus", 2)])
+@pytest.mark.parametrize("mixer,key_dim", [("green", 0), ("green", 2), ("green_modulus", 2)])
 def test_green_mixer_trains_the_same_on_a_sequence_parallel_mesh(mixer, key_dim):
-  """Green (or keyed modulus) + conv + gate: 3 train steps on mesh sequence=8 (and data 2 x
-  sequence 4) equal one device (tests/sharding_checks.py, 8 fake CPU devices)."""
+  """Green, keyed G or keyed |G| (the chunkwise kernel's sequence-parallel combine) + conv +
+  gate: 3 train steps on mesh sequence=8 (and data 2 x sequence 4) equal one device
+  (tests/sharding_checks.py, 8 fake CPU devices)."""
   import json
 
   from sharding_checks import run_check

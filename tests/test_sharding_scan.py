@@ -77,3 +77,13 @@ def test_sequence_sharded_causal_green_matches_unsharded():
   """causal_green with per-position hopping and z on meshes (1 x 8) and (2 x 4): y, carry
   (g, y) and gradients w.r.t. v, hopping, z, x and the carry equal the single-device op."""
   _assert_close(run_check("selective", "green", "float32"), 2e-5, 2e-5)
+
+
+@pytest.mark.slow
+def test_sequence_sharded_chunkwise_matches_unsharded():
+  """The chunkwise kernel's exclusive combine: complex and real decays (|c| down to 1e-30),
+  fresh and carried, meshes (1 x 8) and (2 x 4), float64: outputs, final state, gradients."""
+  res = run_check("chunkwise", "float64")
+  assert len(res) == 8
+  for key, r in res.items():
+    assert r["o"] <= 1e-12 and r["carry"] <= 1e-12 and r["grad"] <= 1e-12, (key, r)

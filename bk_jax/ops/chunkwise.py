@@ -76,6 +76,13 @@ def segment_sums(log_c: jax.Array) -> jax.Array:
   return (log_c @ mask).reshape(*log_c.shape, length)
 
 
+def prefix_sums(x: jax.Array) -> jax.Array:
+  """sum_{u<=r} x[..., u] along the last (chunk) axis, as a matmul with a triangular 0/1 matrix
+  (XLA's CPU backend fuses a cumulative sum into its consumers and recomputes it per element)."""
+  length = x.shape[-1]
+  return x @ jnp.triu(jnp.ones((length, length), x.dtype))
+
+
 # Complex numbers inside the kernel are (real, imag) pairs of real arrays, imag None for a real
 # quantity: XLA's CPU backend runs complex elementwise ops and complex dots several times slower
 # than the same work on real arrays, and a packed (values | values) layout turns each complex
@@ -107,7 +114,8 @@ def _unpack(y, d: int, rotating: bool):
 
 
 def _chunks(q, k, v, log_mod, theta, w, state, scan_method: str):
-  """Whole chunks of one block: q, k (C, ..., H, L, n), v (C, ..., H, L, d) real; log_mod and
+  """Whole chunks of one block: q (C, ..., H, L, n), k (C, ..., H, n, L) (transposed: both of
+  its matmuls then contract XLA's preferred axes), v (C, ..., H, L, d) real; log_mod and
   theta (log |c| and arg c; theta None for a real decay) and the write weight pair w, each
   (C, ..., H, L); state: pair (S_re, S_im or None), each (..., H, n, d); scan_method: the
   `linear_scan` method across chunks.
@@ -122,13 +130,13 @@ def _chunks(q, k, v, log_mod, theta, w, state, scan_method: str):
   if theta is None:
     phase = None
   else:  # unit phasors p_r = exp(i sum_{u<=r} theta_u): D[r, m] = |D[r, m]| p_r conj(p_m)
-    angle = jnp.cumsum(theta, axis=-1)
-    phase = (jnp.cos(angle), jnp.sin(angle))
+    angle = prefix_sums(theta)
+    # materialised once: XLA would otherwise recompute cos and sin inside every consumer fusion
+    phase = lax.optimization_barrier((jnp.cos(angle), jnp.sin(angle)))
   # a token's write seen from its chunk's start (phase removed): w_m conj(p_m)
   write = w if phase is None else _mul(w, (phase[0], -phase[1]))
-  scores = jnp.einsum("...rn,...mn->...rm", q, k) * decay
-  o_local = _unpack(jnp.einsum("...rm,...md->...rd", scores, _scale_values(write, v)), d,
-                    rotating)
+  scores = jnp.matmul(q, k) * decay
+  o_local = _unpack(jnp.matmul(scores, _scale_values(write, v)), d, rotating)
   if phase is not None:  # back from the chunk's start to token r: times p_r
     o_local = _mul((phase[0][..., None], phase[1][..., None]), o_local)
   # the chunk's own state from a zero start: sum_m D[L-1, m] w_m k_m v_m^T
@@ -136,9 +144,9 @@ def _chunks(q, k, v, log_mod, theta, w, state, scan_method: str):
             else write[1] * decay[..., -1, :])
   if phase is not None:
     to_end = _mul(to_end, (phase[0][..., -1:], phase[1][..., -1:]))
-  s_local = _unpack(jnp.einsum("...mn,...md->...nd", k, _scale_values(to_end, v)), d, rotating)
+  s_local = _unpack(jnp.matmul(k, _scale_values(to_end, v)), d, rotating)
   # the chunk's total decay prod c_u and the decay from its start to each token
-  from_start = (jnp.exp(jnp.cumsum(log_mod, axis=-1)), None)
+  from_start = (jnp.exp(prefix_sums(log_mod)), None)
   total = (jnp.exp(jnp.sum(log_mod, axis=-1)), None)
   if phase is not None:
     from_start = _mul(from_start, phase)
@@ -151,7 +159,7 @@ def _chunks(q, k, v, log_mod, theta, w, state, scan_method: str):
   entering = jnp.concatenate([s0[None], states[:-1]], axis=0)  # (C, ..., H, n, d)
   packed = (jnp.concatenate([jnp.real(entering), jnp.imag(entering)], axis=-1) if rotating
             else entering)
-  carried = _unpack(jnp.einsum("...rn,...nd->...rd", q, packed), d, rotating)
+  carried = _unpack(jnp.matmul(q, packed), d, rotating)
   carried = _mul((from_start[0][..., None], None if from_start[1] is None
                   else from_start[1][..., None]), carried)
   o = (o_local[0] + carried[0],
@@ -204,17 +212,18 @@ def chunkwise_local(q, k, v, log_c, w, state=None, *, chunk: int | str = "auto",
   n_chunks = -(-n_tok // chunk)
   pad = n_chunks * chunk - n_tok
 
-  def chunk_major(x, per_token_axes):
-    """(..., N, H, .) -> (C, ..., H, L, .), padded to whole chunks with zeros."""
+  def chunk_major(x, per_token_axes, token_last=False):
+    """(..., N, H, .) -> (C, ..., H, L, .) (or (C, ..., H, ., L)), zero-padded to whole chunks."""
     axis = x.ndim - 1 - per_token_axes  # the token axis
     x = jnp.pad(x, [(0, pad) if i == axis else (0, 0) for i in range(x.ndim)])
     x = x.reshape(*x.shape[:axis], n_chunks, chunk, *x.shape[axis + 1:])
     x = jnp.moveaxis(x, axis, 0)  # (C, ..., L, H, .)
-    return jnp.moveaxis(x, axis + 1, axis + 1 + 1)  # L after H: (C, ..., H, L, .)
+    return jnp.moveaxis(x, axis + 1, -1 if token_last else axis + 2)
 
   # padding: log c = 0 (c = 1) and w = 0 leave S unchanged; padded outputs are dropped
   theta = jnp.imag(log_c).astype(real) if jnp.iscomplexobj(log_c) else None
-  xs = [chunk_major(x.astype(real), 2) for x in (q, k, v)]
+  xs = [chunk_major(q.astype(real), 2), chunk_major(k.astype(real), 2, token_last=True),
+        chunk_major(v.astype(real), 2)]
   xs += [chunk_major(jnp.real(log_c).astype(real), 1),
          None if theta is None else chunk_major(theta, 1),
          chunk_major(jnp.real(w).astype(real), 1),
@@ -278,10 +287,10 @@ def sequence_parallel_chunkwise(q, k, v, log_c, w, state, *, mesh, axis: str, ch
     s_in, s_out = _incoming_state(log_totals, lax.all_gather(s_local, axis, axis=0), s0,
                                   axis, size)
     c = jnp.moveaxis(jnp.exp(l_s), -2, 0)  # (N_s, ..., H)
-    prefix, _ = linear_scan(c, jnp.zeros((), c.dtype), jnp.ones(c.shape[1:], c.dtype),
+    prefix, _ = linear_scan(c, jnp.zeros_like(c), jnp.ones(c.shape[1:], c.dtype),
                             method=scan_method)
     prefix = jnp.moveaxis(prefix, 0, -2)
-    o = o + prefix[..., None] * jnp.einsum("...hn,...hnd->...hd", q_s, s_in)
+    o = o + prefix[..., None] * jnp.einsum("...thn,...hnd->...thd", q_s, s_in)
     return o.astype(dtype), s_out[None].astype(dtype)
 
   f = jax.shard_map(local, mesh=mesh,
