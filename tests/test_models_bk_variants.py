@@ -1,4 +1,4 @@
-"""ResNet-BK block variants (issue 14): causality, streaming == full, config validation, bounds."""
+"""ResNet-BK block variants: causality, streaming == full, config validation, bounds."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ VARIANTS = {
     "green_modulus_keyed": dict(bk_mixer="green_modulus", bk_head_dim=4, bk_key_dim=3,
                                 bk_conv=True, bk_gate=True, selective_shift=True,
                                 selective_coupling=True),
+    "green_keyed_recurrent": dict(bk_mixer="green", bk_head_dim=4, bk_key_dim=3, bk_conv=True,
+                                  bk_mix_method="recurrent"),
     "green_scan_layers": dict(bk_mixer="green", bk_head_dim=4, bk_conv=True, scan_layers=True),
 }
 
@@ -71,13 +73,16 @@ def test_streaming_chunks_equal_full(variant):
   np.testing.assert_allclose(np.concatenate(outs, 1), np.asarray(full), rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize("mix_method", ["chunkwise", "recurrent"])
 @pytest.mark.parametrize("mixer", ["green", "green_modulus"])
 @pytest.mark.parametrize("selective", [False, True])
-def test_keyed_green_mixer_matches_dense_float64(selective, mixer):
+def test_keyed_green_mixer_matches_dense_float64(selective, mixer, mix_method):
   """o_i = sum_{j<=i} K_ij (q_i . k_j) x_j against dense Jacobi inverses, with the kernel
-  K = [(H_{0..i} - z)^{-1}]_{ij} ("green") or its modulus ("green_modulus")."""
+  K = [(H_{0..i} - z)^{-1}]_{ij} ("green") or its modulus ("green_modulus"), by the chunkwise
+  kernel and by the per-token recurrence."""
   cfg = tiny_config("resnet_bk", bk_mixer=mixer, bk_head_dim=3, bk_key_dim=2,
-                    selective_shift=selective, selective_coupling=selective)
+                    selective_shift=selective, selective_coupling=selective,
+                    bk_mix_method=mix_method)
   blk = build_model(cfg).blocks[0]
   if selective:  # make the per-position operator really vary
     for w in (blk.w_e, blk.w_eta, blk.w_t):
@@ -94,6 +99,28 @@ def test_keyed_green_mixer_matches_dense_float64(selective, mixer):
     assert not np.iscomplexobj(np.asarray(got))
   want = np.einsum("bijh,bihn,bjhn,bjhd->bihd", rows, q, k, x)
   np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("mixer", ["green", "green_modulus"])
+def test_chunkwise_and_recurrent_keyed_mixers_agree_with_gradients(mixer):
+  """The keyed block by the chunkwise kernel and by the per-token recurrence, same parameters:
+  logits and every parameter gradient agree to float32 rounding (the same maths)."""
+  kw = dict(bk_mixer=mixer, bk_head_dim=4, bk_key_dim=3, bk_conv=True, bk_gate=True,
+            selective_shift=True, selective_coupling=True, eta_min=1e-3)
+  models = {m: build_model(tiny_config("resnet_bk", bk_mix_method=m, **kw))
+            for m in ("chunkwise", "recurrent")}
+  t = tokens(n=40)
+
+  def loss_and_grads(model):
+    graphdef, params = nnx.split(model, nnx.Param)
+    loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(t) ** 2)
+    return jax.value_and_grad(loss)(params)
+
+  (l_c, g_c), (l_r, g_r) = map(loss_and_grads, models.values())
+  np.testing.assert_allclose(float(l_c), float(l_r), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g_c), jax.tree.leaves(g_r)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4,
+                               atol=2e-5 * float(np.abs(np.asarray(b)).max()) + 1e-12)
 
 
 def test_causal_conv_matches_numpy_and_streams():
@@ -173,6 +200,7 @@ def test_mimetic_init_ties_queries_to_keys_and_keeps_long_memories():
     (dict(bk_conv=True, use_semiseparable=True), "variant block"),
     (dict(bk_mixer="green", bk_init="long"), "bk_init"),
     (dict(bk_init="long_memory"), "bk_init"),  # the seed block keeps its own init
+    (dict(bk_mixer="green", bk_key_dim=2, bk_mix_method="fast"), "bk_mix_method"),
 ])
 def test_config_validation(bad, msg):
   with pytest.raises(ValueError, match=msg):

@@ -30,9 +30,13 @@ def _read(d, name):
 
 @pytest.mark.slow  # a whole report script; README's commands run it reduced too
 def test_benchmark_quick(tmp_path):
-  _script("benchmark").main(["--quick", "--kinds", "resnet_bk,transformer", "--out", str(tmp_path)])
+  _script("benchmark").main(["--quick", "--kinds", "resnet_bk,resnet_bk:green_keyed,transformer",
+                             "--out", str(tmp_path)])
   out = _read(tmp_path, "benchmark.json")
-  assert {r["kind"] for r in out["rows"]} == {"resnet_bk", "transformer"}
+  assert {r["kind"] for r in out["rows"]} == {"resnet_bk", "resnet_bk:green_keyed", "transformer"}
+  keyed = next(r for r in out["rows"] if r["kind"] == "resnet_bk:green_keyed")
+  assert keyed["paths"]["bk_mix"] == "chunkwise"  # the implementation that ran is named
+  assert any("green_keyed step" in c["name"] for c in out["checks"])
   r = out["rows"][0]
   assert r["tokens_per_s"] > 0 and r["step_s_min"] <= r["step_s"] <= r["step_s_max"]
   assert r["mfu_6nd"] > 0 and out["command"].startswith("python") and out["machine"]["backend"]
@@ -125,3 +129,12 @@ def test_induction_anchor_quick(tmp_path):
   res = _read(tmp_path, "induction_anchor.json")["results"][0]
   assert [r["length"] for r in res["rows"]] == [64, 128]
   assert all(0.0 <= r["accuracy"] <= 1.0 and r["scored"] > 0 for r in res["rows"])
+
+
+def test_bench_chunkwise_quick(tmp_path):
+  rows = _script("bench_chunkwise").main(["--quick", "--out", str(tmp_path / "c.json")])
+  assert [(r["form"], r["pass"]) for r in rows[:2]] == [("recurrent", "fwd"),
+                                                        ("recurrent", "fwd+bwd")]
+  assert {r["chunk"] for r in rows if r["form"] == "chunkwise"} == {8, 16}
+  assert all(r["seconds"] > 0 and r["ratio"] > 0 for r in rows)
+  assert _read(tmp_path, "c.json")["command"].startswith("python")

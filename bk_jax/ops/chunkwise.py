@@ -44,7 +44,7 @@ from bk_jax.ops.linear_scan import linear_scan, resolve_scan_method
 from bk_jax.ops.scan import checkpointed_chunks, prefers_parallel
 from bk_jax.ops.sharded_scan import SEQUENCE_AXIS, sequence_mesh_for
 
-#: Chunk length "auto" picks: 16 is the CPU's fastest (scripts/bench_ops.py --chunkwise), 64
+#: Chunk length "auto" picks: 16 is the CPU's fastest (scripts/bench_chunkwise.py), 64
 #: feeds a GPU's matrix units.
 CPU_CHUNK = 16
 ACCELERATOR_CHUNK = 64

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 
-from bk_jax.reports import common, plots, throughput
+from bk_jax.models import execution_paths
+from bk_jax.reports import common, plots, quality, throughput
 from bk_jax.runtime.provenance import stamped
 
 HEADER = ["kind", "N", "batch", "step s (median)", "step s min-max", "tokens/s", "peak MB",
@@ -51,6 +52,13 @@ def target_checks(rows: list[dict], lengths: list[int]) -> list[dict]:
     if ("resnet_bk", n) in by and ("mamba", n) in by:
       ratio = by["resnet_bk", n]["tokens_per_s"] / by["mamba", n]["tokens_per_s"]
       checks.append((f"resnet_bk / mamba tokens/s at {n} >= 1", ratio, ratio >= 1))
+  keyed = "resnet_bk:green_keyed"  # the keyed Green block: step within 1.5x, memory within 2x
+  for n in lengths:
+    if ("resnet_bk", n) in by and (keyed, n) in by:
+      ratio = by["resnet_bk", n]["tokens_per_s"] / by[keyed, n]["tokens_per_s"]
+      checks.append((f"{keyed} step / resnet_bk step at {n} <= 1.5", ratio, ratio <= 1.5))
+      ratio = by[keyed, n]["peak_mb"] / by["resnet_bk", n]["peak_mb"]
+      checks.append((f"{keyed} peak / resnet_bk peak at {n} <= 2", ratio, ratio <= 2))
   return [dict(name=n, value=v, ok=o) for n, v, o in checks]
 
 
@@ -73,11 +81,13 @@ def run_benchmark(kinds: list[str], lengths: list[int], *, tokens_per_step: int,
   """
   target = throughput.param_count(throughput.model_config("resnet_bk", d_model, n_layers, vocab))
   cfgs, sizes = {}, {}
-  for kind in kinds:
-    layers = (n_layers if kind == "resnet_bk"
+  for kind in kinds:  # a model kind, or "resnet_bk:VARIANT" (a block variant, same layers)
+    base, variant = quality.parse_row(kind)
+    ov = {k[len("model."):]: v for k, v in variant.items()}
+    layers = (n_layers if base == "resnet_bk"
               else throughput.layers_for_params(
-                  throughput.model_config(kind, d_model, 1, vocab), target))
-    cfgs[kind] = throughput.model_config(kind, d_model, layers, vocab)
+                  throughput.model_config(base, d_model, 1, vocab), target))
+    cfgs[kind] = throughput.model_config(base, d_model, layers, vocab, **ov)
     sizes[kind] = dict(n_layers=layers, d_model=d_model, params=throughput.param_count(cfgs[kind]))
     print(f"# {kind}: d_model={d_model} n_layers={layers} params={sizes[kind]['params']:,}",
           flush=True)
@@ -94,6 +104,8 @@ def run_benchmark(kinds: list[str], lengths: list[int], *, tokens_per_step: int,
               flush=True)
         continue
       r = throughput.bench_one(cfgs[kind], n, tokens_per_step, repeats)
+      r["kind"] = kind  # the row's name (a kind or a block variant)
+      r["paths"] = execution_paths(cfgs[kind], batch=r["batch"], seq_len=n)
       rows.append(r)
       print(common.md_table(HEADER, [table_row(throughput.add_mfu(r, peak0))]).split("\n")[2],
             flush=True)
