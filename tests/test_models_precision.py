@@ -16,11 +16,11 @@ not the agreement of two runs that stand still. Measured (jax 0.10.2, CPU): max 
 checks that bf16 really runs (the curves alone would also agree if nothing ran in bf16).
 
 Known conditioning limit (measured, not a tolerance): Mamba's exp(dt A) amplifies a relative
-error in dt by |A| dt. Until Nov 2026 this test trained on README bytes; after a README edit one
-token whose trained dt was 0.69 reached 1.6% of the logit scale (the next 0.2%). Half of that
-was a real defect, dt's bias added in bf16 (fixed: bias and accumulation are float32, as in
-Mamba's kernel); the rest (1.3%) is the bf16 rounding of the activations feeding dt. The data
-is now the shipped corpus, so the check no longer moves with the docs.
+error in dt by |A| dt. Trained on text that changes with the documentation, one token whose
+trained dt was 0.69 reached 1.6% of the logit scale (the next 0.2%). Half of that was a real
+defect, dt's bias added in bf16 (fixed: bias and accumulation are float32, as in Mamba's
+kernel); the rest (1.3%) is the bf16 rounding of the activations feeding dt. The data is the
+shipped corpus, so the check does not move with the docs.
 """
 
 from __future__ import annotations

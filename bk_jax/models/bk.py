@@ -224,7 +224,7 @@ class BKBlock(nnx.Module):
 
 
 def make_bk_block(cfg: Any, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
-  """The seed BKBlock, or the issue-14 variant block when a variant flag is set.
+  """The seed BKBlock, or the variant block (bk_mixers.py) when a variant flag is set.
 
   Args:
     cfg: the model ConfigDict (`config.uses_bk_variant` decides).

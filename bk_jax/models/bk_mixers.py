@@ -1,4 +1,4 @@
-"""ResNet-BK block variants (issue 14): the Green's-function mixer, selectivity, conv and gate.
+"""ResNet-BK block variants: the Green's-function mixer, selectivity, conv and gate.
 
 Built by `bk.make_bk_block` when any of the model-config flags below departs from the seed
 block (`bk.BKBlock`, which stays unchanged). Per block, with u = RMSNorm(x) (B, N, d_model):
@@ -94,7 +94,7 @@ def causal_conv(u: jax.Array, w: jax.Array, b: jax.Array, state: jax.Array):
 
 
 class BKVariantBlock(nnx.Module):
-  """Pre-norm ResNet-BK block with the issue-14 variants (see the module docstring).
+  """Pre-norm ResNet-BK block with the variant options (see the module docstring).
 
   Args (constructor):
     cfg: the model ConfigDict (d_model, n_heads, d_ff, n_layers, eta_min, resolvent_method,

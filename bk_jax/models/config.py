@@ -46,7 +46,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.use_birman_schwinger = False  # emit Birman–Schwinger monitors (DESIGN §2.5)
   c.bs_window = 256  # window of the exact Schatten-1 norm
   c.precision_threshold = 1e4  # condition bound above which a layer is recomputed in complex128
-  # --- ResNet-BK block variants (bk_mixers.py, issue 14); all off = the seed block (bk.py) ---
+  # --- ResNet-BK block variants (bk_mixers.py); all off = the seed block (bk.py) ---
   # "diag": features eta*g (seed) | "green": values mixed by G (DESIGN §2.10) | "green_modulus":
   # values mixed by |G_ij| (a real, non-rotating kernel; DESIGN §2.10)
   c.bk_mixer = "diag"
@@ -97,7 +97,7 @@ def default_model_config() -> ml_collections.ConfigDict:
 
 
 def uses_bk_variant(cfg: ml_collections.ConfigDict) -> bool:
-  """True when a ResNet-BK config asks for the issue-14 variant block instead of the seed's."""
+  """True when a ResNet-BK config asks for the variant block (bk_mixers.py), not the seed's."""
   return bool(cfg.bk_mixer != "diag" or cfg.selective_shift or cfg.selective_coupling
               or cfg.bk_conv or cfg.bk_gate)
 
