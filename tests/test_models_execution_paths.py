@@ -62,7 +62,8 @@ def test_scan_method_validated():
 
 
 @pytest.mark.parametrize("fields,msg", [
-    ({"mamba2.headdim": 48}, r"mamba2.headdim \(48\) must divide d_inner = expand \* d_model \(256\)"),
+    ({"mamba2.headdim": 48},
+     r"mamba2.headdim \(48\) must divide d_inner = expand \* d_model \(256\)"),
     ({"mamba2.ngroups": 3}, r"mamba2.ngroups \(3\) must divide the 4 heads"),
     ({"mamba2.chunk": -1}, "mamba2.chunk must be >= 0"),
     ({"mamba2.d_state": 0}, "must be positive")])
