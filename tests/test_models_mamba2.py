@@ -277,3 +277,20 @@ def test_bad_head_layout_is_a_value_error():
     make_block(headdim=12)
   with pytest.raises(ValueError, match="ngroups 3"):
     make_block(headdim=8, ngroups=3)
+
+
+@pytest.mark.slow
+def test_mamba2_trains_the_same_on_sequence_parallel_and_tensor_meshes():
+  """3 train steps on mesh sequence=8, data 2 x sequence 4 and data x fsdp x tensor equal one
+  device (tests/sharding_checks.py, 8 fake CPU devices); the SSD kernel really ran
+  sequence-parallel on the sequence meshes."""
+  import json
+
+  from sharding_checks import run_check
+
+  ov = {"kind": "mamba2", "mamba2.headdim": 16, "mamba2.d_state": 8, "mamba2.ngroups": 2}
+  meshes = ("1,1,1,8", "2,1,1,4", "2,2,2,1")
+  res = run_check("train_variant_meshes", json.dumps(ov), *meshes)
+  for spec in meshes:
+    assert res[spec]["loss"] <= 1e-5 and res[spec]["params"] <= 1e-5, (spec, res[spec])
+    assert (res[spec]["chunkwise_sequence_parallel_calls"] > 0) == (spec[-1] != "1"), res[spec]
