@@ -45,8 +45,8 @@ DATA_AXES = ("data", "fsdp")  # the batch axis is split over both (fsdp is data 
 
 #: logical axis name -> mesh axis (or tuple of mesh axes, or None = replicated). The defaults of
 #: ``config.mesh.rules`` (configs/base.py); `make_mesh` installs a config's rules (see `set_rules`).
-#: Parameter axes (layers.py, bk.py, mamba.py, transformer.py) and activation axes (MaxText's
-#: ``activation_*`` names, `constrain`, bk_jax/models/lm.py and bk.py):
+#: Parameter axes (layers.py, bk.py, mamba.py, mamba2.py, transformer.py) and activation axes
+#: (MaxText's ``activation_*`` names, `constrain`, bk_jax/models/lm.py and bk.py):
 DEFAULT_RULES: dict[str, Any] = {
     # parameters
     "embed": "fsdp",

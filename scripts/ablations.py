@@ -23,7 +23,7 @@ Variants (everything else = the base ResNet-BK of --d_model/--n_layers/--n_heads
   green_keyed_modulus       green_keyed with the real kernel |G_ij| (bk_mixer="green_modulus")
   green_keyed_long          green_keyed with bk_init="long_memory" (memories at init ~2-660 tokens)
   green_keyed_modulus_long  green_keyed_modulus with bk_init="long_memory"
-Baselines (--baselines mamba,transformer): the same training at parameters matched to base
+Baselines (--baselines mamba,mamba2,transformer): the same training at parameters matched to base
 (layers matched, bk_jax.reports.throughput.layers_for_params), timed the same way.
 Speed: one jitted AdamW step per variant (bk_jax.reports.throughput.bench_one; same step as
 scripts/benchmark.py): median step time, tokens/s, XLA peak memory, ratio to base measured in
@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
   ap.add_argument("--quality_steps", type=int, default=0)
   ap.add_argument("--quality_tokens", type=int, default=0,
                   help="> 0: train every row on this many tokens (sets --quality_steps)")
-  ap.add_argument("--baselines", default="", help="comma list of other kinds (mamba,transformer)")
+  ap.add_argument("--baselines", default="", help="comma list of other kinds (mamba,mamba2,transformer)")
   ap.add_argument("--lr", type=float, default=3e-3)
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--quality_len", type=int, default=256)

@@ -35,7 +35,7 @@ from bk_jax.reports import benchmark, common  # noqa: E402
 
 def parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--kinds", default="resnet_bk,mamba,transformer")
+  ap.add_argument("--kinds", default="resnet_bk,mamba,mamba2,transformer")
   ap.add_argument("--lengths", default="2048,8192,32768,131072")
   ap.add_argument("--tokens-per-step", type=int, default=131072)
   ap.add_argument("--repeats", type=int, default=5)

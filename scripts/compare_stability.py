@@ -1,4 +1,4 @@
-"""Stability comparison: ResNet-BK vs Mamba vs Transformer over seeds and sequence lengths.
+"""Stability comparison: ResNet-BK vs Mamba, Mamba-2 and Transformer over seeds and lengths.
 
 Every (kind, seed, N) is one independent run of bk_jax.train.loop.run with identical data
 (char-level Tiny Shakespeare by default), identical budgets (`--steps` steps of `--tokens`
@@ -30,7 +30,7 @@ from bk_jax.reports import common, runs, stability  # noqa: E402
 
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--kinds", default="resnet_bk,mamba,transformer")
+  ap.add_argument("--kinds", default="resnet_bk,mamba,mamba2,transformer")
   ap.add_argument("--seeds", default=None, help="default 0,1,2 (0,1 with --quick)")
   ap.add_argument("--lengths", default=None, help="default 128,512 (16,32 with --quick)")
   ap.add_argument("--steps", type=int, default=200)

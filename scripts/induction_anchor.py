@@ -42,7 +42,7 @@ from bk_jax.reports import common, induction  # noqa: E402
 
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--kinds", default="resnet_bk,mamba,transformer")
+  ap.add_argument("--kinds", default="resnet_bk,mamba,mamba2,transformer")
   ap.add_argument("--train_len", type=int, default=256)
   ap.add_argument("--steps", type=int, default=2000)
   ap.add_argument("--budget_s", type=float, default=0.0, help="> 0: also stop training at this wall clock")

@@ -1,6 +1,6 @@
 """Quality anchor: char-level Tiny Shakespeare at ~0.8-1M parameters, equal tokens or equal time.
 
-Every kind (ResNet-BK, Mamba, Transformer) gets the same data (the bundled Tiny Shakespeare,
+Every kind (ResNet-BK, Mamba, Mamba-2, Transformer) gets the same data (the bundled Tiny Shakespeare,
 byte tokenizer, cut 0.9/0.05/0.05), the same d_model, a layer count matched to `--params`, the
 same batch x length and optimizer, and either the same number of training tokens (`--tokens`)
 or the same wall-clock budget (`--budget_s`, compile included; steps planned from the median of
@@ -15,7 +15,7 @@ CPU-minutes.
   python scripts/quality_anchor.py --budget_s 150         # reduced
   python scripts/quality_anchor.py --quick                # seconds (tests)
   # a ResNet-BK block variant as a row of its own, beside the seed block and the baselines
-  python scripts/quality_anchor.py --kinds resnet_bk:green_keyed,resnet_bk,mamba,transformer
+  python scripts/quality_anchor.py --kinds resnet_bk:green_keyed,resnet_bk,mamba,mamba2,transformer
   # rebuild the table and figure from result JSONs (no training)
   python scripts/quality_anchor.py --out results/quality_anchor_600s --merge \
       results/quality_anchor_600s/quality_anchor.json results/quality_anchor_600s/quality_anchor_resnet_bk.json
@@ -34,7 +34,7 @@ from bk_jax.reports import common, quality, runs  # noqa: E402
 
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--kinds", default="resnet_bk,mamba,transformer",
+  ap.add_argument("--kinds", default="resnet_bk,mamba,mamba2,transformer",
                   help="rows: model kinds, or resnet_bk:VARIANT for a block variant of "
                        "scripts/ablations.py (e.g. resnet_bk:green_keyed)")
   ap.add_argument("--data", default=runs.TINY_SHAKESPEARE)

@@ -481,19 +481,28 @@ def check_chunkwise(dtype="float64"):
 
 
 def check_train_variant_meshes(overrides, *meshes):
-  """check_train_meshes for a ResNet-BK block variant (model overrides as JSON), e.g. the
-  Green's-function mixer on a sequence-parallel mesh: losses and parameters vs one device."""
+  """check_train_meshes for a model variant (model overrides as JSON, dotted keys for nested
+  fields), e.g. the Green's-function mixer or Mamba-2 on a sequence-parallel mesh: losses and
+  parameters vs one device, and how many traces ran `ops.chunkwise` sequence-parallel."""
   import jax
 
+  from bk_jax.ops import chunkwise
   from bk_jax.sharding import make_mesh
 
+  calls = []  # traces that went through the sequence-parallel chunkwise kernel
+  orig = chunkwise.sequence_parallel_chunkwise
+  chunkwise.sequence_parallel_chunkwise = lambda *a, **k: calls.append(1) or orig(*a, **k)
   ov = json.loads(overrides)
   batches = random_batches(3, batch=8, seq_len=64, vocab=64)
 
   def cfg_for(shape):
     c = tiny_config(mesh=shape)
     for k, v in ov.items():
-      c.model[k] = v
+      *path, leaf = k.split(".")
+      node = c.model
+      for q in path:
+        node = node[q]
+      node[leaf] = v
     return c
 
   cfg = cfg_for((1, 1, 1, 1))
@@ -502,9 +511,11 @@ def check_train_variant_meshes(overrides, *meshes):
   out = {}
   for spec in meshes:
     cfg = cfg_for(tuple(int(x) for x in spec.split(",")))
+    calls.clear()
     losses, state = train_losses(cfg, make_mesh(cfg.mesh), batches)
     out[spec] = dict(loss=max(abs(a - b) for a, b in zip(losses, ref_losses)),
-                     params=_max_tree_diff(jax.device_get(state.params), ref_params), losses=losses)
+                     params=_max_tree_diff(jax.device_get(state.params), ref_params), losses=losses,
+                     chunkwise_sequence_parallel_calls=len(calls))
   out["reference_losses"] = ref_losses
   _result(**out)
 

@@ -71,6 +71,7 @@ def shrink(config: ml_collections.ConfigDict, corpus: tuple[str, str], save_dir:
   m = c.model
   m.d_model, m.n_layers, m.n_heads, m.d_ff = 16, 2, 2, 32
   m.bs_window, m.mamba.chunk = 8, 8
+  m.mamba2.headdim, m.mamba2.d_state = 8, 8  # d_inner 32: 4 heads
   m.transformer.n_heads, m.transformer.block_size = 2, 16
   m.transformer.cache_window = max(int(m.transformer.cache_window), EVAL_TOKENS)  # full attention
   for k, v in (model_overrides or {}).items():

@@ -42,7 +42,8 @@ def stream(toks, chunk):
 
 @pytest.mark.parametrize("kind,chunks", [("resnet_bk", [(300, None), (64, None), (100, 50), (7, None)]),
                                          ("mamba", [(64, None), (100, 50)]),
-                                         ("transformer", [(64, None), (100, 50)])])
+                                         ("transformer", [(64, None), (100, 50)]),
+                                         ("mamba2", [(64, None), (100, 50)])])
 def test_streaming_equals_full_sequence(kind, chunks):
   model = tiny_model(kind)
   toks = np.random.default_rng(0).integers(0, 50, size=301).astype(np.int32)

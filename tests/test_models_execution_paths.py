@@ -48,12 +48,29 @@ def test_auto_is_the_default_and_resolves_by_platform():
       "mamba_scan"] == "sequential"
   assert execution_paths(cfg("resnet_bk"))["resolvent_method"] == (
       "scan" if jax.default_backend() == "cpu" else "associative")
+  # Mamba-2 names the chunk length its SSD kernel runs (0 = "auto": 16 on the CPU, 64 elsewhere)
+  assert c.mamba2.chunk == 0
+  assert execution_paths(cfg("mamba2"), "cpu") == {"dtype": "float32", "ssd_chunk": "16"}
+  assert execution_paths(cfg("mamba2"), "gpu")["ssd_chunk"] == "64"
+  assert execution_paths(cfg("mamba2", **{"mamba2.chunk": 32}), "cpu")["ssd_chunk"] == "32"
 
 
 def test_scan_method_validated():
   validate_model_config(cfg("mamba", vocab_size=11, **{"mamba.scan_method": "associative"}))
   with pytest.raises(ValueError, match="mamba.scan_method 'parallel' not in"):
     validate_model_config(cfg("mamba", vocab_size=11, **{"mamba.scan_method": "parallel"}))
+
+
+@pytest.mark.parametrize("fields,msg", [
+    ({"mamba2.headdim": 48},
+     r"mamba2.headdim \(48\) must divide d_inner = expand \* d_model \(256\)"),
+    ({"mamba2.ngroups": 3}, r"mamba2.ngroups \(3\) must divide the 4 heads"),
+    ({"mamba2.chunk": -1}, "mamba2.chunk must be >= 0"),
+    ({"mamba2.d_state": 0}, "must be positive")])
+def test_mamba2_fields_validated(fields, msg):
+  validate_model_config(cfg("mamba2", vocab_size=11))
+  with pytest.raises(ValueError, match=msg):
+    validate_model_config(cfg("mamba2", vocab_size=11, **fields))
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))))

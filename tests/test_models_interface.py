@@ -42,13 +42,14 @@ VARIANTS = {
     "mamba": dict(),
     "mamba_scan_dots": dict(scan_layers=True, remat="dots"),
     "mamba_associative": {"mamba.scan_method": "associative"},
+    "mamba2": {"mamba2.headdim": 16, "mamba2.d_state": 16},  # 4 heads
     "transformer": dict(),  # attention "auto"
     "transformer_xla": {"transformer.attention": "xla"},  # jax.nn.dot_product_attention
 }
 
 
 def make(variant: str):
-  kind = next(k for k in ("resnet_bk", "mamba", "transformer") if variant.startswith(k))
+  kind = next(k for k in ("resnet_bk", "mamba2", "mamba", "transformer") if variant.startswith(k))
   return build_model(tiny_config(kind, **VARIANTS[variant]))
 
 
@@ -72,7 +73,7 @@ def test_causal(variant):
 # mamba_scan_dots differs from mamba only in the layer loop, which resnet_bk_scan_remat covers.
 # The default run keeps one variant per kind plus the scanned/remat layer loop; the optional
 # blocks and alternative implementations (8-22 s each on the 2-core CPU) run in the slow set.
-STREAM_FAST = ("resnet_bk", "resnet_bk_scan_remat", "mamba", "transformer")
+STREAM_FAST = ("resnet_bk", "resnet_bk_scan_remat", "mamba", "transformer", "mamba2")
 
 
 @pytest.mark.parametrize("variant", [
@@ -114,7 +115,7 @@ def test_transformer_stream_beyond_window_is_sliding_window():
   assert np.abs(results[0][:, 12:] - np.asarray(full[:, 12:])).max() > 1e-4
 
 
-@pytest.mark.parametrize("kind", ["resnet_bk", "mamba", "transformer"])
+@pytest.mark.parametrize("kind", ["resnet_bk", "mamba", "transformer", "mamba2"])
 def test_parameter_count_independent_of_length(kind):
   counts, shapes = [], []
   for n in (128, 131_072):
@@ -149,6 +150,7 @@ GRAD_REQUIRED = {
     "resnet_bk_moe_scattering": ["hopping_raw", "energy", "eta_raw", "w_in", "w_out"],
     "resnet_bk_moe_learned": ["router", "w_in", "w_out"],
     "mamba": ["a_log", "dt_proj", "conv_w"],
+    "mamba2": ["a_log", "dt_bias", "d_skip", "conv_w", "in_proj", "out_norm"],
     "transformer": ["qkv", "out"],
 }
 

@@ -23,6 +23,7 @@ def cfg_for(kind, **kw):
   c = default_model_config()
   c.kind, c.vocab_size, c.d_model, c.n_layers, c.n_heads, c.d_ff = kind, 37, 16, 2, 4, 32
   c.transformer.n_heads = 2
+  c.mamba2.headdim = 8  # d_inner 32: 4 heads
   c.update(kw)
   return c
 
@@ -87,9 +88,9 @@ def test_unknown_kind_is_one_config_error_naming_the_kinds():
     build_model(cfg_for("rnn"))
   msg = str(e.value)
   assert "\n" not in msg and "'rnn'" in msg
-  for k in ("resnet_bk", "mamba", "transformer"):
+  for k in ("resnet_bk", "mamba", "transformer", "mamba2"):
     assert k in msg
-  assert kinds.KINDS == ("resnet_bk", "mamba", "transformer")
+  assert kinds.KINDS == ("resnet_bk", "mamba", "transformer", "mamba2")
 
 
 def test_reduce_aux_uses_declared_reductions_and_rejects_undeclared_keys():
@@ -107,7 +108,8 @@ def test_reduce_aux_uses_declared_reductions_and_rejects_undeclared_keys():
     kinds.reduce_aux("mamba", {"bk/new_stat": jnp.zeros(3)})
 
 
-@pytest.mark.parametrize("kind,carry_type", [("mamba", "MambaCarry"), ("transformer", "KVCache")])
+@pytest.mark.parametrize("kind,carry_type", [("mamba", "MambaCarry"), ("transformer", "KVCache"),
+                                             ("mamba2", "Mamba2Carry")])
 def test_block_carries_are_named_tuples(kind, carry_type):
   model = build_model(cfg_for(kind))
   cache = model.init_cache(2)

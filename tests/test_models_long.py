@@ -15,7 +15,7 @@ N = 131_072
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["resnet_bk", "mamba"])
+@pytest.mark.parametrize("kind", ["resnet_bk", "mamba", "mamba2"])
 def test_forward_backward_131k_finite(kind):
   c = default_model_config()
   c.kind, c.vocab_size, c.d_model, c.n_layers, c.n_heads, c.d_ff = kind, 259, 32, 2, 8, 64

@@ -2,7 +2,7 @@
 
 Parameters stay float32, features and matmuls run in bf16, the logits (and so the loss) are
 float32; ResNet-BK's potentials and resolvent stay float32/complex64, Mamba's scan state and
-exp(dt A) float32, the Transformer's softmax float32.
+exp(dt A) float32 (Mamba-2's SSD inputs, dt and state too), the Transformer's softmax float32.
 
 Training-curve tolerance (justified, not fitted): bf16 keeps 8 significant bits, so every bf16
 matmul output carries a relative rounding error of up to 2^-9 ~ 0.2%. Through the small head
@@ -45,6 +45,7 @@ KINDS = {
                                      use_birman_schwinger=True, prime_bump=True),
     "mamba": {},
     "transformer": {},
+    "mamba2": {},  # 4 heads of 16 values, state 16 (_config)
 }
 STEPS, LOSS_TOL = 30, 0.05
 # Forward logits of the same (trained) parameters, bf16 vs f32 model, per token relative to the
@@ -54,9 +55,11 @@ LOGIT_TOL = 0.01
 
 def _config(variant: str, dtype: str):
   c = default_model_config()
-  c.kind = next(k for k in ("resnet_bk", "mamba", "transformer") if variant.startswith(k))
+  c.kind = next(k for k in ("resnet_bk", "mamba2", "mamba", "transformer")
+                if variant.startswith(k))
   c.vocab_size, c.d_model, c.n_layers, c.n_heads, c.d_ff = V, 32, 2, 4, 64
   c.mamba.chunk, c.transformer.block_size, c.bs_window = 16, 16, 16
+  c.mamba2.headdim, c.mamba2.d_state = 16, 16
   c.dtype = dtype
   for k, v in KINDS[variant].items():
     c[k] = v
@@ -150,7 +153,9 @@ def test_bf16_activations_are_bf16(variant):
   t = jnp.zeros((2, 32), jnp.int32)
   dots = _dots(jax.make_jaxpr(lambda s: nnx.merge(graphdef, s)(t))(state).jaxpr, [])
   n_bf16 = sum(a == b == jnp.bfloat16 for a, b, _, _ in dots)
-  assert n_bf16 >= 4 * cfg.n_layers, dots  # every dense layer of every block runs in bf16
+  # every dense layer of every block runs in bf16 (Mamba-2 has two: in_proj, as the (z, x, B,
+  # C) product and the float32-accumulated dt product, and out_proj)
+  assert n_bf16 >= (3 if cfg.kind == "mamba2" else 4) * cfg.n_layers, dots
   widths = {cfg.d_model, cfg.d_ff, cfg.mamba.expand * cfg.d_model}
   for a, b, contracted, shape in dots:
     if a == jnp.float32 or b == jnp.float32:
@@ -166,5 +171,5 @@ def test_bf16_activations_are_bf16(variant):
     dtypes = {jnp.dtype(c.dtype) for c in jax.tree.leaves(carry)}
     assert jnp.dtype(jnp.complex64) in dtypes and dtypes <= {jnp.dtype(jnp.complex64),
                                                              jnp.dtype(jnp.float32)}, dtypes
-  elif cfg.kind == "mamba":  # conv inputs bf16, SSM state float32
+  elif cfg.kind in ("mamba", "mamba2"):  # conv inputs bf16, SSM state float32
     assert carry[0].dtype == jnp.bfloat16 and carry[1].dtype == jnp.float32

@@ -33,7 +33,7 @@ README = os.path.join(ROOT, "README.md")
 
 #: tiny model / data / schedule for every config-driven training or evaluation
 TINY = ["--config.model.d_model=16", "--config.model.n_layers=1", "--config.model.n_heads=2",
-        "--config.model.d_ff=32", "--config.train.seq_len=64", "--config.train.sequence_lengths=(32,64)",
+        "--config.model.d_ff=32", "--config.model.mamba2.headdim=8", "--config.train.seq_len=64", "--config.train.sequence_lengths=(32,64)",
         "--config.train.tokens_per_batch=0", "--config.train.batch_size=2",
         "--config.train.steps_per_length=2", "--config.train.log_interval=1",
         "--config.data.data_limit=20000", "--config.eval.every_steps=2", "--config.eval.batches=1", "--config.eval.samples=0",

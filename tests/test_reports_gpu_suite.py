@@ -36,10 +36,11 @@ def test_gpu_suite_quick(tmp_path):
   assert all(r["tokens_per_s"] > 0 and r["paths"]["resolvent_method"] == m
              for m, r in ops.items())
   models = {r["kind"]: r for r in rows if r["stage"].startswith("models:")}
-  assert set(models) == {"resnet_bk", "mamba", "transformer"}
+  assert set(models) == {"resnet_bk", "mamba", "mamba2", "transformer"}
   # the CPU resolves "auto" to the sequential forms; bf16 activations everywhere
   assert models["resnet_bk"]["paths"] == {"dtype": "bfloat16", "resolvent_method": "scan"}
   assert models["mamba"]["paths"] == {"dtype": "bfloat16", "mamba_scan": "sequential"}
+  assert models["mamba2"]["paths"] == {"dtype": "bfloat16", "ssd_chunk": "16"}
   assert all(r["tokens_per_s"] > 0 and r["n_params"] > 0 for r in models.values())
   train, landed = [r for r in rows if r["stage"] == "train"]
   assert train["steps_done"] == 3 and train["tokens_per_s"] > 0 and train["tokens"] == 3 * 2 * 128
@@ -51,7 +52,7 @@ def test_gpu_suite_quick(tmp_path):
   (stream,) = [r for r in rows if r["stage"] == "stream"]
   assert stream["tokens"] == 2048 and stream["tokens_per_s"] > 0 and stream["loss"] > 0
   md = (tmp_path / "gpu_suite.md").read_text()
-  assert "resolvent_method=scan" in md and "mamba_scan=sequential" in md
+  assert "resolvent_method=scan" in md and "mamba_scan=sequential" in md and "ssd_chunk=16" in md
   assert os.path.getsize(tmp_path / "gpu_suite.png") > 0
 
 
@@ -82,12 +83,20 @@ def test_collect_marks_the_running_cell():
 
 
 def test_checks_ratios():
+  """ResNet-BK against the fastest baseline of each family at each N, named in the check."""
   rows = [dict(stage=f"models:{k}", status="ok", kind=k, n=n, tokens_per_s=t)
           for k, n, t in [("resnet_bk", 8, 100.0), ("resnet_bk", 32, 95.0), ("mamba", 8, 50.0),
-                          ("mamba", 32, 120.0), ("transformer", 8, 40.0),
-                          ("transformer", 32, 5.0)]]
+                          ("mamba", 32, 120.0), ("mamba2", 8, 80.0), ("mamba2", 32, 60.0),
+                          ("transformer", 8, 40.0), ("transformer", 32, 5.0)]]
   got = {c["name"]: (round(c["value"], 3), c["ok"]) for c in gpu_suite.checks(rows)}
-  assert got["resnet_bk tokens/s N=32 / N=8 >= 0.9"] == (0.95, True)
-  assert got["resnet_bk / mamba tokens/s at N=32 >= 1"] == (round(95 / 120, 3), False)
-  assert got["resnet_bk / transformer tokens/s at N=8 >= 3"] == (2.5, False)
-  assert got["resnet_bk / transformer tokens/s at N=32 >= 10"] == (19.0, True)
+  assert got == {
+      "resnet_bk tokens/s N=32 / N=8 >= 0.9": (0.95, True),
+      "resnet_bk / state-space (mamba2) tokens/s at N=8 >= 1": (1.25, True),  # the faster at 8
+      "resnet_bk / state-space (mamba) tokens/s at N=32 >= 1": (round(95 / 120, 3), False),
+      "mamba2 / resnet_bk tokens/s at N=8 >= 1/1.5": (0.8, True),
+      "mamba2 / resnet_bk tokens/s at N=32 >= 1/1.5": (round(60 / 95, 3), False),
+      "resnet_bk / attention (transformer) tokens/s at N=8 >= 3": (2.5, False),
+      "resnet_bk / attention (transformer) tokens/s at N=32 >= 10": (19.0, True)}
+  # without Mamba-2 rows the state-space family is Mamba alone
+  got = {c["name"] for c in gpu_suite.checks([r for r in rows if r["kind"] != "mamba2"])}
+  assert "resnet_bk / state-space (mamba) tokens/s at N=8 >= 1" in got

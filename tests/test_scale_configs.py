@@ -1,4 +1,4 @@
-"""The 1B / 7B configs: parameter counts (from shapes only) and Mamba/Transformer parity."""
+"""The 1B / 7B configs: parameter counts (from shapes only) and Mamba/Mamba-2/Transformer parity."""
 
 import os
 
@@ -23,7 +23,7 @@ def test_parameter_counts_in_range_and_baselines_match(size):
   lo, hi = RANGES[size]
   bk = count_params(_cfg(f"bk_{size}").model)
   assert lo <= bk <= hi, bk
-  for kind in ("mamba", "transformer"):
+  for kind in ("mamba", "transformer", "mamba2"):
     c = _cfg(f"{kind}_{size}")
     assert c.model.kind == kind
     n = count_params(c.model)
@@ -37,7 +37,7 @@ def test_count_params_matches_a_built_model():
 
   from bk_jax.models import build_model
 
-  for kind in ("resnet_bk", "mamba", "transformer"):
+  for kind in ("resnet_bk", "mamba", "transformer", "mamba2"):
     c = _cfg("bk_1b").model
     c.kind, c.d_model, c.n_layers, c.n_heads, c.d_ff, c.vocab_size = kind, 32, 2, 4, 48, 50
     c.transformer.n_heads = 4
@@ -46,7 +46,7 @@ def test_count_params_matches_a_built_model():
 
 
 @pytest.mark.parametrize("name", ["bk_1b", "bk_7b", "mamba_1b", "transformer_1b", "mamba_7b",
-                                  "transformer_7b"])
+                                  "transformer_7b", "mamba2_1b", "mamba2_7b"])
 def test_configs_validate(name):
   c = _cfg(name)
   validate_config(c)

@@ -1,4 +1,4 @@
-"""Flax NNX language models: ResNet-BK, and the Mamba and Transformer baselines.
+"""Flax NNX language models: ResNet-BK, and the Mamba, Mamba-2 and Transformer baselines.
 
 Public API (DESIGN §4):
 

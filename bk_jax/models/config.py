@@ -29,7 +29,8 @@ def default_model_config() -> ml_collections.ConfigDict:
     from the data pipeline.
   """
   c = ml_collections.ConfigDict()
-  c.kind = "resnet_bk"  # a kind registered in kinds.py: "resnet_bk" | "mamba" | "transformer"
+  # a kind registered in kinds.py: "resnet_bk" | "mamba" | "transformer" | "mamba2"
+  c.kind = "resnet_bk"
   c.vocab_size = 259  # 256 bytes + specials; set by the trainer from the data
   c.d_model = 128
   c.n_layers = 4
@@ -86,6 +87,16 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.mamba.chunk = 256  # time steps per checkpointed chunk of the selective scan
   # "auto": associative (log depth) on GPU/TPU, sequential on the CPU (ops.scan.prefers_parallel)
   c.mamba.scan_method = "auto"
+  # Mamba-2 (SSD; mamba2.py), the reference's Mamba2 defaults
+  c.mamba2 = ml_collections.ConfigDict()
+  c.mamba2.d_state = 128  # S: state per head and value (B_t, C_t have S entries per group)
+  c.mamba2.d_conv = 4
+  c.mamba2.expand = 2  # d_inner = expand * d_model
+  c.mamba2.headdim = 64  # P: values per head; H = d_inner / P heads (P must divide d_inner)
+  c.mamba2.ngroups = 1  # groups of heads sharing B_t and C_t (must divide H)
+  # tokens per matmul chunk of the SSD kernel (ops/chunkwise.py); 0: "auto" (16 on the CPU, 64
+  # on accelerators: chunkwise.resolve_chunk)
+  c.mamba2.chunk = 0
   c.transformer = ml_collections.ConfigDict()
   c.transformer.n_heads = 4
   # training-path attention: "auto" (cuDNN flash on GPU where it applies, else XLA's fused

@@ -29,7 +29,9 @@ from bk_jax.models.config import (ATTENTIONS, BK_INITS, BK_MIX_METHODS, BK_MIXER
                                   REMAT_POLICIES, RESOLVENT_METHODS, ROUTERS, resolve_mix_method,
                                   uses_bk_variant)
 from bk_jax.models.mamba import MambaBlock
+from bk_jax.models.mamba2 import Mamba2Block
 from bk_jax.models.transformer import TransformerBlock, attention_implementation
+from bk_jax.ops.chunkwise import resolve_chunk
 from bk_jax.ops.linear_scan import resolve_scan_method
 from bk_jax.ops.resolvent import resolve_method
 from bk_jax.runtime.errors import ConfigError
@@ -275,6 +277,41 @@ register(ModelKind(
     arch_fields=("transformer.n_heads",),
     runtime_fields=("transformer.cache_window", "transformer.block_size", "transformer.attention")))
 
+# --- mamba2 --------------------------------------------------------------------------------------
+
+def _check_mamba2(cfg: Any) -> None:
+  m = cfg.mamba2
+  need(min(m.d_state, m.d_conv, m.expand, m.headdim, m.ngroups) > 0,
+       "mamba2.d_state, d_conv, expand, headdim, ngroups must be positive")
+  d_inner = m.expand * cfg.d_model
+  need(d_inner % m.headdim == 0,
+       f"mamba2.headdim ({m.headdim}) must divide d_inner = expand * d_model ({d_inner})")
+  need((d_inner // m.headdim) % m.ngroups == 0,
+       f"mamba2.ngroups ({m.ngroups}) must divide the {d_inner // m.headdim} heads")
+  need(m.chunk >= 0, f"mamba2.chunk must be >= 0 (0: auto), got {m.chunk}")
+
+
+def _mamba2_chunk(cfg: Any) -> int | str:
+  return cfg.mamba2.chunk or "auto"
+
+
+def _make_mamba2(cfg: Any, rngs: nnx.Rngs, dtype, param_dtype) -> Mamba2Block:
+  m = cfg.mamba2
+  return Mamba2Block(cfg.d_model, d_state=m.d_state, d_conv=m.d_conv, expand=m.expand,
+                     headdim=m.headdim, ngroups=m.ngroups, chunk=_mamba2_chunk(cfg),
+                     n_layers=cfg.n_layers, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+
+
+register(ModelKind(
+    name="mamba2",
+    make_block=_make_mamba2,
+    check=_check_mamba2,
+    paths=lambda cfg, platform, batch, seq_len: {
+        "ssd_chunk": str(resolve_chunk(_mamba2_chunk(cfg), platform))},
+    arch_fields=("mamba2.d_state", "mamba2.d_conv", "mamba2.expand", "mamba2.headdim",
+                 "mamba2.ngroups"),
+    runtime_fields=("mamba2.chunk",)))
+
 #: Registered kind names (registration order: also the report colour order).
 KINDS = kind_names()
 
@@ -312,6 +349,6 @@ def execution_paths(cfg: Any, platform: str | None = None, *, batch: int | None 
   Returns:
     {"dtype": activation dtype} plus the kind's own entries (`ModelKind.paths`): resnet_bk
     "resolvent_method" ("scan" | "associative" | "chunked"), mamba "mamba_scan" ("sequential" |
-    "associative"), transformer "attention".
+    "associative"), transformer "attention", mamba2 "ssd_chunk" (the SSD kernel's chunk length).
   """
   return {"dtype": str(cfg.dtype), **get_kind(cfg.kind).paths(cfg, platform, batch, seq_len)}

@@ -81,6 +81,7 @@ def quality_config(kind: str, name: str, n_layers: int, ov: dict, *, out: str, d
       "train.seq_len": quality_len, "train.batch_size": quality_batch,
       "train.steps_per_length": quality_steps, "train.lr": lr,
       "model.transformer.n_heads": max(1, d_model // 32),
+      "model.mamba2.headdim": throughput.mamba2_headdim(d_model),
       "train.warmup_steps": max(1, quality_steps // 10), "train.log_interval": 10,
       **{f"model.{k}": v for k, v in ov.items()}})
 

@@ -31,3 +31,28 @@ def md_table(header: list[str], rows: list[list]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
   return "\n".join(lines)
+
+
+#: The baseline families of the reports' ResNet-BK-vs-baseline ratios. Each ratio is taken
+#: against the family's fastest member measured in the same run at the same N (the baseline a
+#: user would pick): state-space = the faster of Mamba and Mamba-2; attention = the Transformer
+#: (its "auto" attention: cuDNN's flash attention on a GPU).
+BASELINE_FAMILIES = {"state-space": ("mamba", "mamba2"), "attention": ("transformer",)}
+
+
+def fastest_baseline(tokens_per_s: dict, family: str, n: int) -> tuple[str, float] | None:
+  """The family's fastest kind at N = n.
+
+  Args:
+    tokens_per_s: {(kind, N): tokens/s} of one run.
+    family: a key of `BASELINE_FAMILIES`.
+    n: the sequence length.
+
+  Returns:
+    (kind, tokens/s) of the fastest member measured at n, or None when none was.
+  """
+  got = [(tokens_per_s[k, n], k) for k in BASELINE_FAMILIES[family] if (k, n) in tokens_per_s]
+  if not got:
+    return None
+  tps, kind = max(got)
+  return kind, tps

@@ -12,7 +12,7 @@ import dataclasses
 import os
 
 from bk_jax.eval.extrapolation import format_table, run_extrapolation
-from bk_jax.reports import common, plots, runs
+from bk_jax.reports import common, plots, runs, throughput
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
@@ -73,6 +73,7 @@ def run_config(setup: Setup, out: str, kind: str):
       "seed": s.seed, "data.dataset": "synthetic", "data.synthetic.task": "induction_heads",
       "model.d_model": s.d_model, "model.n_layers": s.n_layers, "model.n_heads": s.n_heads,
       "model.d_ff": 4 * s.d_model, "model.transformer.n_heads": max(1, s.d_model // 32),
+      "model.mamba2.headdim": throughput.mamba2_headdim(s.d_model),
       "train.seq_len": s.train_len, "train.batch_size": s.batch,
       "train.steps_per_length": s.steps, "train.lr": s.lr,
       "train.warmup_steps": max(1, min(100, s.steps // 10)), "train.log_interval": 10,

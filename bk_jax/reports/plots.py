@@ -8,7 +8,7 @@ from bk_jax.eval.plots import pyplot, save_figure
 from bk_jax.models.kinds import KINDS
 
 #: One colour per registered model kind, in registration order (resnet_bk blue, mamba orange,
-#: transformer green; a new kind takes the next colour of the tab10 palette).
+#: transformer green, mamba2 red; a new kind takes the next colour of the tab10 palette).
 _PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
             "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
 COLORS = {kind: _PALETTE[i % len(_PALETTE)] for i, kind in enumerate(KINDS)}

@@ -167,6 +167,7 @@ def run_anchor(kinds: list[str], budget: Budget, *, out: str, data: str, params:
   """
   shared = {"seed": seed, "model.d_model": d_model, "model.n_heads": n_heads,
             "model.d_ff": 4 * d_model, "model.transformer.n_heads": max(1, d_model // 32),
+            "model.mamba2.headdim": throughput.mamba2_headdim(d_model),
             "train.seq_len": seq_len, "train.batch_size": batch, "train.lr": lr,
             "train.warmup_steps": 40, "train.log_interval": 10}
   for spec in kinds:  # fail on a bad row before any training

@@ -15,7 +15,7 @@ import math
 import os
 
 from bk_jax.data.tokenizers import ByteTokenizer
-from bk_jax.reports import common, plots, runs, stats
+from bk_jax.reports import common, plots, runs, stats, throughput
 from bk_jax.runtime.metrics import perplexity
 
 #: (record field, lower is better) compared across kinds at every N.
@@ -57,6 +57,7 @@ def run_config(grid: Grid, out: str, kind: str, seed: int, n: int):
       "data.cache_dir": os.path.join(out, "cache"), "model.d_model": grid.d_model,
       "model.n_layers": grid.n_layers, "model.n_heads": grid.n_heads,
       "model.d_ff": 4 * grid.d_model, "model.transformer.n_heads": max(1, grid.d_model // 32),
+      "model.mamba2.headdim": throughput.mamba2_headdim(grid.d_model),
       "train.seq_len": n, "train.tokens_per_batch": grid.tokens,
       "train.steps_per_length": grid.steps, "train.lr": grid.lr,
       "train.warmup_steps": max(1, grid.steps // 10)})

@@ -8,6 +8,7 @@ step, XLA's FLOP count of the compiled step and an MFU estimate against a measur
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
 
@@ -20,12 +21,21 @@ from flax import nnx
 from bk_jax.models import build_model, default_model_config
 
 
+def mamba2_headdim(d_model: int) -> int:
+  """Mamba-2's head width in the reports at width d_model: the reference's 64 wherever it
+  divides d_inner (every d_model that is a multiple of 32), else the largest power of two that
+  does (the tiny models of --quick runs), as the reports fit the Transformer's heads to d_model."""
+  m = default_model_config().mamba2
+  return math.gcd(m.headdim, m.expand * d_model)
+
+
 def model_config(kind: str, d_model: int, n_layers: int, vocab: int, **overrides):
   c = default_model_config()
   c.kind, c.d_model, c.n_layers, c.vocab_size = kind, d_model, n_layers, vocab
   c.d_ff = 4 * d_model
   c.remat, c.scan_layers = "full", True
   c.transformer.n_heads = max(1, d_model // 32)
+  c.mamba2.headdim = mamba2_headdim(d_model)
   for k, v in overrides.items():
     c[k] = v
   return c

@@ -6,6 +6,7 @@ Shared by the trainer's resume (bk_jax.train.checkpoint) and evaluation's loader
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -18,10 +19,14 @@ DATA_FIELDS = ("tokenizer",)
 #: stored config is read through `upgrade_config`, so old run directories still load and resume.
 RENAMED_MODEL_FIELDS = {"use_scattering_router": "use_moe"}
 #: Model config keys added since then, with the value that builds what older checkpoints hold
-#: (the ResNet-BK block variants: absent = the seed block). Filled in by `upgrade_config`.
+#: (the ResNet-BK block variants: absent = the seed block; the Mamba-2 section: an older
+#: checkpoint is never a Mamba-2 model, so its fields take the defaults of
+#: `bk_jax.models.config.default_model_config`). Filled in by `upgrade_config`.
 ADDED_MODEL_FIELDS = {"bk_mixer": "diag", "bk_head_dim": 8, "bk_key_dim": 0,
                       "selective_shift": False, "selective_coupling": False, "bk_conv": False,
-                      "bk_gate": False, "bk_init": "seed", "bk_mix_method": "auto"}
+                      "bk_gate": False, "bk_init": "seed", "bk_mix_method": "auto",
+                      "mamba2": {"d_state": 128, "d_conv": 4, "expand": 2, "headdim": 64,
+                                 "ngroups": 1, "chunk": 0}}
 
 
 def upgrade_config(config: dict) -> dict:
@@ -39,7 +44,7 @@ def upgrade_config(config: dict) -> dict:
   if not isinstance(model, dict) or (not any(k in model for k in RENAMED_MODEL_FIELDS)
                                      and all(k in model for k in ADDED_MODEL_FIELDS)):
     return config
-  model = {**ADDED_MODEL_FIELDS, **model}
+  model = {**copy.deepcopy(ADDED_MODEL_FIELDS), **model}
   for old, new in RENAMED_MODEL_FIELDS.items():
     if old in model:
       value = model.pop(old)
