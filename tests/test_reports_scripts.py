@@ -75,17 +75,29 @@ def test_quality_anchor_quick(tmp_path, corpus):
   assert row["s_per_step"] > 0
 
 
-def test_quality_anchor_rows_parse_and_bad_rows_fail_before_training():
-  from bk_jax.reports import quality
-  assert quality.parse_row("mamba") == ("mamba", {})
-  kind, ov = quality.parse_row("resnet_bk:green_conv_gate")
+def test_report_rows_parse_and_bad_rows_fail_before_training(capsys):
+  from bk_jax.reports import runs
+  assert runs.parse_row("mamba") == ("mamba", {})
+  kind, ov = runs.parse_row("resnet_bk:green_conv_gate")
   assert kind == "resnet_bk" and ov == {"model.bk_mixer": "green", "model.bk_conv": True,
                                         "model.bk_gate": True}
-  for bad in ("resnet_bk:nope", "mamba:green"):
+  for bad in ("resnet_bk:nope", "mamba:green", "nope"):
     with pytest.raises(ValueError, match="resnet_bk:VARIANT"):
-      quality.parse_row(bad)
-  with pytest.raises(SystemExit):  # the script: one argparse line, before any training
-    _script("quality_anchor").main(["--quick", "--kinds", "resnet_bk,resnet_bk:nope"])
+      runs.parse_row(bad)
+  with pytest.raises(ValueError, match=r"a row is a model kind \(resnet_bk, .*\)$"):
+    runs.parse_row("resnet_bk:green", variants=False)
+  # every report script: argparse's usage and one error line (exit 2), before any training
+  for script, argv, bad in (("quality_anchor", ["--kinds", "resnet_bk,resnet_bk:nope"], "resnet_bk:nope"),
+                            ("induction_anchor", ["--kinds", "resnet_bk:nope"], "resnet_bk:nope"),
+                            ("benchmark", ["--kinds", "resnet_bk,nope"], "nope"),
+                            ("compare_stability", ["--kinds", "mamba:green"], "mamba:green"),
+                            ("ablations", ["--baselines", "nope"], "nope"),
+                            ("ablations", ["--only", "nope"], "nope")):
+    with pytest.raises(SystemExit) as e:
+      _script(script).main(["--quick", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and f": error: unknown row '{bad}'" in err[-1], (script, err)
+    assert "Traceback" not in "\n".join(err)
 
 
 def test_quality_anchor_equal_tokens_and_wall_clock_planning(tmp_path, corpus):

@@ -31,6 +31,39 @@ def set_dotted(c: ml_collections.ConfigDict, key: str, value) -> None:
   c[last] = value
 
 
+def parse_row(spec: str, *, variants: bool = True) -> tuple[str, dict]:
+  """A row of a report's `--kinds`: "KIND" or "resnet_bk:VARIANT" (a block variant of
+  scripts/ablations.py).
+
+  Args:
+    spec: e.g. "mamba" or "resnet_bk:green_keyed".
+    variants: whether the report trains block variants (else only model kinds are rows).
+
+  Returns:
+    (kind, dotted model overrides of the variant; {} for a plain kind).
+
+  Raises:
+    ValueError: one line naming what the row may be: an unknown kind or variant, or a variant on
+      a kind other than resnet_bk.
+  """
+  from bk_jax.models.kinds import kind_names
+  from bk_jax.reports.ablations import variants as block_variants  # the one list of block variants
+
+  kind, _, variant = spec.partition(":")
+  known = block_variants([])
+  rows = f"a model kind ({', '.join(kind_names())})" + (
+      f" or resnet_bk:VARIANT with VARIANT one of {', '.join(known)}" if variants else "")
+  if kind not in kind_names() or (variant and (not variants or kind != "resnet_bk"
+                                               or variant not in known)):
+    raise ValueError(f"unknown row {spec!r}: a row is {rows}")
+  return kind, {f"model.{k}": v for k, v in known.get(variant, {}).items()} if variant else {}
+
+
+def check_rows(specs, *, variants: bool = True) -> list[tuple[str, dict]]:
+  """`parse_row` of every row, so that a bad one fails before any training (ValueError)."""
+  return [parse_row(s, variants=variants) for s in specs]
+
+
 def make_config(kind: str, save_dir: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
   """configs/base.py with model.kind=kind, a fresh save_dir, quiet logging and the overrides."""
   from bk_jax.train.cli import DEFAULT_CONFIG, load_config
