@@ -140,7 +140,7 @@ def make_train_dataset(data_cfg, seq_len: int, batch_size: int, *, seed: int,
   num = max(0, len(tokens) - 1) // n
   if num // process_count < b:
     need = b * process_count * n + 1
-    hint = "raise data.data_limit" if data_cfg.data_limit else "use a larger corpus"
+    hint = too_short_hint(data_cfg, len(tokens))
     raise DataError(f"{data_cfg.dataset} {split} split has {len(tokens)} tokens; seq_len {n} "
                     f"x batch {b} x {process_count} process(es) needs at least {need} tokens "
                     f"({hint} or a smaller batch)")
@@ -150,6 +150,13 @@ def make_train_dataset(data_cfg, seq_len: int, batch_size: int, *, seed: int,
   ds = grain.MapDataset.range(num)[_shard(num, process_index, process_count)]
   ds = ds.shuffle(seed=_mix_seed(seed)).map(window).batch(b, drop_remainder=True)
   return ds.repeat(num_epochs)
+
+
+def too_short_hint(data_cfg, have: int) -> str:
+  """What to do about a split of `have` tokens that is too short: raise data.data_limit only
+  when the limit cut it (a split stops at exactly data_limit tokens), else a larger corpus."""
+  limit = int(data_cfg.data_limit)
+  return "raise data.data_limit" if limit and have >= limit else "use a larger corpus"
 
 
 def make_iterator(dataset: grain.MapDataset, data_cfg=None) -> grain.DatasetIterator:

@@ -1,15 +1,15 @@
-"""Command-line plumbing shared by the scripts: config files, `--config.a.b=value` overrides,
-the reference `train_long_context.py` flags, and one-line errors (exit status 2)."""
+"""Command-line plumbing shared by the scripts: config files, `--config.a.b=value` overrides and
+the reference `train_long_context.py` flags (their errors are one-line `ConfigError`s; the
+scripts' guard is bk_jax.runtime.errors.one_line_errors)."""
 
 from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import importlib.util
 import os
 import sys
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import ml_collections
 
@@ -173,25 +173,6 @@ def parse_config_args(argv: Sequence[str], default_config: str | None = None) ->
   for key, val in overrides:
     apply_override(config, key, val)
   return config, rest
-
-
-@contextlib.contextmanager
-def one_line_errors(prog: str) -> Iterator[None]:
-  """Config and data errors become `<prog>: error: <message>` on stderr and exit status 2."""
-  from bk_jax.data import DataError
-  from bk_jax.train.rundir import EXIT_BAD_INPUT, EXIT_BUSY, RunDirBusy
-
-  try:
-    yield
-  except (ConfigError, DataError) as e:
-    print(f"{prog}: error: {e}", file=sys.stderr)
-    raise SystemExit(EXIT_BAD_INPUT) from None
-  except RunDirBusy as e:
-    print(f"{prog}: error: {e}", file=sys.stderr)
-    raise SystemExit(EXIT_BUSY) from None
-  except KeyboardInterrupt:  # Ctrl-C before training started (later ones save and exit 3)
-    print(f"{prog}: interrupted", file=sys.stderr)
-    raise SystemExit(130) from None
 
 
 # ------------------------------------------------------------------ the reference CLI

@@ -1,12 +1,7 @@
-"""The run directory: its exclusive trainer lock, the exit statuses of the training scripts,
-and the checks on `save_dir` itself.
+"""The run directory: its exclusive trainer lock and the checks on `save_dir` itself.
 
-Exit statuses of scripts/train.py and scripts/train_long_context.py (README "Resuming"):
-
-  0  finished (every planned length trained or marked DIVERGED)
-  2  bad input: config, data or checkpoint mismatch (one line `<prog>: error: ...`)
-  3  interrupted by SIGTERM or SIGINT (Ctrl-C): a checkpoint was saved; rerun to resume
-  4  the run directory is in use by another trainer (its lock is held)
+The exit statuses of the training scripts are listed in bk_jax.runtime.errors (and, with what
+to do about each, in docs/guides/faults.md).
 
 The lock is `save_dir/trainer.lock`, an advisory `fcntl.flock` taken by process 0 for the whole
 run. The operating system drops it when the process exits in any way (crash, SIGKILL included),
@@ -21,21 +16,20 @@ import fcntl
 import os
 import socket
 
+from bk_jax.runtime.errors import RunDirBusy, StorageError
+from bk_jax.runtime.faults import check_writable, storage_cause
 from bk_jax.train.config_validation import ConfigError
-
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 3
-EXIT_BUSY = 4
 
 LOCK_NAME = "trainer.lock"
 
 
-class RunDirBusy(RuntimeError):
-  """Another trainer holds the run directory's lock; scripts exit with EXIT_BUSY."""
-
-
 def check_save_dir(save_dir: str) -> str:
-  """Absolute save_dir; ConfigError (one line) when it exists and is not a directory."""
+  """Absolute save_dir, checked before anything is built.
+
+  Raises:
+    ConfigError: it (or a parent) exists and is not a directory.
+    StorageError: nothing can be written there (read-only file system, no permission).
+  """
   path = os.path.abspath(save_dir)
   if os.path.exists(path) and not os.path.isdir(path):
     raise ConfigError(f"save_dir {path} exists and is not a directory; choose another "
@@ -45,6 +39,10 @@ def check_save_dir(save_dir: str) -> str:
     parent = os.path.dirname(parent)
   if parent and not os.path.isdir(parent):
     raise ConfigError(f"save_dir {path}: {parent} is a file, not a directory")
+  try:
+    check_writable(path)
+  except StorageError as e:
+    raise StorageError(f"save_dir {e}; choose another --config.save_dir or make it writable") from None
   return path
 
 
@@ -56,12 +54,22 @@ class RunDirLock:
 
   Raises:
     RunDirBusy: another process holds the lock; the message names its pid, host and start time.
+    StorageError: the lock file cannot be created (read-only file system, no permission).
   """
 
   def __init__(self, save_dir: str):
+    self._fd = None
     self.path = os.path.join(check_save_dir(save_dir), LOCK_NAME)
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      cause = storage_cause(e)
+      if cause is None:
+        raise
+      raise StorageError(f"save_dir {os.path.dirname(self.path)} is not writable: {cause} "
+                         f"({self.path}); choose another --config.save_dir or make it "
+                         f"writable") from None
     try:
       fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
