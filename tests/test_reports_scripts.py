@@ -137,3 +137,21 @@ def test_induction_anchor_quick(tmp_path):
   res = _read(tmp_path, "induction_anchor.json")["results"][0]
   assert [r["length"] for r in res["rows"]] == [64, 128]
   assert all(0.0 <= r["accuracy"] <= 1.0 and r["scored"] > 0 for r in res["rows"])
+
+
+def test_report_figures_read_results_files_of_schema_2_and_3():
+  """Results files of schema 2 named the seed's figures train/loss, train/grad_norm, ...; the
+  reports read those and today's (the seed's names) alike."""
+  from bk_jax.reports import gpu_suite, runs
+
+  seed = [dict(step=s, seq_len=32, loss=3.0 - 0.1 * s, gradient_norm=1.0 + s, is_spike=s == 2,
+               is_nan=False, is_inf=s == 3, step_time=0.5) for s in range(1, 5)]
+  schema2 = [{"step": h["step"], "seq_len": 32, "train/loss": h["loss"],
+              "train/grad_norm": h["gradient_norm"], "train/is_spike": h["is_spike"],
+              "train/is_nan": h["is_nan"], "train/is_inf": h["is_inf"], "perf/step_time": 0.5}
+             for h in seed]
+  figs = [runs.length_figures(dict(metrics_history=h, status={"32": "trained"}), 32)
+          for h in (seed, schema2)]
+  assert figs[0] == figs[1]
+  assert figs[0]["spikes"] == 1 and figs[0]["nonfinite_steps"] == 1 and figs[0]["steps"] == 4
+  assert gpu_suite._tokens_per_s(seed[0], 64) == gpu_suite._tokens_per_s(schema2[0], 64) == 128

@@ -92,8 +92,8 @@ def test_damaged_latest_checkpoint_is_moved_aside_and_resume_falls_back(base_run
   assert res["status"] == {"32": "trained"}
   steps = [h["step"] for h in res["metrics_history"]]
   assert steps == list(range(1, 9))
-  np.testing.assert_allclose([h["train/loss"] for h in res["metrics_history"]],
-                             [h["train/loss"] for h in ref["metrics_history"]], rtol=0, atol=1e-6)
+  np.testing.assert_allclose([h["loss"] for h in res["metrics_history"]],
+                             [h["loss"] for h in ref["metrics_history"]], rtol=0, atol=1e-6)
   assert os.path.isdir(latest)  # step 8 written again, intact
 
 
@@ -106,8 +106,8 @@ def test_every_checkpoint_damaged_starts_from_scratch(base_run, tmp_path, capsys
   err = capsys.readouterr().err
   assert err.count("is damaged") == 3 and "starting from scratch" in err
   assert len(glob.glob(os.path.join(cfg.save_dir, "damaged", "*"))) == 3
-  np.testing.assert_allclose([h["train/loss"] for h in res["metrics_history"]],
-                             [h["train/loss"] for h in ref["metrics_history"]], rtol=0, atol=1e-6)
+  np.testing.assert_allclose([h["loss"] for h in res["metrics_history"]],
+                             [h["loss"] for h in ref["metrics_history"]], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("how,what", [("truncated", "truncated"), ("deleted_file", "missing or")])
@@ -257,14 +257,14 @@ def test_diverged_length_keeps_every_attempt_and_true_counts(diverged_run):
   for a in attempts:  # each attempt ran steps 1.. until the divergence was detected
     steps = [h["step"] for h in hist if h["attempt"] == a]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 4
-  nan = sum(h["train/is_nan"] for h in hist)
+  nan = sum(h["is_nan"] for h in hist)
   s = res["length_summary"]["32"]
   assert nan >= 4 and s["nan_steps"] == nan
   assert s["steps"] == len(hist)  # every step is logged (log_interval 1)
   assert s["attempts"] == 2 and s["abandoned_steps"] == len(hist)
   assert [e["attempt"] for e in res["results_by_length"]["32"]] == [0, 1]
   g = res["gradient_statistics"]["32"]
-  finite = [h["train/grad_norm"] for h in hist if not (h["train/is_nan"] or h["train/is_inf"])]
+  finite = [h["gradient_norm"] for h in hist if not (h["is_nan"] or h["is_inf"])]
   assert g["mean"] == pytest.approx(np.mean(finite), rel=1e-4)
   assert g["min"] <= g["mean"] <= g["max"] and g["mean"] > 0
 

@@ -67,10 +67,10 @@ def test_a_finished_run_rerun_with_more_steps_trains_them_on_the_new_schedule(co
   assert res["status"] == {"32": "trained"} and res["length_summary"]["32"]["steps"] == 12
   hist = res["metrics_history"]
   assert [h["step"] for h in hist] == list(range(1, 13))
-  assert [h["train/loss"] for h in hist[:8]] == [h["train/loss"] for h in first["metrics_history"]]
+  assert [h["loss"] for h in hist[:8]] == [h["loss"] for h in first["metrics_history"]]
   # the extension follows the new plan's schedule: step s gets the 12-step plan's rate
   lr12 = learning_rate_schedule(longer.train, 12)
-  np.testing.assert_allclose([h["train/learning_rate"] for h in hist[8:]],
+  np.testing.assert_allclose([h["learning_rate"] for h in hist[8:]],
                              [float(lr12(s)) for s in range(8, 12)], rtol=1e-6)
   assert run(longer)["total_steps"] == 12  # rerun again: nothing left to train
 
@@ -82,8 +82,8 @@ def test_an_extension_continues_data_and_state_exactly(corpus, tmp_path):
   ref = tiny_config(str(tmp_path / "ref"), *corpus, steps=12)
   ref.train.min_lr_ratio = 1.0
   ref.logging.console = False
-  np.testing.assert_allclose([h["train/loss"] for h in res["metrics_history"]],
-                             [h["train/loss"] for h in run(ref)["metrics_history"]], rtol=0, atol=1e-6)
+  np.testing.assert_allclose([h["loss"] for h in res["metrics_history"]],
+                             [h["loss"] for h in run(ref)["metrics_history"]], rtol=0, atol=1e-6)
 
 
 def test_a_rerun_that_changes_finished_lengths_is_one_line(corpus, tmp_path):
@@ -133,7 +133,7 @@ def test_first_interval_step_time_agrees_with_the_others(corpus, tmp_path):
   cfg.logging.console = False
   res = run(cfg)
   hist = res["metrics_history"]
-  times = [h["perf/step_time"] for h in hist]
+  times = [h["step_time"] for h in hist]
   assert len(times) == 6
   rest = statistics.median(times[1:])
   # the first interval used to count dispatch only (x0.1) or compilation (x4.5)
@@ -141,4 +141,4 @@ def test_first_interval_step_time_agrees_with_the_others(corpus, tmp_path):
   compile_s = [h.get("perf/compile_s") for h in hist]
   assert compile_s[0] > 0 and compile_s[1:] == [None] * 5
   assert res["length_summary"]["128"]["compile_s"] == compile_s[0]
-  assert all(h["perf/tokens_per_s"] == pytest.approx(8 * 128 / h["perf/step_time"]) for h in hist)
+  assert all(h["perf/tokens_per_s"] == pytest.approx(8 * 128 / h["step_time"]) for h in hist)

@@ -33,7 +33,7 @@ def _config(save_dir, corpus):
 def reference(corpus, tmp_path_factory):
   cfg = _config(str(tmp_path_factory.mktemp("ref") / "run"), corpus)
   cfg.logging.console = False
-  return [h["train/loss"] for h in run(cfg)["metrics_history"]]
+  return [h["loss"] for h in run(cfg)["metrics_history"]]
 
 
 def _signal_at(p, moment: str, sig) -> None:
@@ -50,7 +50,7 @@ def _resumes_identically(cfg, reference) -> None:
   cfg.logging.console = False
   res = run(cfg)
   assert [h["step"] for h in res["metrics_history"]] == list(range(1, STEPS + 1))
-  np.testing.assert_allclose([h["train/loss"] for h in res["metrics_history"]], reference,
+  np.testing.assert_allclose([h["loss"] for h in res["metrics_history"]], reference,
                              rtol=0, atol=1e-6)
 
 

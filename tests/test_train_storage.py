@@ -44,12 +44,12 @@ def _config(save_dir, corpus, **kw):
 def reference(corpus, tmp_path_factory):
   """Losses of the undisturbed run, steps 1..STEPS."""
   res = run(_config(str(tmp_path_factory.mktemp("ref") / "run"), corpus))
-  return [h["train/loss"] for h in res["metrics_history"]]
+  return [h["loss"] for h in res["metrics_history"]]
 
 
 def _losses(res) -> list[float]:
   assert [h["step"] for h in res["metrics_history"]] == list(range(1, STEPS + 1))
-  return [h["train/loss"] for h in res["metrics_history"]]
+  return [h["loss"] for h in res["metrics_history"]]
 
 
 # ------------------------------------------------------------------ the classification

@@ -42,7 +42,8 @@ def batch_size_for(seq_len: int, batch_size: int, tokens_per_batch: int) -> int:
   return int(batch_size)
 
 
-def _mix_seed(seed: int) -> int:
+def shuffle_seed(seed: int) -> int:
+  """The seed grain's shuffle of the training windows gets for run seed `seed`."""
   # grain's shuffle uses seed + epoch for epoch e, so seeds s and s+1 would replay each
   # other's epochs shifted by one; an odd multiplier breaks that coincidence.
   return (int(seed) * 0x9E3779B1 + 0x7F4A7C15) % (1 << 31)
@@ -131,7 +132,7 @@ def make_train_dataset(data_cfg, seq_len: int, batch_size: int, *, seed: int,
                       f"{b * process_count}")
     content_seed = synthetic_seed(tc, split)
     ds = grain.MapDataset.range(num)[_shard(num, process_index, process_count)]
-    ds = ds.shuffle(seed=_mix_seed(seed)).map(
+    ds = ds.shuffle(seed=shuffle_seed(seed)).map(
         lambda k: make_synthetic_batch(tc, n, b, seed=content_seed, index=int(k)))
     return ds.repeat(num_epochs)
 
@@ -148,7 +149,7 @@ def make_train_dataset(data_cfg, seq_len: int, batch_size: int, *, seed: int,
     raise DataError(f"{split} split is empty")
   window = _Window(Path(tokens.filename), tokens.dtype.name, len(tokens), n)
   ds = grain.MapDataset.range(num)[_shard(num, process_index, process_count)]
-  ds = ds.shuffle(seed=_mix_seed(seed)).map(window).batch(b, drop_remainder=True)
+  ds = ds.shuffle(seed=shuffle_seed(seed)).map(window).batch(b, drop_remainder=True)
   return ds.repeat(num_epochs)
 
 

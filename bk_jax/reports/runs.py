@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from bk_jax.data import TINY_SHAKESPEARE  # re-exported: the report scripts' default corpus
+from bk_jax.train.results import history_value
 
 
 def set_dotted(c: ml_collections.ConfigDict, key: str, value) -> None:
@@ -170,15 +171,13 @@ def _f(x) -> float:
 def length_figures(res: dict, seq_len: int) -> dict:
   """Per-length stability figures of one run (metrics_history must hold every step)."""
   key = str(seq_len)
-  # metrics_history keys: "train/..." (schema 2); plain names in files of schema 1
+  # the seed's names (schema 3, and 1), or schema 2's "train/..." (results.history_value)
   hist = [h for h in res.get("metrics_history", []) if int(h["seq_len"]) == seq_len]
-  g_ = lambda h, k, old: h[k] if k in h else h[old]
   steps = [int(h["step"]) for h in hist]
-  loss = [_f(g_(h, "train/loss", "loss")) for h in hist]
-  gn = [_f(g_(h, "train/grad_norm", "gradient_norm")) for h in hist]
-  spikes = sum(bool(g_(h, "train/is_spike", "is_spike")) for h in hist)
-  nonfinite = sum(bool(g_(h, "train/is_nan", "is_nan")) or bool(g_(h, "train/is_inf", "is_inf"))
-                  for h in hist)
+  loss = [_f(history_value(h, "loss")) for h in hist]
+  gn = [_f(history_value(h, "gradient_norm")) for h in hist]
+  spikes = sum(bool(history_value(h, "is_spike")) for h in hist)
+  nonfinite = sum(bool(history_value(h, "is_nan")) or bool(history_value(h, "is_inf")) for h in hist)
   status = res.get("status", {}).get(key, "interrupted" if res.get("interrupted") else "unknown")
   rec = [r for r in res.get("recoveries", []) if int(r["seq_len"]) == seq_len]
   g = np.asarray([x for x in gn if math.isfinite(x)], np.float64)

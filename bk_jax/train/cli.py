@@ -194,8 +194,8 @@ REFERENCE_FLAGS = {
 
 def reference_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      description="Long-context training for ResNet-BK (reference CLI; unspecified flags keep "
-                  "the values of --config, default configs/base.py)")
+      description="Long-context training (reference CLI; unspecified flags keep the values of "
+                  "--config, default configs/base.py)")
   add_config_help(p, "configs/base.py")
   add = p.add_argument
   for name in ("d_model", "n_layers", "n_heads", "d_ff", "seq_len", "batch_size", "epochs",
@@ -213,9 +213,21 @@ def reference_parser() -> argparse.ArgumentParser:
   return p
 
 
-def reference_config(argv: Sequence[str]) -> ml_collections.ConfigDict:
-  """Config from the reference flags (plus optional --config / --config.a.b overrides)."""
-  config, rest = parse_config_args(argv, default_config=DEFAULT_CONFIG)
+def reference_config(argv: Sequence[str], *, model_kind: str | None = None) -> ml_collections.ConfigDict:
+  """Config from the reference flags (plus optional --config / --config.a.b overrides).
+
+  Args:
+    argv: the command line.
+    model_kind: the kind the script trains (scripts/train_mamba_baseline.py: "mamba"), set
+      after --config FILE is read and before the flags and --config.a.b overrides; None keeps
+      the config's.
+  """
+  path, overrides, rest = split_config_args(argv, DEFAULT_CONFIG)
+  config = load_config(path)
+  if model_kind is not None:
+    config.model.kind = model_kind
+  for key, val in overrides:
+    apply_override(config, key, val)
   parser = reference_parser()
   args = parser.parse_args(rest)
   if args.sequence_lengths is not None and not args.multi_length and not config.train.multi_length:

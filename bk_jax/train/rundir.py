@@ -1,4 +1,5 @@
-"""The run directory: its exclusive trainer lock and the checks on `save_dir` itself.
+"""The run directory: its exclusive trainer lock, the checks on `save_dir` itself, and what it
+keeps when a fault stops the run (`stopped_by`).
 
 The exit statuses of the training scripts are listed in bk_jax.runtime.errors (and, with what
 to do about each, in docs/guides/faults.md).
@@ -17,7 +18,8 @@ import os
 import socket
 
 from bk_jax.runtime.errors import RunDirBusy, StorageError
-from bk_jax.runtime.faults import check_writable, storage_cause
+from bk_jax.runtime.faults import check_writable, describe, storage_cause
+from bk_jax.runtime.interrupts import Interrupted
 from bk_jax.train.config_validation import ConfigError
 
 LOCK_NAME = "trainer.lock"
@@ -101,3 +103,36 @@ class RunDirLock:
 
   def __del__(self):  # a Trainer that failed half-built must not keep the directory locked
     self.release()
+
+
+def stopped_by(e: BaseException, *, save_dir: str, kept: list[int], step: int,
+               stop_requested: bool, finished: bool) -> BaseException | None:
+  """The one-line error that ends a run at fault `e`, saying what the run directory keeps.
+
+  Args:
+    e: what stopped the run.
+    save_dir: the run directory.
+    kept: its committed periodic checkpoint steps.
+    step: the step the run had reached.
+    stop_requested: a SIGTERM/SIGINT was being acted on (so an `Interrupted` is the second one).
+    finished: every length was trained (only the final writes remained).
+
+  Returns:
+    `Interrupted` or `StorageError` with the line, or None when `e` is not a signal or a
+    refused write.
+  """
+  keeps = f"the run directory keeps checkpoint step {kept[-1]}" if kept else "no checkpoint was written yet"
+  if isinstance(e, Interrupted):
+    when = ("again while stopping" if stop_requested  # a second Ctrl-C
+            else "before the first training step")  # before the trainer's handler took over
+    return Interrupted(e.signal_name, f"interrupted by {e.signal_name} {when} at step {step}; "
+                                      f"{keeps}; rerun to resume")
+  cause = storage_cause(e)
+  if cause is None:
+    return None
+  write = e.write if isinstance(e, StorageError) and e.write else (cause, "the run directory",
+                                                                   save_dir, None)
+  fix = "free space" if "no space" in cause or "quota" in cause else "make the run directory writable"
+  todo = (f"training finished and checkpoint_final is saved: {fix} and rerun to write the results"
+          if finished else f"{keeps}: {fix} and rerun to resume")
+  return StorageError(f"{describe(*write)}; {todo}")  # described now: the free space is current
