@@ -46,6 +46,19 @@ def test_continue_plan_rules():
     continue_plan([a, b], [a, [256, 4, 30]], [2, 0], {"256": "DIVERGED"})
 
 
+def test_run_state_reads_checkpoints_that_predate_its_fields():
+  from bk_jax.train.run_state import RunState
+
+  old = dict(config={"seed": 0}, position=[1, 0], metrics_history=[{"step": 1}], eval_history=[],
+             best_eval={}, results_by_length={}, gradient_statistics={}, length_summary={},
+             status={"32": "trained"}, recoveries=[], retries={}, data_iterator=None,
+             epoch_elapsed_s=0.0, removed_field=1)
+  run = RunState.from_json(old)
+  assert run.plan == [] and run.compile_s == {} and run.abandoned == {}  # taken as defaults
+  assert run.position == [1, 0] and run.metrics_history == [{"step": 1}]
+  assert RunState.from_json(run.to_json()) == run
+
+
 def _extend(corpus, tmp_path, min_lr_ratio: float):
   """8 steps, then the same run rerun with 12: (first results, extended results, console)."""
   cfg = tiny_config(str(tmp_path / "run"), *corpus, steps=8)
@@ -75,6 +88,7 @@ def test_a_finished_run_rerun_with_more_steps_trains_them_on_the_new_schedule(co
   assert run(longer)["total_steps"] == 12  # rerun again: nothing left to train
 
 
+@pytest.mark.slow  # three runs; the default set checks the extension's schedule and history
 def test_an_extension_continues_data_and_state_exactly(corpus, tmp_path):
   """With a constant rate after warm-up both plans share one schedule, so the extended run must
   equal a run planned with 12 steps from the start: same batches, same optimizer state."""

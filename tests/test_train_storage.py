@@ -232,5 +232,8 @@ def test_read_only_run_directory_is_one_line_before_anything_is_built(tmpfs, cor
       f"train.py: error: save_dir {cfg.save_dir} is not writable: read-only file system "
       f"({cfg.save_dir}); choose another --config.save_dir or make it writable"), p.stderr[-3000:]
   assert "bk-jax training" not in p.stdout  # nothing was built
+  from bk_jax.train.rundir import RunDirLock
+  with pytest.raises(StorageError, match="is not writable: read-only file system"):
+    RunDirLock(cfg.save_dir)  # (its __del__ has nothing to release: no AttributeError)
   tmpfs.read_only(False)
   np.testing.assert_allclose(_losses(run(cfg)), reference, rtol=0, atol=1e-6)

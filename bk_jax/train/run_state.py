@@ -58,7 +58,7 @@ class RunState:
     """A checkpoint's meta; fields it predates take their defaults (`plan`: [], see
     `Trainer._continue_plan`), keys this version does not know are dropped."""
     names = {f.name for f in dataclasses.fields(cls)}
-    known = {k: v for k, v in meta.items() if k in names and v is not None or k == "data_iterator"}
+    known = {k: v for k, v in meta.items() if k in names and (v is not None or k == "data_iterator")}
     known.setdefault("plan", [])
     return cls(**known)
 

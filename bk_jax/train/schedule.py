@@ -127,29 +127,29 @@ def continue_plan(old: list[list[int]], new: list[list[int]], position: list[int
   Raises:
     ConfigError: one line naming what the new plan changes that cannot be continued.
   """
-  li, done = position
+  index, done = position
   if old == new:
     return position, None
   # a run whose last periodic save fell on its last step resumes at [last, steps]: finished too
-  finished = li >= len(old) or (li == len(old) - 1 and done >= old[li][2])
+  finished = index >= len(old) or (index == len(old) - 1 and done >= old[index][2])
   refuse = (f"this run directory holds a run planned as {format_plan(old)}, "
-            + ("finished; " if finished else f"at step {done} of N={old[li][0]}; "))
-  if li >= len(old) and len(new) == len(old) and new[:-1] == old[:-1] and \
+            + ("finished; " if finished else f"at step {done} of N={old[index][0]}; "))
+  if index >= len(old) and len(new) == len(old) and new[:-1] == old[:-1] and \
      new[-1][:2] == old[-1][:2] and new[-1][2] > old[-1][2]:
     n = str(old[-1][0])
     if status.get(n) == "DIVERGED":
       raise ConfigError(refuse + f"N={n} DIVERGED, so it cannot be extended; use another save_dir")
-    return [li - 1, old[-1][2]], li - 1  # reopen the last length
+    return [index - 1, old[-1][2]], index - 1  # reopen the last length
   why = None
-  if new[:min(li, len(new))] != old[:li] or len(new) < li:
+  if new[:min(index, len(new))] != old[:index] or len(new) < index:
     why = "it changes lengths that are finished"
-  elif li < len(old) and li < len(new):
-    if new[li][:2] != old[li][:2]:
-      why = f"it changes the length in progress (N={old[li][0]}, batch {old[li][1]})"
-    elif new[li][2] < done:
-      why = f"N={old[li][0]} has done {done} steps, more than the new plan's {new[li][2]}"
-  elif li < len(old):
-    why = f"it drops the length in progress (N={old[li][0]})"
+  elif index < len(old) and index < len(new):
+    if new[index][:2] != old[index][:2]:
+      why = f"it changes the length in progress (N={old[index][0]}, batch {old[index][1]})"
+    elif new[index][2] < done:
+      why = f"N={old[index][0]} has done {done} steps, more than the new plan's {new[index][2]}"
+  elif index < len(old):
+    why = f"it drops the length in progress (N={old[index][0]})"
   if why:
     raise ConfigError(refuse + f"the new plan ({format_plan(new)}) cannot continue it: {why}; rerun "
                       f"with the original schedule (or more steps for the last length) or use "
