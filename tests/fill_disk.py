@@ -7,7 +7,7 @@ says ENOSPC; the call then runs as usual, so the write that fails is the trainer
 real file system. WHEN is one of
 
   checkpoint  bk_jax.train.checkpoint.Checkpoints.save (periodic saves; asynchronous)
-  events      bk_jax.train.metrics.MetricWriter.write (one record to TensorBoard and the console)
+  events      bk_jax.train.metrics.MetricWriter.write_step (one logged step everywhere)
   results     bk_jax.train.results.write_results (the results file)
 
 The script's exit status is this process's.
@@ -56,7 +56,7 @@ def main() -> None:
   from bk_jax.train import checkpoint, metrics, results
 
   owner, name = {"checkpoint": (checkpoint.Checkpoints, "save"),
-                 "events": (metrics.MetricWriter, "write"),
+                 "events": (metrics.MetricWriter, "write_step"),
                  "results": (results, "write_results")}[when]
   fill_before(owner, name, int(nth), filler)
   sys.argv = [script, *args]
