@@ -32,6 +32,9 @@ def test_continue_plan_rules():
   # a finished run: its last length may grow (reopened at its end), or lengths may be appended
   assert continue_plan([a, b], [a, [256, 4, 30]], [2, 0], {}) == ([1, 20], 1)
   assert continue_plan([a], [a, b], [1, 0], {}) == ([1, 0], None)
+  # a finished run that resumes at its last step (its last periodic save fell there): likewise
+  assert continue_plan([a, b], [a, [256, 4, 30]], [1, 20], {}) == ([1, 20], None)
+  assert continue_plan([a], [a, b], [0, 20], {}) == ([0, 20], None)
   # the length in progress may get any step count not below what it has done
   assert continue_plan([a, b], [a, [256, 4, 8]], [1, 5], {}) == ([1, 5], None)
   for old, new, pos, why in (
@@ -39,7 +42,8 @@ def test_continue_plan_rules():
       ([a, b], [a, [256, 4, 3]], [1, 5], "N=256 has done 5 steps, more than the new plan's 3"),
       ([a, b], [a, [256, 8, 20]], [1, 5], "it changes the length in progress (N=256, batch 4)"),
       ([a, b], [a], [1, 5], "it drops the length in progress (N=256)"),
-      ([a, b], [a, [256, 4, 10]], [2, 0], "it changes lengths that are finished")):
+      ([a, b], [a, [256, 4, 10]], [2, 0], "it changes lengths that are finished"),
+      ([b], [[128, 8, 20], b], [0, 20], "it changes lengths that are finished")):
     with pytest.raises(ConfigError, match=f"cannot continue it: {why.replace('(', '.').replace(')', '.')}"):
       continue_plan(old, new, pos, {})
   with pytest.raises(ConfigError, match="N=256 DIVERGED, so it cannot be extended"):

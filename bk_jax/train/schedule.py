@@ -134,6 +134,35 @@ def continue_plan(old: list[list[int]], new: list[list[int]], position: list[int
   finished = index >= len(old) or (index == len(old) - 1 and done >= old[index][2])
   refuse = (f"this run directory holds a run planned as {format_plan(old)}, "
             + ("finished; " if finished else f"at step {done} of N={old[index][0]}; "))
+  last = len(old) - 1
+  if finished:  # lengths may be appended, and the last one may get more steps
+    ok = (len(new) > last and new[:last] == old[:last] and new[last][:2] == old[last][:2]
+          and new[last][2] >= old[last][2])
+    why = None if ok else "it changes lengths that are finished"
+    if ok and new[last][2] > old[last][2]:
+      n = str(old[last][0])
+      if status.get(n) == "DIVERGED":
+        raise ConfigError(refuse + f"N={n} DIVERGED, so it cannot be extended; use another save_dir")
+      if index > last:  # past the end: reopen the last length at its end
+        return [last, old[last][2]], last
+  elif new[:index] != old[:index] or len(new) <= index:
+    why = ("it changes lengths that are finished" if new[:index] != old[:index]
+           else f"it drops the length in progress (N={old[index][0]})")
+  elif new[index][:2] != old[index][:2]:
+    why = f"it changes the length in progress (N={old[index][0]}, batch {old[index][1]})"
+  elif new[index][2] < done:
+    why = f"N={old[index][0]} has done {done} steps, more than the new plan's {new[index][2]}"
+  else:
+    why = None
+  if why:
+    raise ConfigError(refuse + f"the new plan ({format_plan(new)}) cannot continue it: {why}; rerun "
+                      f"with the original schedule (or more steps for the last length) or use "
+                      f"another save_dir")
+  return position, None
+  # a run whose last periodic save fell on its last step resumes at [last, steps]: finished too
+  finished = index >= len(old) or (index == len(old) - 1 and done >= old[index][2])
+  refuse = (f"this run directory holds a run planned as {format_plan(old)}, "
+            + ("finished; " if finished else f"at step {done} of N={old[index][0]}; "))
   if index >= len(old) and len(new) == len(old) and new[:-1] == old[:-1] and \
      new[-1][:2] == old[-1][:2] and new[-1][2] > old[-1][2]:
     n = str(old[-1][0])
