@@ -80,9 +80,12 @@ def main(argv=None) -> dict:
     args.only = args.only or "base,bs_monitors,heads_4"
     args.quality_steps = min(args.quality_steps, 3)
     args.quality_len, args.quality_batch, args.eval_tokens = 16, 2, 64
+  try:  # a bad row fails before anything runs
+    todo = ablations.plan_rows([int(h) for h in args.heads.split(",") if h],
+                               args.only.split(",") if args.only else None, args.baselines.split(","))
+  except ValueError as e:
+    ap.error(str(e))
   out = common.out_dir(args.out, "ablations", args.quick)
-  todo = ablations.plan_rows([int(h) for h in args.heads.split(",") if h],
-                             args.only.split(",") if args.only else None, args.baselines.split(","))
   return ablations.run_ablations(
       todo, n=args.n, tokens_per_step=args.tokens_per_step, repeats=args.repeats,
       d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,

@@ -86,7 +86,7 @@ def main(argv=None) -> None:
           f"({nb * a.seq_len / t:,.0f} tokens/s) | per-device memory {per_dev / gib:6.3f} GiB "
           f"(args {m.argument_size_in_bytes / gib:.3f}, out {m.output_size_in_bytes / gib:.3f}, "
           f"temp {m.temp_size_in_bytes / gib:.3f}, aliased {m.alias_size_in_bytes / gib:.3f}) | "
-          f"compile {t_compile:.1f} s | loss {float(metrics['train/loss']):.4f}", flush=True)
+          f"compile {t_compile:.1f} s | loss {float(metrics['loss']):.4f}", flush=True)
   print("\n| N | global batch | mesh (data,fsdp,tensor,sequence) | step | tokens/s | per-device memory |\n"
         "|---|---|---|---|---|---|\n" + "\n".join(table))
 

@@ -30,7 +30,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bk_jax.data.tokenizers import ByteTokenizer  # noqa: E402
-from bk_jax.reports import benchmark, common  # noqa: E402
+from bk_jax.reports import benchmark, common, runs  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -57,7 +57,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None, ap: argparse.ArgumentParser | None = None) -> dict:
-  args = (ap or parser()).parse_args(argv)
+  ap = ap or parser()
+  args = ap.parse_args(argv)
+  try:
+    runs.check_rows(args.kinds.split(","), variants=False)  # before any timing
+  except ValueError as e:
+    ap.error(str(e))
   if args.suite == "gpu":
     from bk_jax.reports import gpu_suite
     return gpu_suite.run_suite(common.out_dir(args.out, "gpu_suite", args.quick), quick=args.quick,

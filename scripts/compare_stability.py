@@ -44,6 +44,10 @@ def main(argv=None) -> dict:
   ap.add_argument("--quick", action="store_true")
   ap.add_argument("--out", default=None)
   args = ap.parse_args(argv)
+  try:
+    runs.check_rows(args.kinds.split(","), variants=False)  # before any training
+  except ValueError as e:
+    ap.error(str(e))
   if args.quick:
     args.seeds, args.lengths = args.seeds or "0,1", args.lengths or "16,32"
     args.steps, args.tokens = 4, 64

@@ -22,7 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bk_jax.train.cli import one_line_errors  # noqa: E402
+from bk_jax.runtime.errors import one_line_errors  # noqa: E402
 
 
 def main(argv=None) -> int:

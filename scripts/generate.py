@@ -5,7 +5,8 @@
         --max_new_tokens 200 --temperature 0.8 --top_k 40 --top_p 0.95 --seed 0
 
 Prints the prompt followed by each continuation. --temperature 0 is greedy decoding.
-Errors: one line `generate.py: error: ...`, exit status 2.
+Errors: one line `generate.py: error: ...`, exit status 2. A run that DIVERGED gives one line
+`generate.py: warning: ...` (its weights are the restored ones from before the divergence).
 """
 
 import argparse
@@ -15,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bk_jax.train.cli import one_line_errors  # noqa: E402
+from bk_jax.runtime.errors import one_line_errors  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,6 +44,8 @@ def main(argv=None) -> int:
     out = generate_text(args.checkpoint_dir, args.prompt, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                         seed=args.seed, checkpoint=args.checkpoint, num_samples=args.num_samples)
+  if out["warning"]:
+    print(f"generate.py: warning: {out['warning']}", file=sys.stderr)
   if args.json:
     print(json.dumps(out, indent=1))
     return 0

@@ -37,12 +37,14 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bk_jax.reports import common, induction  # noqa: E402
+from bk_jax.reports import common, induction, runs  # noqa: E402
 
 
 def main(argv=None) -> dict:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--kinds", default="resnet_bk,mamba,mamba2,transformer")
+  ap.add_argument("--kinds", default="resnet_bk,mamba,mamba2,transformer",
+                  help="rows: model kinds, or resnet_bk:VARIANT for a block variant of "
+                       "scripts/ablations.py (e.g. resnet_bk:green_keyed)")
   ap.add_argument("--train_len", type=int, default=256)
   ap.add_argument("--steps", type=int, default=2000)
   ap.add_argument("--budget_s", type=float, default=0.0, help="> 0: also stop training at this wall clock")
@@ -64,6 +66,10 @@ def main(argv=None) -> dict:
   ap.add_argument("--quick", action="store_true")
   ap.add_argument("--out", default=None)
   args = ap.parse_args(argv)
+  try:
+    runs.check_rows(args.kinds.split(","))  # before any training
+  except ValueError as e:
+    ap.error(str(e))
   if args.quick:
     args.train_len, args.steps, args.batch, args.d_model, args.n_layers = 32, 3, 4, 16, 1
     args.n_heads, args.max_log2, args.samples, args.token_budget = 2, 7, 4, 1024

@@ -68,11 +68,10 @@ def main(argv=None) -> dict:
   if args.quick:
     args.budget_s, args.params, args.d_model, args.n_heads = 20.0, 20_000, 32, 4
     args.seq_len, args.batch, args.eval_tokens, args.steps = 32, 4, 512, args.steps or 6
-  for spec in args.kinds.split(","):
-    try:
-      quality.parse_row(spec)
-    except ValueError as e:
-      ap.error(str(e))
+  try:
+    runs.check_rows(args.kinds.split(","))
+  except ValueError as e:
+    ap.error(str(e))
   out = common.out_dir(args.out, "quality_anchor", args.quick)
   budget = quality.Budget(tokens=args.tokens) if args.tokens else quality.Budget(seconds=args.budget_s)
   if args.steps:  # fixed steps (tests): expressed as the equal-tokens budget they amount to

@@ -10,8 +10,10 @@ usage: train.py --config FILE [--config.a.b=value ...]
 
 Reruns resume from the newest intact checkpoint in save_dir (a damaged one is moved to
 save_dir/damaged/); SIGTERM or Ctrl-C (SIGINT) saves a checkpoint and exits.
-Exit status: 0 done, 2 bad input (one line `train.py: error: ...`), 3 interrupted (checkpoint
-saved; rerun to resume), 4 save_dir in use by another trainer.
+Exit status: 0 done, 2 bad input (one line `train.py: error: ...`), 3 interrupted (what there
+was to save is saved; rerun to resume), 4 save_dir in use by another trainer, 5 the storage
+refused a write (disk full, read-only; the last intact checkpoint is kept). Details:
+docs/guides/faults.md.
 """
 
 import os
@@ -19,7 +21,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bk_jax.train.cli import one_line_errors, parse_config_args  # noqa: E402
+# standard library only: the signal handlers are in place before anything heavy is imported
+from bk_jax.runtime.errors import EXIT_INTERRUPTED, one_line_errors  # noqa: E402
+from bk_jax.runtime.interrupts import raise_on_signals  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -27,13 +31,15 @@ def main(argv=None) -> int:
   if any(a in ("-h", "--help") for a in argv):
     print(__doc__.split("\n", 2)[2].strip())
     return 0
-  with one_line_errors("train.py"):
+  # from here on a SIGTERM or SIGINT ends in one line and exit status 3
+  with one_line_errors("train.py"), raise_on_signals():
+    from bk_jax.train.cli import parse_config_args
+
     config, rest = parse_config_args(argv)
     if rest:
       from bk_jax.train.config_validation import ConfigError
       raise ConfigError(f"unrecognised arguments: {' '.join(rest)} (see train.py --help)")
     from bk_jax.entry import run
-    from bk_jax.train.rundir import EXIT_INTERRUPTED
     res = run(config)
   return EXIT_INTERRUPTED if res.get("interrupted") else 0
 

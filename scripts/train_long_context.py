@@ -7,7 +7,8 @@
 
 Every reference flag maps onto a config field (README "Reference CLI"); `--config FILE` and
 `--config.a.b=value` work here too. `--sequence_lengths` needs `--multi_length`.
-Exit status as scripts/train.py: 0 done, 2 bad input, 3 interrupted (resumable), 4 save_dir busy.
+Exit status as scripts/train.py: 0 done, 2 bad input, 3 interrupted (resumable), 4 save_dir busy,
+5 the storage refused a write (docs/guides/faults.md).
 """
 
 import os
@@ -15,15 +16,19 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bk_jax.train.cli import one_line_errors, reference_config  # noqa: E402
+# standard library only: the signal handlers are in place before anything heavy is imported
+from bk_jax.runtime.errors import EXIT_INTERRUPTED, one_line_errors  # noqa: E402
+from bk_jax.runtime.interrupts import raise_on_signals  # noqa: E402
 
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
-  with one_line_errors("train_long_context.py"):
+  # from here on a SIGTERM or SIGINT ends in one line and exit status 3
+  with one_line_errors("train_long_context.py"), raise_on_signals():
+    from bk_jax.train.cli import reference_config
+
     config = reference_config(argv)
     from bk_jax.entry import run
-    from bk_jax.train.rundir import EXIT_INTERRUPTED
     res = run(config)
   return EXIT_INTERRUPTED if res.get("interrupted") else 0
 

@@ -126,7 +126,7 @@ def train_losses(cfg, mesh, batches, state=None):
   losses = []
   for b in batches:
     state, metrics = step(state, shard_batch(b, mesh))
-    losses.append(float(metrics["train/loss"]))
+    losses.append(float(metrics["loss"]))
   return losses, state
 
 
@@ -427,7 +427,7 @@ def check_multiprocess_trainer(save_dir, corpus, cache_dir):
   c.logging.console = False
   c.checkpoint.every_steps = 2
   res = run(c)
-  losses = [r["train/loss"] for r in res["metrics_history"]]
+  losses = [r["loss"] for r in res["metrics_history"]]
   _result(losses=losses, processes=jax.process_count(), process=jax.process_index(),
           status=res["status"])
   if jax.process_count() > 1:

@@ -9,8 +9,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("script", ["train.py", "train_long_context.py", "eval_extrapolation.py",
-                                    "eval_streaming.py"])
+@pytest.mark.parametrize("script", ["train.py", "train_long_context.py", "train_mamba_baseline.py",
+                                    "eval_extrapolation.py", "eval_streaming.py"])
 def test_help_shows_config_options(script):
   env = dict(os.environ, PYTHONPATH=ROOT)
   r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), "--help"],

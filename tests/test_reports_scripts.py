@@ -79,17 +79,29 @@ def test_quality_anchor_quick(tmp_path, corpus):
   assert row["s_per_step"] > 0
 
 
-def test_quality_anchor_rows_parse_and_bad_rows_fail_before_training():
-  from bk_jax.reports import quality
-  assert quality.parse_row("mamba") == ("mamba", {})
-  kind, ov = quality.parse_row("resnet_bk:green_conv_gate")
+def test_report_rows_parse_and_bad_rows_fail_before_training(capsys):
+  from bk_jax.reports import runs
+  assert runs.parse_row("mamba") == ("mamba", {})
+  kind, ov = runs.parse_row("resnet_bk:green_conv_gate")
   assert kind == "resnet_bk" and ov == {"model.bk_mixer": "green", "model.bk_conv": True,
                                         "model.bk_gate": True}
-  for bad in ("resnet_bk:nope", "mamba:green"):
+  for bad in ("resnet_bk:nope", "mamba:green", "nope"):
     with pytest.raises(ValueError, match="resnet_bk:VARIANT"):
-      quality.parse_row(bad)
-  with pytest.raises(SystemExit):  # the script: one argparse line, before any training
-    _script("quality_anchor").main(["--quick", "--kinds", "resnet_bk,resnet_bk:nope"])
+      runs.parse_row(bad)
+  with pytest.raises(ValueError, match=r"a row is a model kind \(resnet_bk, .*\)$"):
+    runs.parse_row("resnet_bk:green", variants=False)
+  # every report script: argparse's usage and one error line (exit 2), before any training
+  for script, argv, bad in (("quality_anchor", ["--kinds", "resnet_bk,resnet_bk:nope"], "resnet_bk:nope"),
+                            ("induction_anchor", ["--kinds", "resnet_bk:nope"], "resnet_bk:nope"),
+                            ("benchmark", ["--kinds", "resnet_bk,nope"], "nope"),
+                            ("compare_stability", ["--kinds", "mamba:green"], "mamba:green"),
+                            ("ablations", ["--baselines", "nope"], "nope"),
+                            ("ablations", ["--only", "nope"], "nope")):
+    with pytest.raises(SystemExit) as e:
+      _script(script).main(["--quick", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and f": error: unknown row '{bad}'" in err[-1], (script, err)
+    assert "Traceback" not in "\n".join(err)
 
 
 def test_quality_anchor_equal_tokens_and_wall_clock_planning(tmp_path, corpus):
@@ -138,3 +150,21 @@ def test_bench_chunkwise_quick(tmp_path):
   assert {r["chunk"] for r in rows if r["form"] == "chunkwise"} == {8, 16}
   assert all(r["seconds"] > 0 and r["ratio"] > 0 for r in rows)
   assert _read(tmp_path, "c.json")["command"].startswith("python")
+
+
+def test_report_figures_read_results_files_of_schema_2_and_3():
+  """Results files of schema 2 named the seed's figures train/loss, train/grad_norm, ...; the
+  reports read those and today's (the seed's names) alike."""
+  from bk_jax.reports import gpu_suite, runs
+
+  seed = [dict(step=s, seq_len=32, loss=3.0 - 0.1 * s, gradient_norm=1.0 + s, is_spike=s == 2,
+               is_nan=False, is_inf=s == 3, step_time=0.5) for s in range(1, 5)]
+  schema2 = [{"step": h["step"], "seq_len": 32, "train/loss": h["loss"],
+              "train/grad_norm": h["gradient_norm"], "train/is_spike": h["is_spike"],
+              "train/is_nan": h["is_nan"], "train/is_inf": h["is_inf"], "perf/step_time": 0.5}
+             for h in seed]
+  figs = [runs.length_figures(dict(metrics_history=h, status={"32": "trained"}), 32)
+          for h in (seed, schema2)]
+  assert figs[0] == figs[1]
+  assert figs[0]["spikes"] == 1 and figs[0]["nonfinite_steps"] == 1 and figs[0]["steps"] == 4
+  assert gpu_suite._tokens_per_s(seed[0], 64) == gpu_suite._tokens_per_s(schema2[0], 64) == 128

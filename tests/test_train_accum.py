@@ -58,8 +58,8 @@ def test_accum_4_equals_accum_1(kind):
   s1, m1 = _run(1, kind, batches)
   s4, m4 = _run(4, kind, batches)
   for a, b in zip(m1, m4):
-    assert abs(float(a["train/loss"]) - float(b["train/loss"])) <= 1e-5, (a, b)
-    assert float(b["train/grad_norm"]) == pytest.approx(float(a["train/grad_norm"]), rel=1e-5)
+    assert abs(float(a["loss"]) - float(b["loss"])) <= 1e-5, (a, b)
+    assert float(b["gradient_norm"]) == pytest.approx(float(a["gradient_norm"]), rel=1e-5)
     assert bool(b["control/finite"])
   diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
              for x, y in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params)))

@@ -1,6 +1,7 @@
 """Config files, overrides, the reference CLI mapping, and one clear error before any compile."""
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -97,3 +98,23 @@ def test_script_prints_one_line_and_exits_2(tmp_path):
                      text=True, timeout=120)
   assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
   assert "error:" in p.stderr
+
+
+def test_mamba_baseline_script_is_the_reference_cli_with_mamba(tmp_path):
+  """scripts/train_mamba_baseline.py: the seed's flags, model.kind mamba, the seed's record."""
+  corpus = write_pattern_corpus(str(tmp_path / "pattern.txt"))
+  save = tmp_path / "mamba"
+  p = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "train_mamba_baseline.py"),
+                      "--dataset", "text", "--seq_len", "32", "--batch_size", "4", "--d_model", "32",
+                      "--n_layers", "1", "--epochs", "1", "--data_limit", "2000", "--log_interval", "2",
+                      "--save_dir", str(save), f"--config.data.path={corpus}",
+                      f"--config.data.cache_dir={tmp_path / 'cache'}",
+                      "--config.logging.progress_bar=False"],
+                     capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, p.stderr[-3000:]
+  with open(save / "long_context_results.json") as f:
+    res = json.load(f)
+  assert res["args"]["model"]["kind"] == "mamba" and res["status"] == {"32": "trained"}
+  h = res["metrics_history"][0]
+  assert list(h)[:6] == ["step", "epoch", "seq_len", "loss", "perplexity", "gradient_norm"]
+  assert h["loss"] > 0 and h["mean_schatten_s1"] is None  # no Birman-Schwinger monitors in Mamba

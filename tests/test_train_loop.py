@@ -33,7 +33,7 @@ def multi_run(corpus, tmp_path_factory):
 
 
 def _losses(res):
-  return [(h["step"], h["seq_len"], h["train/loss"]) for h in res["metrics_history"]]
+  return [(h["step"], h["seq_len"], h["loss"]) for h in res["metrics_history"]]
 
 
 def _assert_same_losses(a, b):
@@ -50,7 +50,7 @@ def test_loss_falls_on_learnable_task(corpus, tmp_path):
   cfg.train.lr, cfg.train.warmup_steps, cfg.train.log_interval = 1e-2, 5, 1
   cfg.logging.console = False
   res = run(cfg)
-  losses = [h["train/loss"] for h in res["metrics_history"]]
+  losses = [h["loss"] for h in res["metrics_history"]]
   assert losses[0] > 4.0  # ~log(259) at init
   assert losses[-1] < 2.5 and losses[-1] < losses[0] - 2.0, losses
 
@@ -79,15 +79,22 @@ def test_results_file_schema(multi_run):
     assert key in on_disk
   assert on_disk["memory_kind"] in ("device_peak_since_start", "host_rss")
   assert on_disk["args"]["train"]["sequence_lengths"] == [32, 64]
-  assert on_disk["schema_version"] == 2 and os.path.isabs(on_disk["save_dir"])
+  assert on_disk["schema_version"] == 3 and os.path.isabs(on_disk["save_dir"])
   mem_key = ("perf/device_peak_since_start_gb" if on_disk["memory_kind"] == "device_peak_since_start"
              else "perf/host_rss_gb")
+  seed_fields = ["step", "epoch", "seq_len", "loss", "perplexity", "gradient_norm", "learning_rate",
+                 "step_time", "memory_allocated_gb", "memory_reserved_gb", "is_nan", "is_inf",
+                 "is_spike", "spike_ratio", "mean_schatten_s1", "mean_schatten_s2",
+                 "max_condition_number"]
   for h in on_disk["metrics_history"]:
+    assert list(h)[:len(seed_fields)] == seed_fields  # the seed's LongContextMetrics, in order
     assert set(results_lib.HISTORY_KEYS) <= set(h), set(results_lib.HISTORY_KEYS) - set(h)
-    assert isinstance(h["train/is_spike"], bool) and h[mem_key] > 0 and h["perf/host_rss_gb"] > 0
+    assert isinstance(h["is_spike"], bool) and h[mem_key] > 0 and h["perf/host_rss_gb"] > 0
     if on_disk["memory_kind"] == "host_rss":  # the CPU: no device figure, never a stand-in
       assert "perf/device_peak_since_start_gb" not in h
-    # features that are off emit nothing: no monitors, no MoE in the tiny model
+      assert h["memory_allocated_gb"] is None and h["memory_reserved_gb"] is None
+    # features that are off emit nothing: no monitors (null seed fields), no MoE
+    assert h["mean_schatten_s1"] is None and h["max_condition_number"] is None
     assert not any(k.startswith(("bk/", "moe/")) or k == "train/aux_loss" for k in h)
   for epochs in on_disk["results_by_length"].values():
     for e in epochs:
@@ -104,18 +111,20 @@ def test_tensorboard_tags_read_back(multi_run):
   acc = EventAccumulator(cfg.save_dir, size_guidance={"scalars": 0})  # events live in save_dir
   acc.Reload()
   tags = set(acc.Tags()["scalars"])
-  for n in (32, 64):
-    for t in ("train/loss", "train/perplexity", "train/grad_norm", "train/param_norm",
-              "train/learning_rate", "train/spike_count", "perf/step_time", "perf/tokens_per_s"):
+  for n in (32, 64):  # the seed's dashboard tags, then the namespaced figures
+    for t in ("loss", "perplexity", "gradient_norm", "spike_count", "train/param_norm",
+              "step_time", "perf/tokens_per_s"):
       assert f"seq{n}/{t}" in tags
-    # one writer, no renaming: every JSON key is the tag after the seq{N}/ prefix, same values
+    # every JSON field is a tag (under the seed's dashboard name), with the same values
     for h in (h for h in res["metrics_history"] if h["seq_len"] == n):
       for k, v in h.items():
-        if k not in ("step", "epoch", "seq_len"):
-          ev = {e.step: e.value for e in acc.Scalars(f"seq{n}/{k}")}
-          assert ev[h["step"]] == pytest.approx(float(v), rel=1e-6), (k, h["step"])
+        if k in ("step", "epoch", "seq_len") or v is None:
+          continue
+        ev = {e.step: e.value for e in acc.Scalars("learning_rate" if k == "learning_rate" else f"seq{n}/{k}")}
+        assert ev[h["step"]] == pytest.approx(float(v), rel=1e-6), (k, h["step"])
+  assert "learning_rate" in tags and not any(t.endswith("/learning_rate") for t in tags)
   assert not any("/bk/" in t or "/moe/" in t or "aux_loss" in t or "eval/" in t for t in tags)
-  assert [e.step for e in acc.Scalars("seq64/train/loss")] == list(range(11, 21))
+  assert [e.step for e in acc.Scalars("seq64/loss")] == list(range(11, 21))
   assert all(e.value > 0 for e in acc.Scalars("seq32/perf/tokens_per_s"))
 
 
@@ -136,7 +145,7 @@ def test_unrecoverable_length_is_diverged_and_next_length_trains(corpus, tmp_pat
   assert [r["lr_scale"] for r in rec[:2]] == [0.5, 0.25]
   assert res["length_summary"]["64"]["steps"] == 8 and res["length_summary"]["64"]["skipped_steps"] == 0
   assert res["length_summary"]["32"]["grad_norm_count"] == 0  # nothing was ever applied
-  assert any(h["seq_len"] == 64 and h["train/loss"] < 6.0 for h in res["metrics_history"])
+  assert any(h["seq_len"] == 64 and h["loss"] < 6.0 for h in res["metrics_history"])
 
 
 def test_single_non_finite_step_is_skipped_and_counted(corpus, tmp_path):
@@ -146,7 +155,7 @@ def test_single_non_finite_step_is_skipped_and_counted(corpus, tmp_path):
   assert res["status"] == {"32": "trained"}
   assert res["length_summary"]["32"]["skipped_steps"] == 1
   assert res["length_summary"]["32"]["nan_steps"] == 1
-  assert [h["train/is_nan"] for h in res["metrics_history"]] == [False, False, True, False, False, False]
+  assert [h["is_nan"] for h in res["metrics_history"]] == [False, False, True, False, False, False]
   assert res["results_by_length"]["32"][0]["skipped_steps"] == 1
 
 
@@ -200,4 +209,4 @@ def test_eval_only_evaluates_the_latest_checkpoint(multi_run):
   out = entry_run(cfg)
   assert out["tokens"] >= 2000 and math.isfinite(out["loss"])
   assert out["checkpoint_step"] == 20
-  assert out["loss"] < res["metrics_history"][0]["train/loss"]  # the trained model, not a fresh one
+  assert out["loss"] < res["metrics_history"][0]["loss"]  # the trained model, not a fresh one

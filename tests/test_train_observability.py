@@ -90,11 +90,14 @@ def test_tensorboard_layout(eval_run):
   assert glob.glob(os.path.join(cfg.save_dir, "events.out.tfevents.*"))
   acc = _acc(cfg.save_dir)
   tags = set(acc.Tags()["scalars"])
-  for t in ("train/loss", "train/learning_rate", "train/grad_norm", "train/param_norm",
-            "perf/step_time", "perf/tokens_per_s", "bk/schatten_s1", "bk/schatten_s2",
-            "bk/condition_number"):
+  # the seed's dashboard (the monitors are on in this run), then the namespaced figures
+  for t in ("loss", "perplexity", "gradient_norm", "spike_count", "schatten_s1", "schatten_s2",
+            "condition_number", "step_time", "train/param_norm", "perf/tokens_per_s",
+            "perf/host_rss_gb", "bk/precision_flags"):
     assert f"seq32/{t}" in tags, t
-  assert "seq32/perf/host_rss_gb" in tags
+  assert "learning_rate" in tags and "seq32/learning_rate" not in tags  # global, as the seed's
+  assert not any(t.endswith(("mean_schatten_s1", "max_condition_number")) for t in tags)
+  assert ("seq32/memory_gb" in tags) == (jax.default_backend() != "cpu")
   assert not any("moe/" in t or "aux_loss" in t for t in tags)  # no MoE: no curve
   texts = set(acc.Tags()["tensors"])
   assert {"config/text_summary", "run/text_summary", "seq32/eval/samples/text_summary"} <= texts
@@ -112,7 +115,7 @@ def test_tensorboard_layout(eval_run):
 
 def test_results_describe_the_run(eval_run):
   cfg, res = eval_run
-  assert res["schema_version"] == 2 and res["save_dir"] == os.path.abspath(cfg.save_dir)
+  assert res["schema_version"] == 3 and res["save_dir"] == os.path.abspath(cfg.save_dir)
   assert set(res["units"]) >= {"time", "memory", "loss"} and "1e9" in res["units"]["memory"]
   r = res["run"]
   for k in ("started", "finished", "command", "config_file", "git", "versions", "host", "cpu_count",
@@ -128,7 +131,7 @@ def test_results_describe_the_run(eval_run):
   # the three "final" losses, each named
   s = res["length_summary"]["32"]
   train = [h for h in res["metrics_history"] if h["seq_len"] == 32]
-  assert s["last_logged_loss"] == train[-1]["train/loss"]
+  assert s["last_logged_loss"] == train[-1]["loss"]
   assert s["epoch_mean_loss"] == res["results_by_length"]["32"][-1]["epoch_mean_loss"]
   assert s["epoch_mean_perplexity"] == pytest.approx(math.exp(s["epoch_mean_loss"]), rel=1e-9)
   assert s["eval_loss"] == res["eval_history"][-1]["eval/loss"]

@@ -38,10 +38,10 @@ def test_one_tiny_step():
   state, m = step(state, batch)
   m = jax.device_get(m)
   assert int(state.step) == 1
-  assert np.isfinite(m["train/loss"]) and abs(float(m["train/loss"]) - np.log(259)) < 1.0
-  assert float(m["train/perplexity"]) == pytest.approx(np.exp(float(m["train/loss"])), rel=1e-5)
-  assert float(m["train/grad_norm"]) > 0 and float(m["train/learning_rate"]) > 0
-  assert bool(m["control/finite"]) and not bool(m["train/is_spike"])
+  assert np.isfinite(m["loss"]) and abs(float(m["loss"]) - np.log(259)) < 1.0
+  assert float(m["perplexity"]) == pytest.approx(np.exp(float(m["loss"])), rel=1e-5)
+  assert float(m["gradient_norm"]) > 0 and float(m["learning_rate"]) > 0
+  assert bool(m["control/finite"]) and not bool(m["is_spike"])
   after = _leaves(state.params)
   assert any(not np.array_equal(a, b) for a, b in zip(before, after))
   assert int(state.monitors.length.grad_norm.count) == 1
@@ -53,7 +53,7 @@ def test_injected_non_finite_gradient_is_skipped_and_counted():
   p1, o1 = _leaves(state.params), _leaves(state.opt_state)
   state, m = step(state, batch)  # step 1: NaN gradient, not applied
   m = jax.device_get(m)
-  assert bool(m["train/is_nan"]) and not bool(m["control/finite"])
+  assert bool(m["is_nan"]) and not bool(m["control/finite"])
   assert all(np.array_equal(a, b) for a, b in zip(p1, _leaves(state.params)))
   assert all(np.array_equal(a, b) for a, b in zip(o1, _leaves(state.opt_state)))
   mon = jax.device_get(state.monitors)

@@ -10,7 +10,7 @@ from bk_jax.data.config import (SPLITS, SYNTHETIC_TASKS, TOKENIZERS, default_dat
 from bk_jax.data.corpus import Corpus, load_corpus, vocab_size
 from bk_jax.data.errors import DataError, cli_errors
 from bk_jax.data.pipeline import (batch_size_for, make_iterator, make_train_dataset,
-                                  steps_per_epoch, stream_tokens)
+                                  steps_per_epoch, stream_tokens, too_short_hint)
 from bk_jax.data.sources import DATASETS, check_data_config, register_dataset
 from bk_jax.data.synthetic import check_sample, make_synthetic_batch
 from bk_jax.data.tokenizers import (BPETokenizer, ByteTokenizer, Tokenizer, WordTokenizer,
@@ -25,5 +25,5 @@ __all__ = [
     "check_data_config", "check_sample", "cli_errors", "default_data_config",
     "default_synthetic_config", "load_corpus", "load_tokenizer", "make_iterator",
     "make_synthetic_batch", "make_train_dataset", "register_dataset", "steps_per_epoch",
-    "stream_tokens", "vocab_size",
+    "stream_tokens", "too_short_hint", "vocab_size",
 ]

@@ -19,6 +19,8 @@ from bk_jax.data.synthetic import task_vocab_size
 from bk_jax.data.tokenizers import (ByteTokenizer, Tokenizer, check_tokenizer_name,
                                     load_tokenizer, needs_training, save_tokenizer,
                                     train_tokenizer)
+from bk_jax.runtime.errors import StorageError
+from bk_jax.runtime.faults import writing
 
 #: Sources smaller than this tokenize without a progress bar (it would only flicker).
 PROGRESS_MIN_BYTES = 4 << 20
@@ -137,13 +139,29 @@ def load_corpus(cfg) -> Corpus:
     cache.discard(entry)
   meta = cache.read_meta(entry)
   if meta is None:
-    cache.build_atomically(entry, lambda tmp: _build(tmp, cfg, source, key))
+    # a disk that fills up (or a read-only cache folder) is one line; nothing is left behind
+    try:
+      with writing("the token cache", str(entry.parent), _cache_bytes(cfg, source)):
+        cache.build_atomically(entry, lambda tmp: _build(tmp, cfg, source, key))
+    except StorageError as e:
+      raise StorageError(f"{e}; free space, or set data.cache_dir (or BK_JAX_CACHE) to a folder "
+                         f"on another disk") from None
     meta = cache.read_meta(entry)
     assert meta is not None, entry
   tok = ByteTokenizer() if cfg.tokenizer == "byte" else load_tokenizer(cfg.tokenizer, entry)
   splits = {s: cache.open_tokens(entry / f"{s}.bin", meta["dtype"], meta["lengths"][s])
             for s in SPLITS}
   return Corpus(cfg.dataset, int(meta["vocab_size"]), tok, splits, dict(meta["bytes"]), entry)
+
+
+def _cache_bytes(cfg, source: Source) -> int:
+  """What a cache entry of ``source`` needs at most: one token per source byte (the byte
+  tokenizer; word and BPE tokens are fewer), each split capped at data_limit tokens."""
+  tokens = source.total_bytes
+  if int(cfg.data_limit):
+    tokens = min(tokens, len(SPLITS) * int(cfg.data_limit))
+  itemsize = 2 if cfg.tokenizer == "byte" or int(cfg.vocab_size) <= 1 << 16 else 4
+  return tokens * itemsize
 
 
 def vocab_size(cfg) -> int:

@@ -42,7 +42,8 @@ def batch_size_for(seq_len: int, batch_size: int, tokens_per_batch: int) -> int:
   return int(batch_size)
 
 
-def _mix_seed(seed: int) -> int:
+def shuffle_seed(seed: int) -> int:
+  """The seed grain's shuffle of the training windows gets for run seed `seed`."""
   # grain's shuffle uses seed + epoch for epoch e, so seeds s and s+1 would replay each
   # other's epochs shifted by one; an odd multiplier breaks that coincidence.
   return (int(seed) * 0x9E3779B1 + 0x7F4A7C15) % (1 << 31)
@@ -131,7 +132,7 @@ def make_train_dataset(data_cfg, seq_len: int, batch_size: int, *, seed: int,
                       f"{b * process_count}")
     content_seed = synthetic_seed(tc, split)
     ds = grain.MapDataset.range(num)[_shard(num, process_index, process_count)]
-    ds = ds.shuffle(seed=_mix_seed(seed)).map(
+    ds = ds.shuffle(seed=shuffle_seed(seed)).map(
         lambda k: make_synthetic_batch(tc, n, b, seed=content_seed, index=int(k)))
     return ds.repeat(num_epochs)
 
@@ -140,7 +141,7 @@ def make_train_dataset(data_cfg, seq_len: int, batch_size: int, *, seed: int,
   num = max(0, len(tokens) - 1) // n
   if num // process_count < b:
     need = b * process_count * n + 1
-    hint = "raise data.data_limit" if data_cfg.data_limit else "use a larger corpus"
+    hint = too_short_hint(data_cfg, len(tokens))
     raise DataError(f"{data_cfg.dataset} {split} split has {len(tokens)} tokens; seq_len {n} "
                     f"x batch {b} x {process_count} process(es) needs at least {need} tokens "
                     f"({hint} or a smaller batch)")
@@ -148,8 +149,15 @@ def make_train_dataset(data_cfg, seq_len: int, batch_size: int, *, seed: int,
     raise DataError(f"{split} split is empty")
   window = _Window(Path(tokens.filename), tokens.dtype.name, len(tokens), n)
   ds = grain.MapDataset.range(num)[_shard(num, process_index, process_count)]
-  ds = ds.shuffle(seed=_mix_seed(seed)).map(window).batch(b, drop_remainder=True)
+  ds = ds.shuffle(seed=shuffle_seed(seed)).map(window).batch(b, drop_remainder=True)
   return ds.repeat(num_epochs)
+
+
+def too_short_hint(data_cfg, have: int) -> str:
+  """What to do about a split of `have` tokens that is too short: raise data.data_limit only
+  when the limit cut it (a split stops at exactly data_limit tokens), else a larger corpus."""
+  limit = int(data_cfg.data_limit)
+  return "raise data.data_limit" if limit and have >= limit else "use a larger corpus"
 
 
 def make_iterator(dataset: grain.MapDataset, data_cfg=None) -> grain.DatasetIterator:

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from bk_jax.eval.loading import EvalError, load_checkpoint
+from bk_jax.eval.loading import EvalError, diverged_warning, load_checkpoint
 
 
 def tokenizer_of(config):
@@ -38,7 +38,8 @@ def generate_text(save_dir: str, prompt: str, *, max_new_tokens: int = 200, temp
     num_samples: independent continuations (one batch).
   Returns:
     dict(checkpoint, prompt, samples (decoded continuations), tokens (their ids),
-    prompt_tokens, seconds (wall time including compilation), settings).
+    prompt_tokens, seconds (wall time including compilation), settings, warning (a line when
+    the run DIVERGED: the weights are the restored ones from before it; else None)).
   Raises:
     EvalError: no checkpoint, bad settings (one line).
   """
@@ -60,7 +61,7 @@ def generate_text(save_dir: str, prompt: str, *, max_new_tokens: int = 200, temp
   new = np.asarray(generate(ck.model, batch, max_new_tokens=max_new_tokens, temperature=temperature,
                             top_k=top_k, top_p=top_p, seed=seed))
   secs = time.perf_counter() - t0
-  return dict(checkpoint=ck.path, prompt=prompt, prompt_tokens=int(ids.size),
+  return dict(checkpoint=ck.path, warning=diverged_warning(ck), prompt=prompt, prompt_tokens=int(ids.size),
               samples=[tok.decode(row) for row in new], tokens=new.tolist(), seconds=secs,
               settings=dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                             top_p=top_p, seed=seed, num_samples=num_samples))

@@ -13,8 +13,10 @@ restore), so evaluation does not depend on the optimizer that trained the model.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import re
+import sys
 import time
 
 import jax
@@ -22,6 +24,7 @@ import ml_collections
 from flax import nnx
 
 from bk_jax.models.config import default_model_config
+from bk_jax.runtime import faults
 from bk_jax.runtime.checkpoint_meta import (DATA_FIELDS, config_differences,  # noqa: F401
                                             damage_reason, get_dotted, upgrade_config)
 from bk_jax.runtime.errors import ConfigError
@@ -173,13 +176,24 @@ def diverged_lengths(meta: dict) -> list[int]:
   return sorted(int(n) for n, st in (meta.get("status") or {}).items() if st == "DIVERGED")
 
 
+def diverged_warning(ck: LoadedCheckpoint) -> str | None:
+  """One line when the checkpoint's run marked lengths DIVERGED (untrained weights must not pass
+  as a result unremarked), else None."""
+  div = diverged_lengths(ck.meta)
+  if not div:
+    return None
+  return (f"training DIVERGED at N={', '.join(map(str, div))} in this run: {ck.name} holds the "
+          f"weights restored from before the divergence, not a model trained there")
+
+
 def load_checkpoint(save_dir: str, checkpoint: str | int | None = None,
                     config: ml_collections.ConfigDict | None = None) -> LoadedCheckpoint:
   """Builds the checkpoint's model and restores its parameters (onto the default device).
 
   With checkpoint None / "latest" on a run that is still training, the trainer's retention may
   delete the picked checkpoint between the pick and the load: then the newest one is picked
-  again (up to LATEST_RETRIES times), so a live run is read from a stable checkpoint.
+  again (up to LATEST_RETRIES times, with one line on stderr naming both), so a live run is
+  read from a stable checkpoint.
 
   Args:
     save_dir: run directory (used to resolve `checkpoint`).
@@ -241,19 +255,35 @@ def checkpoint_config(save_dir: str, checkpoint: str | int | None,
 
 
 def _on_resolved(save_dir: str, checkpoint, fn):
-  """fn(resolved path); for "latest", picks again when the picked checkpoint vanished meanwhile."""
+  """fn(resolved path); for "latest", picks again when the picked checkpoint vanished meanwhile.
+
+  A run that is still training deletes old checkpoints (keep-N); one picked as "latest" may go
+  while it loads. One line on stderr then says which checkpoint was used instead. The reports
+  of orbax's threads about missing or damaged files are held and dropped once an EvalError has
+  explained them (`faults.BackgroundErrors`).
+  """
   latest = checkpoint is None or str(checkpoint) in ("", "latest")
+  first = None
   for attempt in range(LATEST_RETRIES if latest else 1):
     path = resolve_checkpoint(save_dir, checkpoint)
-    try:
-      return fn(path)
-    except EvalError:
-      if not latest or attempt == LATEST_RETRIES - 1:
-        raise
-      time.sleep(0.5)  # a deletion in progress: let it finish before looking
-      if _committed(path):
-        raise
-      # deleted by the trainer's keep-N retention between the pick and the load: pick again
+    with faults.BackgroundErrors() as background:
+      try:
+        out = fn(path)
+      except EvalError:
+        gc.collect()  # orbax's abandoned coroutines report while the reports are still held
+        background.drop()  # explained: by the error itself, or by the retry's line below
+        if not latest or attempt == LATEST_RETRIES - 1:
+          raise
+        time.sleep(0.5)  # a deletion in progress: let it finish before looking
+        if _committed(path):
+          raise
+        first = first or path  # deleted by the trainer's retention between the pick and the load
+        continue
+    if first is not None:
+      rel = lambda p: os.path.relpath(p, os.path.abspath(save_dir))
+      print(f"checkpoint {rel(first)} was replaced while loading (the run is training); using "
+            f"{rel(path)}", file=sys.stderr, flush=True)
+    return out
 
 
 def _load(save_dir: str, path: str, config: ml_collections.ConfigDict | None) -> LoadedCheckpoint:

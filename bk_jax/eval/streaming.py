@@ -36,7 +36,7 @@ from bk_jax.runtime.jsonio import write_json
 from bk_jax.runtime.memory import memory_usage
 from bk_jax.runtime.metrics import perplexity
 from bk_jax.eval.buckets import DEFAULT_EDGES, bucket_table, check_edges, format_bucket_table
-from bk_jax.eval.loading import EvalError, diverged_lengths, load_checkpoint
+from bk_jax.eval.loading import EvalError, diverged_lengths, diverged_warning, load_checkpoint
 
 #: Sub-chunk of the lax.scan inside a chunk: on the 2-core CPU 1k-token pieces run ~2x faster
 #: than one 4k-16k piece (activations stay in cache); configs/base.py's config.eval.sub_chunk.
@@ -327,15 +327,13 @@ def run_streaming_eval(config: ml_collections.ConfigDict, checkpoint: str | None
   out = evaluate_model(ck.model, cfg, progress=progress, log=log)
   out.update(checkpoint=ck.path, checkpoint_name=ck.name, backend=jax.default_backend(),
              n_params=sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(ck.model, nnx.Param))))
-  div = diverged_lengths(ck.meta)
-  if div:  # untrained (restored) weights must not pass as a result unremarked
-    out["diverged_lengths"] = div
-    out["warning"] = (f"training DIVERGED at N={', '.join(map(str, div))} in this run: {ck.name} holds "
-                      f"the weights restored from before the divergence, not a model trained there")
+  warning = diverged_warning(ck)
+  if warning:
+    out["diverged_lengths"], out["warning"] = diverged_lengths(ck.meta), warning
   out["output"] = write_json(output or default_output_path(config.save_dir, ck.name, out["split"]),
                              stamped(out))
-  if div:
-    print(f"WARNING: {out['warning']}", file=sys.stderr)
+  if warning:
+    print(f"WARNING: {warning}", file=sys.stderr)
   if console:
     print_summary(out)
     print(f"Results saved: {out['output']}")

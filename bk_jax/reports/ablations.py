@@ -62,8 +62,15 @@ def plan_rows(heads: list[int], only: list[str] | None, baselines: list[str]) ->
 
   Returns:
     [("resnet_bk", variant, overrides), ..., (kind, kind, {}), ...].
+
+  Raises:
+    ValueError: an unknown variant or kind (one line), before anything runs.
   """
   vs = variants(heads)
+  for k in only or ():
+    if k != "none" and k not in vs:
+      raise ValueError(f"unknown row {k!r}: a variant is one of {', '.join(vs)} (or none)")
+  runs.check_rows([k for k in baselines if k], variants=False)
   if only:
     vs = {k: vs[k] for k in only if k != "none"}
   todo = [("resnet_bk", name, ov) for name, ov in vs.items()]

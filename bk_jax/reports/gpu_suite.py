@@ -28,6 +28,7 @@ import time
 import traceback
 
 from bk_jax.data.tokenizers import ByteTokenizer
+from bk_jax.train.results import history_value
 
 STAGES = ("ops", "models:resnet_bk", "models:mamba", "models:mamba2", "models:transformer",
           "train", "stream")
@@ -147,10 +148,8 @@ def _tokens_per_s(rec: dict, tokens_per_step: int):
   for k in ("tokens_per_s", "perf/tokens_per_s"):
     if rec.get(k):
       return float(rec[k])
-  for k in ("step_time", "perf/step_time"):
-    if rec.get(k):
-      return tokens_per_step / float(rec[k])
-  return None
+  step_time = history_value(rec, "step_time")
+  return tokens_per_step / float(step_time) if step_time else None
 
 
 #: What configs/seq32k.py ran before "auto" (the sequential chunked resolvent), timed in the same
@@ -189,7 +188,8 @@ def _train(c, deadline: float) -> dict:
   steps = max((int(h["step"]) for h in hist), default=0)
   tokens = steps * c.train.batch_size * c.train.seq_len
   per_step = c.train.batch_size * c.train.seq_len
-  steady = [t for t in (_tokens_per_s(h, per_step) for h in hist[1:]) if t]  # [0]: compile
+  # every interval is timed on finished steps (compilation apart, perf/compile_s)
+  steady = [t for t in (_tokens_per_s(h, per_step) for h in hist) if t]
   return dict(steps_done=steps, batch=c.train.batch_size, tokens=tokens, wall_s=res["wall_s"],
               tokens_per_s_wall=tokens / res["wall_s"],
               tokens_per_s=sorted(steady)[len(steady) // 2] if steady else None,

@@ -66,10 +66,12 @@ def parse_overrides(text: str) -> dict:
   return out
 
 
-def run_config(setup: Setup, out: str, kind: str):
-  """The training config of one kind (save_dir out/runs/<kind>), before parameter matching."""
+def run_config(setup: Setup, out: str, spec: str):
+  """The training config of one row, "KIND" or "resnet_bk:VARIANT" (`runs.parse_row`; save_dir
+  out/runs/<row>), before parameter matching."""
   s = setup
-  return runs.make_config(kind, os.path.join(out, "runs", kind), {
+  kind, variant = runs.parse_row(spec)
+  return runs.make_config(kind, os.path.join(out, "runs", spec.replace(":", "_")), {
       "seed": s.seed, "data.dataset": "synthetic", "data.synthetic.task": "induction_heads",
       "model.d_model": s.d_model, "model.n_layers": s.n_layers, "model.n_heads": s.n_heads,
       "model.d_ff": 4 * s.d_model, "model.transformer.n_heads": max(1, s.d_model // 32),
@@ -78,7 +80,7 @@ def run_config(setup: Setup, out: str, kind: str):
       "train.steps_per_length": s.steps, "train.lr": s.lr,
       "train.warmup_steps": max(1, min(100, s.steps // 10)), "train.log_interval": 10,
       **({} if s.weight_decay is None else {"train.weight_decay": s.weight_decay}),
-      **(parse_overrides(s.bk_overrides) if kind == "resnet_bk" else {})})
+      **variant, **(parse_overrides(s.bk_overrides) if kind == "resnet_bk" else {})})
 
 
 def markdown(results: list[dict], lengths: list[int], train_len: int) -> str:
@@ -114,7 +116,8 @@ def run_induction(kinds: list[str], setup: Setup, out: str, args: dict) -> dict:
   """Trains and tests every kind; writes induction_anchor.json/.md/.png under `out`.
 
   Args:
-    kinds: model kinds, in order; the first sets the parameter target.
+    kinds: the rows, in order: model kinds or "resnet_bk:VARIANT" (`runs.parse_row`); the first
+      sets the parameter target.
     setup: training and test sizes.
     out: output folder.
     args: the command's arguments, recorded in induction_anchor.json.
@@ -126,17 +129,18 @@ def run_induction(kinds: list[str], setup: Setup, out: str, args: dict) -> dict:
   s = setup
   lengths = list(s.lengths)
   target, results = None, []
+  runs.check_rows(kinds)  # a bad row fails before any training
   for kind in kinds:
     c = run_config(s, out, kind)
     if target is None:
       target = runs.n_params(c.model, runs.vocab_of(c))
-    if kind != "resnet_bk" and s.match:
+    if c.model.kind != "resnet_bk" and s.match:
       runs.match_params(c, target)
     res = runs.train(c, budget_s=s.budget_s or None)
     fig = runs.length_figures(res, s.train_len)
     ext = run_extrapolation(c, lengths=lengths, samples=s.samples, token_budget=s.token_budget,
                             batch_size=4, progress=False, log=None)
-    r = dict(kind=kind, overrides=s.bk_overrides if kind == "resnet_bk" else "",
+    r = dict(kind=kind, overrides=s.bk_overrides if c.model.kind == "resnet_bk" else "",
              params=res["n_params"], n_layers=int(c.model.n_layers),
              steps=int(res["total_steps"]), train_wall_s=res["wall_s"],
              stopped_by_budget=res["stopped_by_budget"], final_train_loss=fig["final_train_loss"],

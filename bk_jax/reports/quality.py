@@ -67,35 +67,12 @@ def plan_steps(c, budget: Budget, *, timing_steps: int = 5) -> dict:
   return dict(steps=steps, timed_step_s=b["step_s"], timed_steps=len(b["step_s_all"]))
 
 
-def parse_row(spec: str) -> tuple[str, dict]:
-  """A row of `--kinds`: "KIND" or "resnet_bk:VARIANT" (a block variant of scripts/ablations.py).
-
-  Args:
-    spec: e.g. "mamba" or "resnet_bk:green_keyed".
-
-  Returns:
-    (kind, dotted model overrides of the variant; {} for a plain kind).
-
-  Raises:
-    ValueError: an unknown variant, or a variant on a kind other than resnet_bk.
-  """
-  kind, _, variant = spec.partition(":")
-  if not variant:
-    return kind, {}
-  from bk_jax.reports.ablations import variants  # the one list of block variants
-  known = variants([])
-  if kind != "resnet_bk" or variant not in known:
-    raise ValueError(f"unknown row {spec!r}: a variant row is resnet_bk:VARIANT with VARIANT one "
-                     f"of {', '.join(known)}")
-  return kind, {f"model.{k}": v for k, v in known[variant].items()}
-
-
 def run_kind(spec: str, budget: Budget, *, out: str, data: str, params: int, overrides: dict,
              eval_tokens: int, timing_steps: int = 5) -> dict:
   """Trains one row (a kind, or a ResNet-BK block variant) under `budget` and validates it.
 
   Args:
-    spec: "KIND" or "resnet_bk:VARIANT" (`parse_row`).
+    spec: "KIND" or "resnet_bk:VARIANT" (`runs.parse_row`).
     budget: equal tokens or equal wall clock.
     out: output folder (the run goes to out/runs/<spec>, the token cache to out/cache).
     data: path of the text corpus.
@@ -107,7 +84,7 @@ def run_kind(spec: str, budget: Budget, *, out: str, data: str, params: int, ove
   Returns:
     The row written to the report (see `row_fields`).
   """
-  kind, variant = parse_row(spec)
+  kind, variant = runs.parse_row(spec)
   c = runs.make_config(kind, os.path.join(out, "runs", spec.replace(":", "_")), {
       "data.dataset": "text", "data.path": data, "data.tokenizer": "byte",
       "data.cache_dir": os.path.join(out, "cache"), **overrides, **variant})
@@ -152,7 +129,7 @@ def run_anchor(kinds: list[str], budget: Budget, *, out: str, data: str, params:
   """scripts/quality_anchor.py: every kind under `budget` (`run_kind`), then the report.
 
   Args:
-    kinds: the rows, in order: model kinds or "resnet_bk:VARIANT" (`parse_row`).
+    kinds: the rows, in order: model kinds or "resnet_bk:VARIANT" (`runs.parse_row`).
     budget: equal tokens or equal wall clock.
     out: output folder; quality_anchor.json/.md/.png are written there.
     data: path of the text corpus.
@@ -170,8 +147,7 @@ def run_anchor(kinds: list[str], budget: Budget, *, out: str, data: str, params:
             "model.mamba2.headdim": throughput.mamba2_headdim(d_model),
             "train.seq_len": seq_len, "train.batch_size": batch, "train.lr": lr,
             "train.warmup_steps": 40, "train.log_interval": 10}
-  for spec in kinds:  # fail on a bad row before any training
-    parse_row(spec)
+  runs.check_rows(kinds)  # fail on a bad row before any training
   rows = [run_kind(kind, budget, out=out, data=data, params=params, overrides=shared,
                    eval_tokens=eval_tokens, timing_steps=timing_steps)
           for kind in kinds]

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from bk_jax.data import TINY_SHAKESPEARE  # re-exported: the report scripts' default corpus
+from bk_jax.train.results import history_value
 
 
 def set_dotted(c: ml_collections.ConfigDict, key: str, value) -> None:
@@ -29,6 +30,39 @@ def set_dotted(c: ml_collections.ConfigDict, key: str, value) -> None:
   for p in path:
     c = c[p]
   c[last] = value
+
+
+def parse_row(spec: str, *, variants: bool = True) -> tuple[str, dict]:
+  """A row of a report's `--kinds`: "KIND" or "resnet_bk:VARIANT" (a block variant of
+  scripts/ablations.py).
+
+  Args:
+    spec: e.g. "mamba" or "resnet_bk:green_keyed".
+    variants: whether the report trains block variants (else only model kinds are rows).
+
+  Returns:
+    (kind, dotted model overrides of the variant; {} for a plain kind).
+
+  Raises:
+    ValueError: one line naming what the row may be: an unknown kind or variant, or a variant on
+      a kind other than resnet_bk.
+  """
+  from bk_jax.models.kinds import kind_names
+  from bk_jax.reports.ablations import variants as block_variants  # the one list of block variants
+
+  kind, _, variant = spec.partition(":")
+  known = block_variants([])
+  rows = f"a model kind ({', '.join(kind_names())})" + (
+      f" or resnet_bk:VARIANT with VARIANT one of {', '.join(known)}" if variants else "")
+  if kind not in kind_names() or (variant and (not variants or kind != "resnet_bk"
+                                               or variant not in known)):
+    raise ValueError(f"unknown row {spec!r}: a row is {rows}")
+  return kind, {f"model.{k}": v for k, v in known.get(variant, {}).items()} if variant else {}
+
+
+def check_rows(specs, *, variants: bool = True) -> list[tuple[str, dict]]:
+  """`parse_row` of every row, so that a bad one fails before any training (ValueError)."""
+  return [parse_row(s, variants=variants) for s in specs]
 
 
 def make_config(kind: str, save_dir: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
@@ -137,15 +171,13 @@ def _f(x) -> float:
 def length_figures(res: dict, seq_len: int) -> dict:
   """Per-length stability figures of one run (metrics_history must hold every step)."""
   key = str(seq_len)
-  # metrics_history keys: "train/..." (schema 2); plain names in files of schema 1
+  # the seed's names (schema 3, and 1), or schema 2's "train/..." (results.history_value)
   hist = [h for h in res.get("metrics_history", []) if int(h["seq_len"]) == seq_len]
-  g_ = lambda h, k, old: h[k] if k in h else h[old]
   steps = [int(h["step"]) for h in hist]
-  loss = [_f(g_(h, "train/loss", "loss")) for h in hist]
-  gn = [_f(g_(h, "train/grad_norm", "gradient_norm")) for h in hist]
-  spikes = sum(bool(g_(h, "train/is_spike", "is_spike")) for h in hist)
-  nonfinite = sum(bool(g_(h, "train/is_nan", "is_nan")) or bool(g_(h, "train/is_inf", "is_inf"))
-                  for h in hist)
+  loss = [_f(history_value(h, "loss")) for h in hist]
+  gn = [_f(history_value(h, "gradient_norm")) for h in hist]
+  spikes = sum(bool(history_value(h, "is_spike")) for h in hist)
+  nonfinite = sum(bool(history_value(h, "is_nan")) or bool(history_value(h, "is_inf")) for h in hist)
   status = res.get("status", {}).get(key, "interrupted" if res.get("interrupted") else "unknown")
   rec = [r for r in res.get("recoveries", []) if int(r["seq_len"]) == seq_len]
   g = np.asarray([x for x in gn if math.isfinite(x)], np.float64)

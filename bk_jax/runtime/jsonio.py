@@ -37,7 +37,12 @@ def write_json(path: str, obj: Any, *, indent: int = 2) -> str:
   """
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(json_safe(obj), f, indent=indent)
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w") as f:
+      json.dump(json_safe(obj), f, indent=indent)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):  # a partial file (a full disk): the previous `path` stays as it was
+      os.remove(tmp)
+    raise
   return path

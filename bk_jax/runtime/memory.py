@@ -8,6 +8,9 @@ Two different things are measured, never under one another's name:
   the peak since the process started, not the peak of the last log interval; it is named so
   (`device_peak_since_start_gb`, `perf/device_peak_since_start_gb`, console "device peak since
   start").
+* **device memory now** (accelerators): `bytes_in_use` (what live arrays hold) and `pool_bytes`
+  (what the allocator has taken from the device, torch's "reserved"), maximised over local
+  devices: the seed's `memory_allocated_gb` / `memory_reserved_gb` record fields.
 * **host RSS** (every backend): the resident set of this process (psutil), and its peak since
   start (`getrusage` ru_maxrss). On the CPU backend this is where JAX's buffers live, so it is the
   headline figure there (`host_rss_gb`, `perf/host_rss_gb`, console "host RSS"); it includes the
@@ -41,6 +44,7 @@ class MemoryUsage:
 
   device_peak_gb: float | None  # max over local devices of peak_bytes_in_use (since start)
   device_in_use_gb: float | None  # max over local devices of bytes_in_use now
+  device_reserved_gb: float | None  # max over local devices of the allocator's pool_bytes now
   host_rss_gb: float  # this process's resident set now
   host_peak_rss_gb: float  # this process's peak resident set since start
   platform: str  # jax platform of the local devices ("cpu", "gpu", "tpu", ...)
@@ -96,8 +100,9 @@ def _host_rss() -> tuple[float, float]:
   return rss / 1e9, max(rss, maxrss) / 1e9
 
 
-def _device_stats(devices) -> tuple[float | None, float | None]:
-  peaks, in_use = [], []
+def _device_stats(devices) -> tuple[float | None, float | None, float | None]:
+  """(peak, in use, reserved) in GB, maximised over `devices`; None where nothing reports."""
+  peaks, in_use, pools = [], [], []
   for d in devices:
     if d.platform == "cpu":  # the CPU client's stats (when any) are host memory: RSS says it
       continue
@@ -108,9 +113,11 @@ def _device_stats(devices) -> tuple[float | None, float | None]:
     if stats and "peak_bytes_in_use" in stats:
       peaks.append(stats["peak_bytes_in_use"])
       in_use.append(stats.get("bytes_in_use", 0))
+      if "pool_bytes" in stats:
+        pools.append(stats["pool_bytes"])
   if not peaks:
-    return None, None
-  return max(peaks) / 1e9, max(in_use) / 1e9
+    return None, None, None
+  return max(peaks) / 1e9, max(in_use) / 1e9, (max(pools) / 1e9 if pools else None)
 
 
 def memory_usage(devices=None) -> MemoryUsage:
@@ -124,7 +131,8 @@ def memory_usage(devices=None) -> MemoryUsage:
     start on accelerators with stats, host RSS otherwise).
   """
   devices = jax.local_devices() if devices is None else list(devices)
-  peak, in_use = _device_stats(devices)
+  peak, in_use, reserved = _device_stats(devices)
   rss, peak_rss = _host_rss()
-  return MemoryUsage(device_peak_gb=peak, device_in_use_gb=in_use, host_rss_gb=rss,
+  return MemoryUsage(device_peak_gb=peak, device_in_use_gb=in_use, device_reserved_gb=reserved,
+                     host_rss_gb=rss,
                      host_peak_rss_gb=peak_rss, platform=devices[0].platform if devices else "cpu")

@@ -1,11 +1,11 @@
 """The record of divergence recoveries: every attempt's history is kept, and the per-length counts
 (steps, NaN/Inf steps, skipped updates, spikes, gradient-norm statistics) cover all attempts.
 
-A recovery restores an earlier checkpoint, whose meta and monitors know nothing of the steps that
-followed it. Before the restore the trainer takes `history(meta)`; after it, `keep(...)` puts
+A recovery restores an earlier checkpoint, whose run state and monitors know nothing of the steps
+that followed it. Before the restore the trainer takes `history(run)`; after it, `keep(...)` puts
 the full metrics history and epoch results back (each entry carries `attempt`: 0 for the first
 try, k after the k-th recovery) and adds the abandoned segment (monitors at detection minus the
-restored monitors) to `meta["abandoned"][N]`. `combine` adds that to the final attempt's counts.
+restored monitors) to `run.abandoned[N]`. `combine` adds that to the final attempt's counts.
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ import math
 _COUNTS = ("steps", "spike_count", "skipped_steps", "nan_steps", "inf_steps", "precision_upgrades")
 
 
-def history(meta: dict) -> dict:
-  """Deep copy of what a restore would lose: metrics history, epoch results, abandoned counts."""
-  return copy.deepcopy({k: meta.get(k) for k in ("metrics_history", "results_by_length", "abandoned")})
+def history(run) -> dict:
+  """Deep copy of what a restore would lose: metrics history, epoch results, abandoned counts.
+
+  Args:
+    run: the trainer's `run_state.RunState`.
+  """
+  return copy.deepcopy({k: getattr(run, k) for k in ("metrics_history", "results_by_length", "abandoned")})
 
 
 def _grad_moments(g: dict | None) -> tuple[int, float, float]:
@@ -74,17 +78,17 @@ def combine(a: dict, b: dict | None) -> dict:
   return out
 
 
-def keep(meta: dict, kept: dict, key: str, at_detection: dict, restored: dict) -> None:
+def keep(run, kept: dict, key: str, at_detection: dict, restored: dict) -> None:
   """After a recovery's restore: puts back the kept history and adds the abandoned segment.
 
   Args:
-    meta: the trainer's meta, as restored from the checkpoint (modified in place).
-    kept: `history(meta)` taken before the restore.
+    run: the trainer's `run_state.RunState`, as restored from the checkpoint (modified in place).
+    kept: `history(run)` taken before the restore.
     key: the length, str(N).
     at_detection, restored: the length's monitor summaries before and after the restore.
   """
-  meta["metrics_history"] = kept["metrics_history"] or []
-  meta["results_by_length"] = kept["results_by_length"] or {}
+  run.metrics_history = kept["metrics_history"] or []
+  run.results_by_length = kept["results_by_length"] or {}
   abandoned = dict(kept["abandoned"] or {})
   abandoned[key] = combine(segment(at_detection, restored), abandoned.get(key))
-  meta["abandoned"] = abandoned
+  run.abandoned = abandoned

@@ -1,15 +1,15 @@
-"""Command-line plumbing shared by the scripts: config files, `--config.a.b=value` overrides,
-the reference `train_long_context.py` flags, and one-line errors (exit status 2)."""
+"""Command-line plumbing shared by the scripts: config files, `--config.a.b=value` overrides and
+the reference `train_long_context.py` flags (their errors are one-line `ConfigError`s; the
+scripts' guard is bk_jax.runtime.errors.one_line_errors)."""
 
 from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import importlib.util
 import os
 import sys
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import ml_collections
 
@@ -175,25 +175,6 @@ def parse_config_args(argv: Sequence[str], default_config: str | None = None) ->
   return config, rest
 
 
-@contextlib.contextmanager
-def one_line_errors(prog: str) -> Iterator[None]:
-  """Config and data errors become `<prog>: error: <message>` on stderr and exit status 2."""
-  from bk_jax.data import DataError
-  from bk_jax.train.rundir import EXIT_BAD_INPUT, EXIT_BUSY, RunDirBusy
-
-  try:
-    yield
-  except (ConfigError, DataError) as e:
-    print(f"{prog}: error: {e}", file=sys.stderr)
-    raise SystemExit(EXIT_BAD_INPUT) from None
-  except RunDirBusy as e:
-    print(f"{prog}: error: {e}", file=sys.stderr)
-    raise SystemExit(EXIT_BUSY) from None
-  except KeyboardInterrupt:  # Ctrl-C before training started (later ones save and exit 3)
-    print(f"{prog}: interrupted", file=sys.stderr)
-    raise SystemExit(130) from None
-
-
 # ------------------------------------------------------------------ the reference CLI
 #: reference flag -> config field (README "Reference CLI").
 REFERENCE_FLAGS = {
@@ -213,8 +194,8 @@ REFERENCE_FLAGS = {
 
 def reference_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      description="Long-context training for ResNet-BK (reference CLI; unspecified flags keep "
-                  "the values of --config, default configs/base.py)")
+      description="Long-context training (reference CLI; unspecified flags keep the values of "
+                  "--config, default configs/base.py)")
   add_config_help(p, "configs/base.py")
   add = p.add_argument
   for name in ("d_model", "n_layers", "n_heads", "d_ff", "seq_len", "batch_size", "epochs",
@@ -232,9 +213,21 @@ def reference_parser() -> argparse.ArgumentParser:
   return p
 
 
-def reference_config(argv: Sequence[str]) -> ml_collections.ConfigDict:
-  """Config from the reference flags (plus optional --config / --config.a.b overrides)."""
-  config, rest = parse_config_args(argv, default_config=DEFAULT_CONFIG)
+def reference_config(argv: Sequence[str], *, model_kind: str | None = None) -> ml_collections.ConfigDict:
+  """Config from the reference flags (plus optional --config / --config.a.b overrides).
+
+  Args:
+    argv: the command line.
+    model_kind: the kind the script trains (scripts/train_mamba_baseline.py: "mamba"), set
+      after --config FILE is read and before the flags and --config.a.b overrides; None keeps
+      the config's.
+  """
+  path, overrides, rest = split_config_args(argv, DEFAULT_CONFIG)
+  config = load_config(path)
+  if model_kind is not None:
+    config.model.kind = model_kind
+  for key, val in overrides:
+    apply_override(config, key, val)
   parser = reference_parser()
   args = parser.parse_args(rest)
   if args.sequence_lengths is not None and not args.multi_length and not config.train.multi_length:

@@ -38,16 +38,16 @@ class Console:
       print(msg, flush=True)
 
   def step_line(self, rec: dict) -> None:
-    """One training record of the metric writer (namespaced keys)."""
+    """One training record of the metric writer (`metrics.LongContextMetrics.record`)."""
     mem = headline(rec)
-    line = (f"Step {rec['step']:6d} | Loss: {rec['train/loss']:.4f} | "
-            f"PPL: {rec['train/perplexity']:.2f} | Grad: {rec['train/grad_norm']:.2f}")
+    line = (f"Step {rec['step']:6d} | Loss: {rec['loss']:.4f} | "
+            f"PPL: {rec['perplexity']:.2f} | Grad: {rec['gradient_norm']:.2f}")
     if mem is not None:
       line += f" | Mem: {mem[1]:.2f}GB {LABEL[mem[0]]}"
-    if rec["train/is_spike"]:
-      line += f" | SPIKE {rec['train/spike_ratio']:.2f}x"
-    if rec["train/is_nan"] or rec["train/is_inf"]:
-      line += f" | {'NaN' if rec['train/is_nan'] else 'Inf'} (update skipped)"
+    if rec["is_spike"]:
+      line += f" | SPIKE {rec['spike_ratio']:.2f}x"
+    if rec["is_nan"] or rec["is_inf"]:
+      line += f" | {'NaN' if rec['is_nan'] else 'Inf'} (update skipped)"
     self.print(line)
 
   def eval_line(self, rec: dict) -> None:

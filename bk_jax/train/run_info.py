@@ -19,14 +19,15 @@ import sys
 
 import jax
 
+from bk_jax.data.pipeline import shuffle_seed
 from bk_jax.runtime.provenance import machine
 
 #: Version of the results-JSON layout (README "Results file"); bump on any incompatible change.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: The units of every figure in the results JSON, stated once.
 UNITS = {
-    "time": "seconds (step_time, epoch_time, perf/step_time); timestamps are UTC ISO 8601",
+    "time": "seconds (step_time, epoch_time, perf/compile_s); timestamps are UTC ISO 8601",
     "memory": "GB = 1e9 bytes",
     "loss": "nats per token (natural-log cross entropy, mask-weighted mean)",
     "perplexity": "exp(loss in nats per token)",
@@ -38,10 +39,27 @@ UNITS = {
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy",
              "ml_collections", "tensorboardX", "tensorboard")
 
-#: How the trainer seeds the grain shuffle of the training split (bk_jax.data.pipeline._mix_seed).
+#: How the trainer seeds the grain shuffle of the training split (bk_jax.data.pipeline.shuffle_seed).
 SHUFFLE_SEED_FORMULA = ("grain MapDataset.shuffle(seed=(config.seed * 0x9E3779B1 + 0x7F4A7C15) "
                         "mod 2**31) over the windows of the process shard; epoch e reshuffles "
                         "with seed + e (repeat(reseed_each_epoch=True))")
+
+
+def iterator_info(cfg, plan, data_identity: dict) -> dict:
+  """What rebuilds the training pipeline of one length (stored in every checkpoint's meta).
+
+  Args:
+    cfg: the run config.
+    plan: the length's `schedule.LengthPlan`.
+    data_identity: `bk_jax.data.identity.corpus_identity` of cfg.data.
+  """
+  ident = data_identity
+  return dict(split="train", seq_len=plan.seq_len, batch_size=plan.batch_size, seed=int(cfg.seed),
+              grain_shuffle_seed=shuffle_seed(int(cfg.seed)), shuffle_seed_formula=SHUFFLE_SEED_FORMULA,
+              process_index=jax.process_index(), process_count=jax.process_count(),
+              cache_key=ident.get("cache_key"), cache_entry=ident.get("cache_entry"),
+              split_tokens=ident.get("split_tokens", {}).get("train"), dtype=ident.get("dtype"),
+              data=cfg.data.to_dict())
 
 
 def utc_now() -> str:

@@ -1,12 +1,8 @@
-"""The run directory: its exclusive trainer lock, the exit statuses of the training scripts,
-and the checks on `save_dir` itself.
+"""The run directory: its exclusive trainer lock, the checks on `save_dir` itself, and what it
+keeps when a fault stops the run (`stopped_by`).
 
-Exit statuses of scripts/train.py and scripts/train_long_context.py (README "Resuming"):
-
-  0  finished (every planned length trained or marked DIVERGED)
-  2  bad input: config, data or checkpoint mismatch (one line `<prog>: error: ...`)
-  3  interrupted by SIGTERM or SIGINT (Ctrl-C): a checkpoint was saved; rerun to resume
-  4  the run directory is in use by another trainer (its lock is held)
+The exit statuses of the training scripts are listed in bk_jax.runtime.errors (and, with what
+to do about each, in docs/guides/faults.md).
 
 The lock is `save_dir/trainer.lock`, an advisory `fcntl.flock` taken by process 0 for the whole
 run. The operating system drops it when the process exits in any way (crash, SIGKILL included),
@@ -21,21 +17,21 @@ import fcntl
 import os
 import socket
 
+from bk_jax.runtime.errors import RunDirBusy, StorageError
+from bk_jax.runtime.faults import check_writable, describe, storage_cause
+from bk_jax.runtime.interrupts import Interrupted
 from bk_jax.train.config_validation import ConfigError
-
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 3
-EXIT_BUSY = 4
 
 LOCK_NAME = "trainer.lock"
 
 
-class RunDirBusy(RuntimeError):
-  """Another trainer holds the run directory's lock; scripts exit with EXIT_BUSY."""
-
-
 def check_save_dir(save_dir: str) -> str:
-  """Absolute save_dir; ConfigError (one line) when it exists and is not a directory."""
+  """Absolute save_dir, checked before anything is built.
+
+  Raises:
+    ConfigError: it (or a parent) exists and is not a directory.
+    StorageError: nothing can be written there (read-only file system, no permission).
+  """
   path = os.path.abspath(save_dir)
   if os.path.exists(path) and not os.path.isdir(path):
     raise ConfigError(f"save_dir {path} exists and is not a directory; choose another "
@@ -45,6 +41,10 @@ def check_save_dir(save_dir: str) -> str:
     parent = os.path.dirname(parent)
   if parent and not os.path.isdir(parent):
     raise ConfigError(f"save_dir {path}: {parent} is a file, not a directory")
+  try:
+    check_writable(path)
+  except StorageError as e:
+    raise StorageError(f"save_dir {e}; choose another --config.save_dir or make it writable") from None
   return path
 
 
@@ -56,12 +56,22 @@ class RunDirLock:
 
   Raises:
     RunDirBusy: another process holds the lock; the message names its pid, host and start time.
+    StorageError: the lock file cannot be created (read-only file system, no permission).
   """
 
   def __init__(self, save_dir: str):
+    self._fd = None
     self.path = os.path.join(check_save_dir(save_dir), LOCK_NAME)
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      os.makedirs(os.path.dirname(self.path), exist_ok=True)
+      self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+      cause = storage_cause(e)
+      if cause is None:
+        raise
+      raise StorageError(f"save_dir {os.path.dirname(self.path)} is not writable: {cause} "
+                         f"({self.path}); choose another --config.save_dir or make it "
+                         f"writable") from None
     try:
       fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -93,3 +103,36 @@ class RunDirLock:
 
   def __del__(self):  # a Trainer that failed half-built must not keep the directory locked
     self.release()
+
+
+def stopped_by(e: BaseException, *, save_dir: str, kept: list[int], step: int,
+               stop_requested: bool, finished: bool) -> BaseException | None:
+  """The one-line error that ends a run at fault `e`, saying what the run directory keeps.
+
+  Args:
+    e: what stopped the run.
+    save_dir: the run directory.
+    kept: its committed periodic checkpoint steps.
+    step: the step the run had reached.
+    stop_requested: a SIGTERM/SIGINT was being acted on (so an `Interrupted` is the second one).
+    finished: every length was trained (only the final writes remained).
+
+  Returns:
+    `Interrupted` or `StorageError` with the line, or None when `e` is not a signal or a
+    refused write.
+  """
+  keeps = f"the run directory keeps checkpoint step {kept[-1]}" if kept else "no checkpoint was written yet"
+  if isinstance(e, Interrupted):
+    when = ("again while stopping" if stop_requested  # a second Ctrl-C
+            else "before the first training step")  # before the trainer's handler took over
+    return Interrupted(e.signal_name, f"interrupted by {e.signal_name} {when} at step {step}; "
+                                      f"{keeps}; rerun to resume")
+  cause = storage_cause(e)
+  if cause is None:
+    return None
+  write = e.write if isinstance(e, StorageError) and e.write else (cause, "the run directory",
+                                                                   save_dir, None)
+  fix = "free space" if "no space" in cause or "quota" in cause else "make the run directory writable"
+  todo = (f"training finished and checkpoint_final is saved: {fix} and rerun to write the results"
+          if finished else f"{keeps}: {fix} and rerun to resume")
+  return StorageError(f"{describe(*write)}; {todo}")  # described now: the free space is current

@@ -47,12 +47,13 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr_schedule: Cal
   """Returns the pure `train_step(state, batch) -> (state, metrics)`.
 
   batch: dict(inputs int32 (B, N), targets int32 (B, N), mask float32 (B, N)).
-  metrics (device scalars, namespaced): train/loss (mask-weighted CE), train/perplexity,
-  train/grad_norm (pre-clip), train/param_norm (after the update), train/learning_rate,
-  train/is_nan, train/is_inf, train/is_spike, train/spike_ratio, train/spike_count and
-  train/skipped_steps (so far in this length), train/aux_loss (MoE only), every model aux
-  figure ("bk/..." with monitors on, "moe/..." with the MoE), and the loop's control flags
-  control/finite, control/diverged (not logged).
+  metrics (device scalars) under the seed's names (`metrics.LongContextMetrics`): loss
+  (mask-weighted CE), perplexity, gradient_norm (pre-clip), learning_rate, is_nan, is_inf,
+  is_spike, spike_ratio, spike_count (so far in this length); under namespaces the figures the
+  seed does not define: train/param_norm (after the update), train/skipped_steps (so far in this
+  length), train/aux_loss (MoE only), every model aux figure ("bk/..." with monitors on,
+  "moe/..." with the MoE); and the loop's control flags control/finite, control/diverged (not
+  logged).
   A non-finite loss or gradient leaves params and optimizer state unchanged (counted in
   monitors.*.skipped). With `train.grad_accum_steps` = k > 1 the batch is split into k
   microbatches inside the step (lax.scan): one optimizer update from the summed, mask-weighted
@@ -130,13 +131,13 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr_schedule: Cal
         step=state.step + 1,
         monitors=monitors,
     )
-    # One metric path (README "TensorBoard layout"): namespaced scalars, written unrenamed by
-    # bk_jax.train.metrics.MetricWriter; a feature that is off contributes no key.
-    metrics = {"train/loss": ce, "train/perplexity": jnp.exp(ce), "train/grad_norm": grad_norm,
-               "train/param_norm": optax.tree.norm(new_state.params), "train/learning_rate": lr,
-               "train/is_nan": flags["is_nan"], "train/is_inf": flags["is_inf"],
-               "train/is_spike": flags["is_spike"], "train/spike_ratio": flags["spike_ratio"],
-               "train/spike_count": monitors.length.spikes,
+    # One metric path (bk_jax.train.metrics): the seed's names, other figures namespaced; a
+    # feature that is off contributes no key.
+    metrics = {"loss": ce, "perplexity": jnp.exp(ce), "gradient_norm": grad_norm,
+               "learning_rate": lr, "is_nan": flags["is_nan"], "is_inf": flags["is_inf"],
+               "is_spike": flags["is_spike"], "spike_ratio": flags["spike_ratio"],
+               "spike_count": monitors.length.spikes,
+               "train/param_norm": optax.tree.norm(new_state.params),
                "train/skipped_steps": monitors.length.skipped}
     for k, v in aux.items():
       if k != "aux_loss":

@@ -108,8 +108,8 @@ class Validator:
   def enabled(self) -> bool:
     return self.every > 0
 
-  def due(self, gstep: int, seq_len: int) -> bool:
-    return seq_len in self.batch_size and gstep % self.every == 0
+  def due(self, step: int, seq_len: int) -> bool:
+    return seq_len in self.batch_size and step % self.every == 0
 
   def active(self, seq_len: int) -> bool:
     return seq_len in self.batch_size
