@@ -29,7 +29,7 @@ Speed: one jitted AdamW step per variant (bk_jax.reports.throughput.bench_one; s
 scripts/benchmark.py): median step time, tokens/s, XLA peak memory, ratio to base measured in
 the same run. Quality (when --quality_steps > 0): `--quality_steps` training steps on char-level
 Tiny Shakespeare through bk_jax.train.loop.run and the validation loss of the final checkpoint.
-Outputs: ablations.json, ablations.md, ablations.png under --out (default results/ablations/).
+Outputs: ablations.json, ablations.md, ablations.png under --out (default results/block_variants/ablations/).
 
   python scripts/ablations.py --n 2048 --quality_steps 300
   python scripts/ablations.py --quick
@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
     args.only = args.only or "base,bs_monitors,heads_4"
     args.quality_steps = min(args.quality_steps, 3)
     args.quality_len, args.quality_batch, args.eval_tokens = 16, 2, 64
-  out = common.out_dir(args.out, "ablations", args.quick)
+  out = common.out_dir(args.out, "block_variants/ablations", args.quick)
   todo = ablations.plan_rows([int(h) for h in args.heads.split(",") if h],
                              args.only.split(",") if args.only else None, args.baselines.split(","))
   return ablations.run_ablations(

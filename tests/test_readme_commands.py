@@ -97,7 +97,7 @@ def _plan_memory(args):
   return Reduced(("scripts/plan_memory.py", *args, "--config.model.d_model=64",
                   "--config.model.n_layers=2", "--config.model.n_heads=4", "--config.model.d_ff=128",
                   "--config.model.transformer.n_heads=2", "--config.train.tokens_per_batch=4096",
-                  "--seq_len", "1024", "--max_devices", "8", "--out", "results/plan_memory"), slow=True)
+                  "--seq_len", "1024", "--max_devices", "8", "--out", "results/scaling/memory_plan"), slow=True)
 
 
 def _train_long_context(args):
@@ -125,7 +125,7 @@ def _quality_anchor(args):
     return Reduced(("scripts/quality_anchor.py", *args))
   # its own --out: the merge example's input JSONs in the scratch results/ stay the committed ones
   return Reduced(("scripts/quality_anchor.py", *args, "--quick", "--kinds", "resnet_bk",
-                  "--out", "results/quality_anchor_reduced"), slow=True)
+                  "--out", "results/quality/quality_anchor_reduced"), slow=True)
 
 
 def _pytest(args):
@@ -320,9 +320,9 @@ def workspace(tmp_path_factory):
   w = tmp_path_factory.mktemp("readme")
   for d in ("configs", "scripts", "bk_jax", "tests"):
     os.symlink(os.path.join(ROOT, d), w / d)
-  qa = w / "results" / "quality_anchor_600s"
+  qa = w / "results" / "quality" / "equal_time_600s"
   qa.mkdir(parents=True)
-  for f in glob.glob(os.path.join(ROOT, "results", "quality_anchor_600s", "*.json")):
+  for f in glob.glob(os.path.join(ROOT, "results", "quality", "equal_time_600s", "*.json")):
     shutil.copy(f, qa)
   return w
 
