@@ -7,7 +7,7 @@ Variants (everything else = the base ResNet-BK of --d_model/--n_layers/--n_heads
   moe_scattering            use_moe=True, router="scattering" (parameter-free)
   moe_learned               use_moe=True, router="learned" (top-k + balance loss)
   heads_H                   n_heads=H for every H in --heads
-  issue-14 block variants (bk_jax.models.bk_mixers; DESIGN §2.9, §2.10):
+  block variants (bk_jax.models.bk_mixers; DESIGN §2.9, §2.10):
   conv                      bk_conv=True (width-4 causal depthwise conv + SiLU on the block input)
   gate                      bk_gate=True (mixer output times SiLU of a projection of the input)
   conv_gate                 conv + gate on the seed's eta*g features
@@ -33,7 +33,7 @@ Outputs: ablations.json, ablations.md, ablations.png under --out (default result
 
   python scripts/ablations.py --n 2048 --quality_steps 300
   python scripts/ablations.py --quick
-  # issue 14: equal tokens for every row (--quality_tokens sets the steps), with baselines
+  # equal tokens for every row (--quality_tokens sets the steps), with baselines
   python scripts/ablations.py --only base,conv,gate,sel_shift,sel_coupling,green,green_conv_gate \
       --baselines mamba,transformer --quality_tokens 1000000 --n 2048
 """

@@ -7,7 +7,7 @@ and equal tokens per step (B = max(1, T // N)). Each cell is one jitted AdamW st
 MFU = model FLOP/s (XLA's cost analysis of the step, and 6·params·tokens) over a float32 matmul
 peak measured on this machine in the same run. Writes benchmark.json, benchmark.md and
 benchmark.png (tokens/s and memory against N) under --out (default results/speed_cpu/benchmark/), prints
-PASS/FAIL for the issue-3 targets the grid allows (also in benchmark.json "checks"), and with
+PASS/FAIL for the speed and memory targets the grid allows (also in benchmark.json "checks"), and with
 `--json FILE` also writes {"rows", "checks"} to FILE (scripts/bench_models.py is an alias).
 
   python scripts/benchmark.py                                     # 2k ... 131k, 131,072 tokens/step

@@ -48,7 +48,7 @@ VARIANTS = {
     "moe_scattering": dict(use_moe=True, router="scattering"),
     "moe_learned": dict(use_moe=True, router="learned"),
 }
-# the default run covers the two failures of issue 12 (nnx.remat in the layer loop, nnx.remat
+# the default run covers the two cases that once failed (nnx.remat in the layer loop, nnx.remat
 # inside nnx.scan over stacked layers); every other run is marked slow
 FAST_VARIANTS = ("remat_full", "scan_layers_remat_full")
 

@@ -1,4 +1,4 @@
-"""Bad input and faults of the trainer (issue 16, "Bad input and faults"): damaged checkpoints,
+"""Bad input and faults of the trainer: damaged checkpoints,
 two trainers on one run directory, divergence records, missing devices, Ctrl-C / SIGTERM exit
 statuses, shape changes, ignored settings and the smaller one-line errors.
 
@@ -263,7 +263,7 @@ def test_sigterm_exits_3_and_lock_is_released_by_a_crash(corpus, tmp_path):
 # ------------------------------------------------------------------ 3. divergence record
 @pytest.fixture(scope="module")
 def diverged_run(corpus, tmp_path_factory):
-  """The issue's reproduction, shrunk: NaN gradients at steps 3-5, patience 2, one retry."""
+  """A divergence, shrunk: NaN gradients at steps 3-5, patience 2, one retry."""
   save = str(tmp_path_factory.mktemp("nf") / "run")
   cfg = tiny_config(save, *corpus, steps=20)
   cfg.checkpoint.every_steps = 5

@@ -2,7 +2,7 @@
 
 Each cell is `throughput.bench_one` (one jitted AdamW step; median, min and max of the timed
 steps; XLA's peak memory); MFU is taken against the better of two float32 matmul peaks measured
-before and after the grid. `target_checks` evaluates the issue-3 targets on the rows.
+before and after the grid. `target_checks` evaluates the speed and memory targets on the rows.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def table_row(r: dict) -> list:
 
 
 def target_checks(rows: list[dict], lengths: list[int]) -> list[dict]:
-  """The issue-3 targets that the measured cells allow to check.
+  """The speed and memory targets that the measured cells allow to check.
 
   resnet_bk tokens/s at 131k >= 0.8x at 2k; peak bytes/token at 131k <= 1.3x at 8k;
   resnet_bk >= 3x transformer tokens/s at 8k and >= mamba tokens/s at every N.
