@@ -6,8 +6,9 @@ best checkpoint kept. README's first command.
 
 Cost:
   CPU: about 220 CPU-seconds (user 168 s + system 50 s by /usr/bin/time -v, token cache already
-       built, 2026-11-27), i.e. roughly 2 to 4 minutes of wall time on an idle 2-core CPU; peak
-       RSS 0.76 GB over its first 6 steps (2026-12-03).
+       built, 2026-11-27), i.e. roughly 2 to 4 minutes of wall time on an idle 2-core CPU
+       (13 minutes on the same CPU shared with other jobs, load average ~6, 2026-12-03); peak
+       RSS 0.84 GB.
   GPU: not measured.
 """
 from configs import base

@@ -37,7 +37,7 @@ TAILN=6 stage gpu_tests 60 python3 -m pytest -q -rs -p no:cacheprovider \
 # 1-3. three jobs side by side on the one GPU (tiny models use a sliver of it; their
 #    figures are losses and accuracies, and the step times they print are labelled as shared):
 #    (1) equal tokens (4M) on Tiny Shakespeare, one seed: the keyed Green mixer, Green+conv+gate,
-#    the seed block, Mamba and the Transformer at matched parameters; (2, 3) induction heads
+#    the default block, Mamba and the Transformer at matched parameters; (2, 3) induction heads
 #    trained at 256 (Mamba's paper model: 2 layers, d_model 64, no weight decay), accuracy
 #    streamed at 2^6 ... 2^16: Mamba (the harness check) and the keyed BK variant.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
