@@ -35,7 +35,8 @@ PATTERNS = [
                       r"experiments|ablations))\b"),
     ("landed", r"landed|landing (of|the) (change|work|branch)"),
     ("session", r"\bsessions?\b"),
-    ("dated note", r"\b(early|mid|late)[- ]20\d\d\b|\bas of (20\d\d|today|now)\b"),
+    ("dated note", r"\b(early|mid|late)[- ]20\d\d\b|\bas of (20\d\d|today|now)\b|\b(until|since|"
+                   r"before|after|in|from) (jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.? 20\d\d\b"),
     ("look-up remark", r"\bas recalled\b|\bsearch tool\b|\b(did not|didn't) return the "
                        r"(paper|text|appendix|abstract)\b"),
     ("branch history", r"\bthis branch\b|\bmerged (code|main|branch)\b|\b(before|after) "
@@ -87,13 +88,14 @@ def test_patterns_catch_process_words_and_spare_english():
             "Fourth round: memory", "after the third round", "in this round", "round 2 of review",
             "LANDED_DEFAULT", "the landed default", "One lent H200 session", "late-2026 APIs",
             "as recalled: the search tool did not return the appendix text", "before this branch",
-            "rerun on the merged code", "the issue's 1.5x bound", "this PR"]
+            "rerun on the merged code", "the issue's 1.5x bound", "this PR", "Until Nov 2026 this test"]
   for s in caught:
     assert hits(s), s
   spared = ["rounding to 4 digits", "no host round trip per token", "around 2k tokens",
             "round(x, 2)", "this raises an issue", "a tissue", "color #1f77b4", "items[#]",
             "expression", "issued", "the branch taken by lax.cond", "the merge of two JSONs",
-            "experiment / session records", "Roundup", "a landing page", "f'{x:#04x}'"]
+            "experiment / session records", "Roundup", "a landing page", "f'{x:#04x}'",
+            "CPU, 2026-11-27", "in 2026-12-03's run"]
   for s in spared:
     assert not hits(s), (s, hits(s))
 

@@ -195,7 +195,7 @@ def one_line_errors(prog: str) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------ the reference CLI
-#: reference flag -> config field (README "Reference CLI").
+#: reference flag -> config field (docs/guides/training.md, "The reference CLI").
 REFERENCE_FLAGS = {
     "seq_len": "train.seq_len", "multi_length": "train.multi_length",
     "sequence_lengths": "train.sequence_lengths", "epochs": "train.epochs",

@@ -1,4 +1,4 @@
-"""The results file `save_dir/long_context_results.json` (layout: README "Results file")."""
+"""The results file `save_dir/long_context_results.json` (layout: docs/guides/tensorboard.md)."""
 
 from __future__ import annotations
 

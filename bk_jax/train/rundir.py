@@ -1,7 +1,7 @@
 """The run directory: its exclusive trainer lock, the exit statuses of the training scripts,
 and the checks on `save_dir` itself.
 
-Exit statuses of scripts/train.py and scripts/train_long_context.py (README "Resuming"):
+Exit statuses of scripts/train.py and scripts/train_long_context.py (docs/guides/faults.md):
 
   0  finished (every planned length trained or marked DIVERGED)
   2  bad input: config, data or checkpoint mismatch (one line `<prog>: error: ...`)

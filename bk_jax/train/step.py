@@ -130,7 +130,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr_schedule: Cal
         step=state.step + 1,
         monitors=monitors,
     )
-    # One metric path (README "TensorBoard layout"): namespaced scalars, written unrenamed by
+    # One metric path (docs/guides/tensorboard.md): namespaced scalars, written unrenamed by
     # bk_jax.train.metrics.MetricWriter; a feature that is off contributes no key.
     metrics = {"train/loss": ce, "train/perplexity": jnp.exp(ce), "train/grad_norm": grad_norm,
                "train/param_norm": optax.tree.norm(new_state.params), "train/learning_rate": lr,
