@@ -7,18 +7,25 @@ carries the parameters, as in a Transformer without attention), BPE vocabulary o
 trained tokenizer, which is at most data.vocab_size). Parameter count (eval_shape, nothing
 allocated, `bk_jax.models.count_params`): 1,150,687,744 (tests/test_scale_configs.py).
 
-Precision (mixed, README "Scaling up"): parameters, gradients and AdamW moments in float32
+Precision (mixed, docs/guides/scaling.md): parameters, gradients and AdamW moments in float32
 (model.param_dtype); matmuls and activations in bfloat16 (model.dtype); potentials, the
 resolvent recurrence (complex64), RMSNorm statistics, logits and the loss in float32.
 
 Mesh: data=1, fsdp=8, tensor=1, sequence=1 (ZeRO-3 over the 8 GPUs of a node; one 131k
 sequence per GPU). Several nodes: raise mesh.data (or let data=-1 take them).
-Memory: `python scripts/plan_memory.py --config configs/bk_1b.py` plans 62.91 GiB per device at
-131k on this mesh (80 GB = 74.51 GiB: fits; results/plan_memory/, README "Scaling up").
 
 Lengths: two stages in one run (train.multi_length), 32768 then 131072 tokens per sequence, at
 a constant 1,048,576 tokens per optimizer step (32 x 32k, then 8 x 131k sequences); select one
 length with --config.train.multi_length=False --config.train.seq_len=131072.
+
+  python scripts/train.py --config configs/bk_1b.py --config.data.path=/data/wikitext-103
+
+Cost:
+  CPU: not runnable (1.15B parameters at 131k tokens per sequence need the 8-GPU mesh).
+  GPU: not run. Memory planned by XLA for this mesh (`python scripts/plan_memory.py --config
+       configs/bk_1b.py --mesh data=1,fsdp=8,tensor=1,sequence=1 --device_memory_gb 80`,
+       2026-11-27): 62.91 GiB per device at 131k, fits 80 GB (74.51 GiB); MFU upper bound 62.7%
+       on H100s (results/scaling/memory_plan/). Time per step not measured.
 """
 from configs import base
 

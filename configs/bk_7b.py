@@ -7,13 +7,24 @@ and loss.
 
 Mesh: data=-1 (the devices left over), fsdp=16, sequence=2: 32 GPUs (4 nodes of 8), the smallest
 mesh on which the 131k step fits in 80 GB per device according to
-`python scripts/plan_memory.py --config configs/bk_7b.py --find_min_mesh` (results/plan_memory/;
-8 and 16 devices do not fit). f32 parameters + gradients + two AdamW moments are 16 bytes x 7B =
-112 GB before activations; fsdp=16 leaves 7 GB of that per device, and the sequence axis halves
+`python scripts/plan_memory.py --config configs/bk_7b.py --find_min_mesh` (8 and 16 devices do
+not fit). f32 parameters + gradients + two AdamW moments are 16 bytes x 7B = 112 GB before
+activations; fsdp=16 leaves 7 GB of that per device, and the sequence axis halves
 the activations of the one 131k sequence each fsdp group holds (16 sequences per step).
 
 Lengths: 32768 then 131072 tokens per sequence at 2,097,152 tokens per optimizer step
 (64 x 32k, then 16 x 131k sequences).
+
+  python scripts/train.py --config configs/bk_7b.py --config.data.path=/data/wikitext-103
+
+on each of the 4 nodes, with JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set
+(docs/guides/scaling.md, "Several processes").
+
+Cost:
+  CPU: not runnable.
+  GPU: not run. Memory planned by XLA (2026-11-27, results/scaling/memory_plan/): 66.13 GiB per
+       device on 32 GPUs (fsdp 16 x sequence 2), 122.86 GiB on 16 and 245.70 GiB on 8; MFU upper
+       bound 85.7% on H100s. Time per step not measured.
 """
 from configs import bk_1b
 

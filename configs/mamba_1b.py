@@ -1,5 +1,11 @@
 """Mamba baseline with the parameter count of configs/bk_1b.py (same width, vocabulary, data,
-precision, mesh and lengths; depth chosen to match, checked by tests/test_scale_configs.py)."""
+precision, mesh and lengths; depth chosen to match, checked by tests/test_scale_configs.py).
+
+  python scripts/train.py --config configs/mamba_1b.py --config.data.path=/data/wikitext-103
+
+Cost: not measured (CPU: not runnable at this size; GPU: not run, and no memory plan made; the
+mesh and lengths are those of configs/bk_1b.py).
+"""
 from configs import bk_1b
 
 N_LAYERS = 38  # Mamba block: in/out projections 3 x expand x d_model^2

@@ -1,6 +1,12 @@
 """Transformer baseline with the parameter count of configs/bk_1b.py (same width, depth,
 vocabulary, data, precision, mesh and lengths; attention 4 x d_model^2 per block, so the FFN is
-narrower; checked by tests/test_scale_configs.py)."""
+narrower; checked by tests/test_scale_configs.py).
+
+  python scripts/train.py --config configs/transformer_1b.py --config.data.path=/data/wikitext-103
+
+Cost: not measured (CPU: not runnable at this size; GPU: not run, and no memory plan made; the
+mesh and lengths are those of configs/bk_1b.py).
+"""
 from configs import bk_1b
 
 D_FF = 6144

@@ -7,7 +7,7 @@ Variants (everything else = the base ResNet-BK of --d_model/--n_layers/--n_heads
   moe_scattering            use_moe=True, router="scattering" (parameter-free)
   moe_learned               use_moe=True, router="learned" (top-k + balance loss)
   heads_H                   n_heads=H for every H in --heads
-  issue-14 block variants (bk_jax.models.bk_mixers; DESIGN §2.9, §2.10):
+  block variants (bk_jax.models.bk_mixers; DESIGN §2.9, §2.10):
   conv                      bk_conv=True (width-4 causal depthwise conv + SiLU on the block input)
   gate                      bk_gate=True (mixer output times SiLU of a projection of the input)
   conv_gate                 conv + gate on the seed's eta*g features
@@ -29,11 +29,11 @@ Speed: one jitted AdamW step per variant (bk_jax.reports.throughput.bench_one; s
 scripts/benchmark.py): median step time, tokens/s, XLA peak memory, ratio to base measured in
 the same run. Quality (when --quality_steps > 0): `--quality_steps` training steps on char-level
 Tiny Shakespeare through bk_jax.train.loop.run and the validation loss of the final checkpoint.
-Outputs: ablations.json, ablations.md, ablations.png under --out (default results/ablations/).
+Outputs: ablations.json, ablations.md, ablations.png under --out (default results/block_variants/ablations/).
 
   python scripts/ablations.py --n 2048 --quality_steps 300
   python scripts/ablations.py --quick
-  # issue 14: equal tokens for every row (--quality_tokens sets the steps), with baselines
+  # equal tokens for every row (--quality_tokens sets the steps), with baselines
   python scripts/ablations.py --only base,conv,gate,sel_shift,sel_coupling,green,green_conv_gate \
       --baselines mamba,transformer --quality_tokens 1000000 --n 2048
 """
@@ -85,7 +85,7 @@ def main(argv=None) -> dict:
                                args.only.split(",") if args.only else None, args.baselines.split(","))
   except ValueError as e:
     ap.error(str(e))
-  out = common.out_dir(args.out, "ablations", args.quick)
+  out = common.out_dir(args.out, "block_variants/ablations", args.quick)
   return ablations.run_ablations(
       todo, n=args.n, tokens_per_step=args.tokens_per_step, repeats=args.repeats,
       d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,

@@ -4,7 +4,7 @@
 Usage::
 
     python scripts/bench_data.py [--dataset pystdlib] [--path P] [--tokens_per_batch 65536]
-                                 [--out results/bench_data.json]
+                                 [--out results/speed_cpu/data_pipeline/bench_data.json]
 
 Prints a table (median of repeats) and writes the numbers as JSON to --out.
 """
@@ -32,7 +32,7 @@ def main() -> None:
   ap.add_argument("--batches", type=int, default=20)
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--no_step", action="store_true", help="skip the toy JAX step comparison")
-  ap.add_argument("--out", default="results/bench_data.json")
+  ap.add_argument("--out", default="results/speed_cpu/data_pipeline/bench_data.json")
   args = ap.parse_args()
 
   cfg = default_data_config()

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
   parser.add_argument("--op", choices=("diag", "green"), default="diag",
                       help="causal_diag, or causal_green with d values per head")
   parser.add_argument("--d", type=int, default=8, help="values per head for --op green")
-  parser.add_argument("--out", default="results/bench_ops.json")
+  parser.add_argument("--out", default="results/speed_cpu/ops/bench_ops.json")
   args = parser.parse_args(argv)
   if args.quick:
     args.lengths, args.heads, args.repeats = "256,1024", "4", 2

@@ -1,11 +1,11 @@
 """Step time and per-device memory of the sharded train step on fake CPU devices.
 
-    python scripts/bench_sharding.py                       # README's table: N = 131,072, 4 rows
+    python scripts/bench_sharding.py                       # docs/results.md's table: N = 131,072, 4 rows
     python scripts/bench_sharding.py --seq_len 8192 --meshes 1,1,1,8 2,1,1,4 --batch 8
 
 A row is `MESH[:BATCH]`: MESH is `data,fsdp,tensor,sequence` over all the fake devices, or `1dev`
 (one device, no sharding); BATCH is that row's global batch (default --batch). The default rows
-are README's: batch 8 on (1,1,1,8) and (8,1,1,1), batch 1 on (1,1,1,8) and on one device.
+are those of docs/results.md: batch 8 on (1,1,1,8) and (8,1,1,1), batch 1 on (1,1,1,8) and on one device.
 Per mesh (data, fsdp, tensor, sequence) it builds a tiny ResNet-BK LM, creates the sharded
 state, compiles the jitted train step and prints the XLA memory analysis of the compiled step
 (per device: arguments, outputs, temporaries, generated code) and the median wall time of

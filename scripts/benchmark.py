@@ -6,8 +6,8 @@ and equal tokens per step (B = max(1, T // N)). Each cell is one jitted AdamW st
 `--repeats` timed steps; median, min and max step time; XLA's peak memory of the compiled step;
 MFU = model FLOP/s (XLA's cost analysis of the step, and 6·params·tokens) over a float32 matmul
 peak measured on this machine in the same run. Writes benchmark.json, benchmark.md and
-benchmark.png (tokens/s and memory against N) under --out (default results/benchmark/), prints
-PASS/FAIL for the issue-3 targets the grid allows (also in benchmark.json "checks"), and with
+benchmark.png (tokens/s and memory against N) under --out (default results/speed_cpu/benchmark/), prints
+PASS/FAIL for the speed and memory targets the grid allows (also in benchmark.json "checks"), and with
 `--json FILE` also writes {"rows", "checks"} to FILE (scripts/bench_models.py is an alias).
 
   python scripts/benchmark.py                                     # 2k ... 131k, 131,072 tokens/step
@@ -18,7 +18,7 @@ PASS/FAIL for the issue-3 targets the grid allows (also in benchmark.json "check
 
 `--suite gpu` runs bk_jax.reports.gpu_suite instead (ops grid, every kind at d_model 512 on its
 fastest path in bf16, configs/seq32k.py for 40 steps, 1M-token streaming; each stage under its
-own time budget) and writes gpu_suite.json/.md/.png under --out (default results/gpu_suite/).
+own time budget) and writes gpu_suite.json/.md/.png under --out (default results/speed_gpu/gpu_suite/).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def main(argv=None, ap: argparse.ArgumentParser | None = None) -> dict:
     ap.error(str(e))
   if args.suite == "gpu":
     from bk_jax.reports import gpu_suite
-    return gpu_suite.run_suite(common.out_dir(args.out, "gpu_suite", args.quick), quick=args.quick,
+    return gpu_suite.run_suite(common.out_dir(args.out, "speed_gpu/gpu_suite", args.quick), quick=args.quick,
                                stages=args.stages.split(",") if args.stages else None,
                                budget_scale=args.budget_scale)
   if args.quick:
@@ -75,7 +75,7 @@ def main(argv=None, ap: argparse.ArgumentParser | None = None) -> dict:
       args.kinds.split(","), [int(x) for x in args.lengths.split(",")],
       tokens_per_step=args.tokens_per_step, repeats=args.repeats, d_model=args.d_model,
       n_layers=args.n_layers, vocab=args.vocab, transformer_max_len=args.transformer_max_len,
-      out=common.out_dir(args.out, "benchmark", args.quick), args=vars(args), json_path=args.json)
+      out=common.out_dir(args.out, "speed_cpu/benchmark", args.quick), args=vars(args), json_path=args.json)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ the validation perplexity of the final checkpoint at the training length
 (bk_jax.train.evaluate). Perplexity degradation with length = val ppl at the longest N over
 val ppl at the shortest N (same kind and seed). For each metric and N it prints ResNet-BK vs each
 baseline with Welch's t-test and the Mann-Whitney U test across seeds (scipy p-values).
-Outputs under --out (default results/compare_stability/): stability.json, stability.md,
+Outputs under --out (default results/stability/compare_stability/): stability.json, stability.md,
 loss_curves.png, grad_norm_bands.png, spikes.png. The logic lives in bk_jax.reports.stability.
 
   python scripts/compare_stability.py --seeds 0,1,2,3,4 --lengths 128,512,2048 --steps 500
@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
       lengths=tuple(int(n) for n in args.lengths.split(",")), steps=args.steps,
       tokens=args.tokens, data=os.path.abspath(args.data), d_model=args.d_model,
       n_layers=args.n_layers, n_heads=args.n_heads, lr=args.lr, eval_tokens=args.eval_tokens)
-  out = common.out_dir(args.out, "compare_stability", args.quick)
+  out = common.out_dir(args.out, "stability/compare_stability", args.quick)
   res = stability.compare_stability(grid, out, vars(args))
   print(res["markdown"])
   return res

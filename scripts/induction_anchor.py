@@ -21,8 +21,8 @@ collapse beyond ~2x the training length.
   python scripts/induction_anchor.py --kinds resnet_bk --bk_overrides \
       model.bk_mixer=green,model.bk_conv=True,model.bk_gate=True
 
-Recipe of the Mamba paper's induction-heads table (arXiv 2312.00752, appendix E.1, as recalled:
-the search tool did not return the appendix text): vocab 16, trained at 256, 2-layer models of
+Recipe of the Mamba paper's induction-heads table (arXiv 2312.00752, appendix E.1; check these
+figures against the paper before quoting them): vocab 16, trained at 256, 2-layer models of
 d_model 64, fresh random batches of 8 every step, Adam without weight decay, results after 25
 "epochs" of 8192 steps (204,800 steps) for Mamba. The H3/safari generator it reuses scores the
 last token only at test time and trains on every token; only the answer is predictable, so our
@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
   if args.quick:
     args.train_len, args.steps, args.batch, args.d_model, args.n_layers = 32, 3, 4, 16, 1
     args.n_heads, args.max_log2, args.samples, args.token_budget = 2, 7, 4, 1024
-  out = common.out_dir(args.out, "induction_anchor", args.quick)
+  out = common.out_dir(args.out, "long_range/induction_anchor", args.quick)
   setup = induction.Setup(
       train_len=args.train_len, steps=args.steps, batch=args.batch, d_model=args.d_model,
       n_layers=args.n_layers, n_heads=args.n_heads, lr=args.lr, weight_decay=args.weight_decay,

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
                  help="dense peak of the target device (default: H100 SXM bf16)")
   p.add_argument("--hbm_tbps", type=float, default=3.35, help="default: H100 SXM HBM3")
   p.add_argument("--target_platform", default="gpu", help="resolves resolvent_method 'auto'")
-  p.add_argument("--out", default=os.path.join("results", "plan_memory"))
+  p.add_argument("--out", default=os.path.join("results", "scaling", "memory_plan"))
   argv = sys.argv[1:] if argv is None else list(argv)
   if any(a in ("-h", "--help") for a in argv):
     p.print_help()

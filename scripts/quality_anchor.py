@@ -17,8 +17,8 @@ CPU-minutes.
   # a ResNet-BK block variant as a row of its own, beside the seed block and the baselines
   python scripts/quality_anchor.py --kinds resnet_bk:green_keyed,resnet_bk,mamba,mamba2,transformer
   # rebuild the table and figure from result JSONs (no training)
-  python scripts/quality_anchor.py --out results/quality_anchor_600s --merge \
-      results/quality_anchor_600s/quality_anchor.json results/quality_anchor_600s/quality_anchor_resnet_bk.json
+  python scripts/quality_anchor.py --out results/quality/equal_time_600s --merge \
+      results/quality/equal_time_600s/quality_anchor.json results/quality/equal_time_600s/quality_anchor_resnet_bk.json
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
     runs.check_rows(args.kinds.split(","))
   except ValueError as e:
     ap.error(str(e))
-  out = common.out_dir(args.out, "quality_anchor", args.quick)
+  out = common.out_dir(args.out, "quality/quality_anchor", args.quick)
   budget = quality.Budget(tokens=args.tokens) if args.tokens else quality.Budget(seconds=args.budget_s)
   if args.steps:  # fixed steps (tests): expressed as the equal-tokens budget they amount to
     budget = quality.Budget(tokens=args.steps * args.batch * args.seq_len)

@@ -5,7 +5,7 @@
     python scripts/train_long_context.py --multi_length --epochs 3
     python scripts/train_long_context.py --eval_only --seq_len 1048576 --streaming
 
-Every reference flag maps onto a config field (README "Reference CLI"); `--config FILE` and
+Every reference flag maps onto a config field (docs/guides/training.md, "The reference CLI"); `--config FILE` and
 `--config.a.b=value` work here too. `--sequence_lengths` needs `--multi_length`.
 Exit status as scripts/train.py: 0 done, 2 bad input, 3 interrupted (resumable), 4 save_dir busy,
 5 the storage refused a write (docs/guides/faults.md).

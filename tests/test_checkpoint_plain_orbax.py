@@ -1,4 +1,4 @@
-"""A run's checkpoints restore with orbax and grain alone (README "Restoring a checkpoint with
+"""A run's checkpoints restore with orbax and grain alone (docs/guides/training.md, "Restoring a checkpoint with
 plain orbax"): parameters, optimizer state, step, metadata, and the data iterator, whose next
 batch is the one the trainer would have drawn.
 
@@ -49,7 +49,7 @@ run = {run!r}
 out = {out!r}
 
 def pipeline(info):
-  # README: the training pipeline, rebuilt from meta["data_iterator"] with grain and numpy
+  # docs/guides/training.md: the training pipeline, rebuilt from meta["data_iterator"] with grain and numpy
   n, b = info["seq_len"], info["batch_size"]
   tokens = np.memmap(info["cache_entry"] + "/train.bin", dtype=info["dtype"], mode="r",
                      shape=(info["split_tokens"],))

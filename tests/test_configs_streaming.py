@@ -48,8 +48,8 @@ VARIANTS = {
     "moe_scattering": dict(use_moe=True, router="scattering"),
     "moe_learned": dict(use_moe=True, router="learned"),
 }
-# the default run covers the two failures of issue 12 (nnx.remat in the layer loop, nnx.remat
-# inside nnx.scan over stacked layers); every other run is marked slow
+# the default run covers the two NNX transforms the streaming scan must trace through (nnx.remat
+# in the layer loop, nnx.remat inside nnx.scan over stacked layers); every other run is slow
 FAST_VARIANTS = ("remat_full", "scan_layers_remat_full")
 
 

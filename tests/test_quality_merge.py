@@ -51,7 +51,7 @@ def test_merge_rejects_a_kind_twice_and_unknown_files(tmp_path):
 
 
 def test_committed_600s_table_has_every_kind_of_its_jsons():
-  d = os.path.join(ROOT, "results", "quality_anchor_600s")
+  d = os.path.join(ROOT, "results", "quality", "equal_time_600s")
   kinds = set()
   for p in glob.glob(os.path.join(d, "*.json")):
     j = json.load(open(p))

@@ -1,16 +1,16 @@
-"""Every command README.md shows runs, in a reduced form (README stays honest).
+"""Every command README.md and docs/ show runs, in a reduced form (the documentation stays honest).
 
-README's fenced bash blocks, its indented code blocks and its inline `python scripts/...` /
-`python -m ...` spans are parsed; every command is mapped by its script (or module) to a reduced
+The fenced bash blocks, indented code blocks and inline `python scripts/...` / `python -m ...`
+spans of README.md and of every docs/**/*.md are parsed; every command is mapped by its script (or module) to a reduced
 invocation (the README arguments plus the script's `--quick` mode or tiny `--config.` overrides
 appended, which win because they come last) and run as a subprocess with PYTHONPATH set to this
 repository, in a scratch directory holding links to configs/, scripts/, bk_jax/ and tests/ (so
 `runs/` and `results/` outputs never touch the checkout). It must exit with the status README
 documents (0 unless the mapping says otherwise). A command whose script has no mapping FAILS
-`test_every_readme_command_is_mapped`: add a reduction to REDUCTIONS when README gains a command.
+`test_every_readme_command_is_mapped`: add a reduction to REDUCTIONS when the docs gain a command.
 
 The fresh-machine lines (venv + pip install + X) are tested as X without the install.
-The default run covers the quickstart line, streaming evaluation of its checkpoint, the merge of
+The default run covers the quickstart line, streaming evaluations of its checkpoint, the merge of
 the quality-anchor JSONs, the data CLI and the per-file pytest selections; every other command is
 marked slow (each trains or benchmarks several models).
 """
@@ -30,6 +30,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # also when run via a link
 README = os.path.join(ROOT, "README.md")
+#: every file whose commands are run: README.md, then docs/**/*.md in sorted order
+DOCS = [README] + sorted(glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True))
 
 #: tiny model / data / schedule for every config-driven training or evaluation
 TINY = ["--config.model.d_model=16", "--config.model.n_layers=1", "--config.model.n_heads=2",
@@ -97,7 +99,7 @@ def _plan_memory(args):
   return Reduced(("scripts/plan_memory.py", *args, "--config.model.d_model=64",
                   "--config.model.n_layers=2", "--config.model.n_heads=4", "--config.model.d_ff=128",
                   "--config.model.transformer.n_heads=2", "--config.train.tokens_per_batch=4096",
-                  "--seq_len", "1024", "--max_devices", "8", "--out", "results/plan_memory"), slow=True)
+                  "--seq_len", "1024", "--max_devices", "8", "--out", "results/scaling/memory_plan"), slow=True)
 
 
 def _train_long_context(args):
@@ -125,7 +127,7 @@ def _quality_anchor(args):
     return Reduced(("scripts/quality_anchor.py", *args))
   # its own --out: the merge example's input JSONs in the scratch results/ stay the committed ones
   return Reduced(("scripts/quality_anchor.py", *args, "--quick", "--kinds", "resnet_bk",
-                  "--out", "results/quality_anchor_reduced"), slow=True)
+                  "--out", "results/quality/quality_anchor_reduced"), slow=True)
 
 
 def _pytest(args):
@@ -180,12 +182,18 @@ REDUCTIONS = {
 }
 #: run directory -> the README command whose reduced form creates it
 MAKES = {"runs/quickstart": "python scripts/train.py --config configs/quickstart.py",
+         "runs/seq32k": "python scripts/train.py --config configs/seq32k.py",
          "runs/multi_length": "python scripts/train.py --config configs/multi_length.py",
          "runs/default": "python scripts/train_long_context.py --seq_len 8192 --epochs 5"}
 
 
-def readme_commands(text: str) -> list[tuple[str, str]]:
-  """(command, where) for every `python` command in fenced/indented blocks and inline spans."""
+def readme_commands(text: str, name: str = "README.md") -> list[tuple[str, str]]:
+  """(command, where) for every `python` command in fenced/indented blocks and inline spans.
+
+  Args:
+    text: a markdown file's text.
+    name: its path relative to the repository, for `where` ("docs/results.md:12").
+  """
   cmds, lines, fence, i = [], text.splitlines(), None, 0
 
   def joined(i):
@@ -202,18 +210,18 @@ def readme_commands(text: str) -> list[tuple[str, str]]:
     elif fence in ("bash", "sh", "shell", "") and re.search(r"\bpython3? ", lines[i]) \
         and not lines[i].lstrip().startswith("#"):
       cmd, j = joined(i)
-      cmds.append((cmd, f"README.md:{i + 1}"))
+      cmds.append((cmd, f"{name}:{i + 1}"))
       i = j
     elif fence is None and re.match(r"^    python3? ", lines[i]):
       cmd, j = joined(i)
-      cmds.append((cmd, f"README.md:{i + 1}"))
+      cmds.append((cmd, f"{name}:{i + 1}"))
       i = j
     i += 1
   prose = re.sub(r"^\s*```.*?^\s*```", "", text, flags=re.S | re.M)
   for m in re.finditer(r"`([^`]+)`", prose):
     span = " ".join(m.group(1).split())
     if re.match(r"python3? (scripts/|-m )", span):
-      cmds.append((span, "README.md (inline)"))
+      cmds.append((span, f"{name} (inline)"))
   return cmds
 
 
@@ -254,7 +262,7 @@ def reduce(cmd: str) -> Reduced:
   return REDUCTIONS[key](args)
 
 
-COMMANDS = readme_commands(open(README).read())
+COMMANDS = [c for path in DOCS for c in readme_commands(open(path).read(), os.path.relpath(path, ROOT))]
 
 
 def _unique():
@@ -273,7 +281,8 @@ def _unique():
 
 
 def test_readme_has_the_fresh_machine_lines_first():
-  first = [ln for ln in open(README).read().splitlines()[:6] if ln.startswith("python3 -m venv")]
+  """README's first two commands are the fresh-machine lines (install + quickstart, install + tests)."""
+  first = [cmd for cmd, _ in readme_commands(open(README).read())[:2]]
   assert first == [
       'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && '
       "python scripts/train.py --config configs/quickstart.py",
@@ -281,7 +290,8 @@ def test_readme_has_the_fresh_machine_lines_first():
 
 
 def test_every_readme_command_is_mapped():
-  assert len(COMMANDS) > 20  # the parser finds README's commands at all
+  assert len(COMMANDS) > 20  # the parser finds the commands at all
+  assert {w.split(":")[0].split(" ")[0] for _, w in COMMANDS} >= {"README.md", "docs/results.md"}
   missing = []
   for cmd, where in COMMANDS:
     try:
@@ -320,9 +330,9 @@ def workspace(tmp_path_factory):
   w = tmp_path_factory.mktemp("readme")
   for d in ("configs", "scripts", "bk_jax", "tests"):
     os.symlink(os.path.join(ROOT, d), w / d)
-  qa = w / "results" / "quality_anchor_600s"
+  qa = w / "results" / "quality" / "equal_time_600s"
   qa.mkdir(parents=True)
-  for f in glob.glob(os.path.join(ROOT, "results", "quality_anchor_600s", "*.json")):
+  for f in glob.glob(os.path.join(ROOT, "results", "quality", "equal_time_600s", "*.json")):
     shutil.copy(f, qa)
   return w
 

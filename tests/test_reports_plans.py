@@ -1,4 +1,4 @@
-"""Pure helpers moved from scripts/ into bk_jax.reports (issue 13): override parsing, ablation
+"""Pure helpers of bk_jax.reports behind the scripts: override parsing, ablation
 rows, memory-planner meshes. Fast: nothing is trained or compiled."""
 
 import math
@@ -20,7 +20,7 @@ def test_parse_overrides_types():
 def test_ablation_rows_follow_only_and_baselines():
   assert ablations.plan_rows([4], ["heads_4", "base"], [""]) == [
       ("resnet_bk", "heads_4", {"n_heads": 4}), ("resnet_bk", "base", {})]
-  # "none": baselines only (README's issue-14 baseline command)
+  # "none": baselines only (the baseline command of docs/results.md)
   assert ablations.plan_rows([], ["none"], ["mamba", "transformer"]) == [
       ("mamba", "mamba", {}), ("transformer", "transformer", {})]
   every = ablations.plan_rows([4, 64], None, [])

@@ -28,7 +28,7 @@ def _read(d, name):
     return json.load(f)
 
 
-@pytest.mark.slow  # a whole report script; README's commands run it reduced too
+@pytest.mark.slow  # a whole report script; the commands of README/docs run it reduced too
 def test_benchmark_quick(tmp_path):
   _script("benchmark").main(["--quick", "--kinds", "resnet_bk,resnet_bk:green_keyed,transformer",
                              "--out", str(tmp_path)])
@@ -135,7 +135,7 @@ def test_report_training_prints_progress_to_stderr(tmp_path, corpus, capsys, mon
   assert res["total_steps"] == 3
 
 
-@pytest.mark.slow  # a whole report script; README's commands run it reduced too
+@pytest.mark.slow  # a whole report script; the commands of README/docs run it reduced too
 def test_induction_anchor_quick(tmp_path):
   _script("induction_anchor").main(["--quick", "--kinds", "resnet_bk", "--out", str(tmp_path)])
   res = _read(tmp_path, "induction_anchor.json")["results"][0]

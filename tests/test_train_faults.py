@@ -236,7 +236,7 @@ def test_sigterm_exits_3_and_lock_is_released_by_a_crash(corpus, tmp_path):
 # ------------------------------------------------------------------ divergence record
 @pytest.fixture(scope="module")
 def diverged_run(corpus, tmp_path_factory):
-  """The issue's reproduction, shrunk: NaN gradients at steps 3-5, patience 2, one retry."""
+  """A divergence, shrunk: NaN gradients at steps 3-5, patience 2, one retry."""
   save = str(tmp_path_factory.mktemp("nf") / "run")
   cfg = tiny_config(save, *corpus, steps=20)
   cfg.checkpoint.every_steps = 5

@@ -37,7 +37,7 @@ def _losses(res):
 
 
 def _assert_same_losses(a, b):
-  """Same steps and lengths; losses equal to <= 1e-6 (the issue's bound). They are bit-identical
+  """Same steps and lengths; losses equal to <= 1e-6 (the bound a resume must meet). They are bit-identical
   in practice; once, on a loaded 2-core machine, two processes differed by 2 float32 ulps
   (9.5e-7 at a loss of ~5), which this bound still admits."""
   la, lb = _losses(a), _losses(b)

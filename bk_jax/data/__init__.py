@@ -1,6 +1,6 @@
 """bk_jax data layer: corpora, tokenizers, synthetic tasks and grain pipelines.
 
-See README.md ("Data") for datasets, cache layout and token ids.
+See docs/guides/data.md for datasets, cache layout and token ids.
 """
 
 import os as _os

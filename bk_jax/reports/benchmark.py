@@ -2,7 +2,7 @@
 
 Each cell is `throughput.bench_one` (one jitted AdamW step; median, min and max of the timed
 steps; XLA's peak memory); MFU is taken against the better of two float32 matmul peaks measured
-before and after the grid. `target_checks` evaluates the issue-3 targets on the rows.
+before and after the grid. `target_checks` evaluates the speed and memory targets on the rows.
 """
 
 from __future__ import annotations

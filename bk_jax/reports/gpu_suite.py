@@ -1,4 +1,4 @@
-"""The GPU benchmark suite (issue 12): `python scripts/benchmark.py --suite gpu [--quick]`.
+"""The GPU benchmark suite: `python scripts/benchmark.py --suite gpu [--quick]`.
 
 Stages, each in its own child process under a wall-clock budget (a stage that runs over is
 killed and recorded as timed out, with every row it finished kept, so one slow kind cannot eat
@@ -152,9 +152,9 @@ def _tokens_per_s(rec: dict, tokens_per_step: int):
   return tokens_per_step / float(step_time) if step_time else None
 
 
-#: What configs/seq32k.py ran before "auto" (the sequential chunked resolvent), timed in the same
-#: stage so the speed-up of the default path is a ratio measured in one run.
-LANDED_DEFAULT = {"model.resolvent_method": "chunked"}
+#: The previous default of configs/seq32k.py (the sequential chunked resolvent), timed in the same
+#: stage as "auto" so the speed-up of the default path is a ratio measured in one run.
+PREVIOUS_DEFAULT = {"model.resolvent_method": "chunked"}
 
 
 def _stage_train(spec: dict, emit, deadline: float, out: str) -> None:
@@ -167,11 +167,11 @@ def _stage_train(spec: dict, emit, deadline: float, out: str) -> None:
     if go:
       emit.row(dict(cell, **_train(c, deadline)))
   base = _train_config(spec, out)
-  base.save_dir += "_landed_default"
+  base.save_dir += "_previous_default"
   base.train.steps_per_length = spec["baseline_steps"]
-  for k, v in LANDED_DEFAULT.items():
+  for k, v in PREVIOUS_DEFAULT.items():
     set_dotted(base, k, v)
-  cell = dict(cell=f"train {name} landed default (chunked)", baseline=True,
+  cell = dict(cell=f"train {name} previous default (chunked)", baseline=True,
               seq_len=base.train.seq_len, steps=spec["baseline_steps"])
   with emit.cell(cell, deadline) as go:
     if go:
@@ -391,7 +391,7 @@ def _row_line(r: dict) -> str:
 
 
 def checks(rows: list[dict]) -> list[dict]:
-  """The issue's targets that this run's rows can decide (ratios within one run).
+  """The speed targets that this run's rows can decide (ratios within one run).
 
   ResNet-BK's ratios are taken against the fastest baseline of each family at each N
   (`common.BASELINE_FAMILIES`: state-space = the faster of mamba and mamba2, attention = the
@@ -412,7 +412,7 @@ def checks(rows: list[dict]) -> list[dict]:
            if r["stage"] == "train" and r["status"] == "ok"}
   if train.get(False) and train.get(True):
     v = train[False] / train[True]
-    out.append(dict(name="seq32k.py tokens/s, default (auto) / landed default (chunked) >= 50",
+    out.append(dict(name="seq32k.py tokens/s, default (auto) / previous default (chunked) >= 50",
                     value=v, bound=50.0, ok=v >= 50.0))
 
   def against(family, n, bound):

@@ -176,7 +176,7 @@ def parse_config_args(argv: Sequence[str], default_config: str | None = None) ->
 
 
 # ------------------------------------------------------------------ the reference CLI
-#: reference flag -> config field (README "Reference CLI").
+#: reference flag -> config field (docs/guides/training.md, "The reference CLI").
 REFERENCE_FLAGS = {
     "seq_len": "train.seq_len", "multi_length": "train.multi_length",
     "sequence_lengths": "train.sequence_lengths", "epochs": "train.epochs",

@@ -84,7 +84,7 @@ class Console:
       self.print(f"  Skipped (non-finite) updates: {r['skipped_steps']}")
 
   def final_tables(self, length_summary: dict, status: dict, grad_stats: dict) -> None:
-    """The per-length table: each "final" loss under its own name (README "Results file")."""
+    """The per-length table: each "final" loss under its own name (docs/guides/tensorboard.md, "The results file")."""
     f = lambda v, w, p: f"{v:<{w}.{p}f}" if isinstance(v, (int, float)) else f"{'-':<{w}}"
     self.print(f"\n{'=' * 96}\nMulti-Length Training Summary\n{'=' * 96}")
     self.print(f"\n{'Seq Len':<8} {'Last step loss':<15} {'Epoch mean loss':<16} "

@@ -1,4 +1,4 @@
-"""The results file `save_dir/long_context_results.json` (layout: docs/guides, "Results file").
+"""The results file `save_dir/long_context_results.json` (layout: docs/guides/tensorboard.md).
 
 Schema 3 (`run_info.SCHEMA_VERSION`): `metrics_history` records carry the seed's
 LongContextMetrics fields (`HISTORY_KEYS`). Files of schema 2 named those figures

@@ -22,7 +22,7 @@ import jax
 from bk_jax.data.pipeline import shuffle_seed
 from bk_jax.runtime.provenance import machine
 
-#: Version of the results-JSON layout (README "Results file"); bump on any incompatible change.
+#: Version of the results-JSON layout (docs/guides/tensorboard.md); bump on any incompatible change.
 SCHEMA_VERSION = 3
 
 #: The units of every figure in the results JSON, stated once.
