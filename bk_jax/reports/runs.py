@@ -117,6 +117,25 @@ def train(c: ml_collections.ConfigDict, *, budget_s: float | None = None, fresh:
   return res
 
 
+def _interval_tokens_per_s(rec: dict, tokens_per_step: int) -> float | None:
+  """Training tokens/s of one metrics_history record (its interval's mean step time)."""
+  for k in ("tokens_per_s", "perf/tokens_per_s"):
+    if rec.get(k):
+      return float(rec[k])
+  for k in ("step_time", "perf/step_time"):
+    if rec.get(k):
+      return tokens_per_step / float(rec[k])
+  return None
+
+
+def steady_tokens_per_s(res: dict, tokens_per_step: int) -> float | None:
+  """Median training tokens/s over the log intervals of a `train` result after the first (which
+  holds the compilation); None with fewer than two intervals."""
+  hist = res.get("metrics_history", [])
+  steady = sorted(t for t in (_interval_tokens_per_s(h, tokens_per_step) for h in hist[1:]) if t)
+  return steady[len(steady) // 2] if steady else None
+
+
 def validate(c: ml_collections.ConfigDict, eval_tokens: int, split: str = "valid") -> dict:
   """Validation loss of the run's latest checkpoint (bk_jax.train.evaluate, batched)."""
   from bk_jax.train.evaluate import run_eval
