@@ -56,33 +56,40 @@ def library_roots(path: str = "") -> list[tuple[str, Path]]:
   return roots
 
 
-def python_files(path: str = "") -> tuple[list[tuple[str, Path]], list[tuple[Path, str]]]:
+def _scan(label: str, root: str, rel: str, out: list[tuple[str, str]]) -> None:
+  """Appends (path, key) of every .py file under root/rel (os.scandir: one system call per
+  directory, so listing the ~6,000 files of a virtualenv takes tens of milliseconds)."""
+  with os.scandir(os.path.join(root, rel) if rel else root) as it:
+    entries = list(it)
+  for e in entries:
+    if e.is_dir(follow_symlinks=False):  # as os.walk: symlinked directories are not entered
+      if e.name not in EXCLUDE and not e.name.startswith("."):
+        _scan(label, root, f"{rel}{e.name}/", out)
+    elif e.name.endswith(".py") and e.is_file():  # a dangling symlink is not a file
+      out.append((e.path, f"{label}/{rel}{e.name}"))
+
+
+def python_files(path: str = "") -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
   """Every .py file of the corpus, sorted by key.
 
   Args:
     path: see `library_roots`.
 
   Returns:
-    (the roots, [(file, key)]) with key = "<label>/<posix path relative to the root>".
+    (the roots, [(file path, key)]) with key = "<label>/<posix path relative to the root>".
 
   Raises:
     DataError: a bad path, or no .py file under it.
   """
   roots = library_roots(path)
-  files: list[tuple[Path, str]] = []
+  files: list[tuple[str, str]] = []
   for label, root in roots:
-    for dirpath, dirnames, filenames in os.walk(root):
-      dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDE and not d.startswith("."))
-      for fn in filenames:
-        if fn.endswith(".py"):
-          p = Path(dirpath) / fn
-          if p.is_file():  # a dangling symlink is not a file
-            files.append((p, f"{label}/{p.relative_to(root).as_posix()}"))
+    _scan(label, str(root), "", files)
   if not files:
     where = path or ", ".join(str(r) for _, r in roots)
     raise DataError(f"no .py files under {where!r} (dataset 'pysource'; skipped directories: "
                     f"{', '.join(sorted(EXCLUDE))})")
-  files.sort(key=lambda t: t[1])  # deterministic order, independent of os.walk
+  files.sort(key=lambda t: t[1])  # deterministic order, independent of the directory order
   return roots, files
 
 

@@ -197,16 +197,21 @@ def _resolve_pysource(cfg, fr: list[float]) -> Source:
   from bk_jax.data.pysource import python_files
 
   roots, files = python_files(cfg.path)
+  stats = [os.stat(p) for p, _ in files]
   # the roots as strings (not lists): identity counts the list entries as files
-  fp = ([f"{label}={root}" for label, root in roots] + [_stat_fp(p, key) for p, key in files]
+  fp = ([f"{label}={root}" for label, root in roots]
+        + [[key, st.st_size, st.st_mtime_ns] for (_, key), st in zip(files, stats)]
         + [["split", fr]])
-  total = sum(e[1] for e in fp[len(roots):-1])
-  owner = {key: stable_split(key, fr) for _, key in files}
+  total = sum(st.st_size for st in stats)
+
+  @functools.cache
+  def owner() -> dict[str, str]:  # only reading needs the split (not the cache-key check)
+    return {key: stable_split(key, fr) for _, key in files}
 
   def pieces(split: str) -> Iterator[Piece]:
     for p, key in files:
-      if owner[key] == split:
-        yield from _read_utf8(p)
+      if owner()[key] == split:
+        yield from _read_utf8(Path(p))
 
   return _nonempty(Source(cfg.dataset, fp, total, pieces), cfg.path or "the running interpreter")
 
