@@ -51,7 +51,9 @@ def default_rows(kinds=KINDS) -> list[str]:
 def _gpu() -> dict:
   return dict(
       data=dict(dataset="pysource", path="", tokenizer="byte", data_limit=0, cache_dir=""),
-      model=dict(params=20_000_000, d_model=512, n_heads=16, head_dim=64, dtype="bfloat16"),
+      # scan_layers: one compiled layer body for the ~10 layers (compilation is part of a budget)
+      model=dict(params=20_000_000, d_model=512, n_heads=16, head_dim=64, dtype="bfloat16",
+                 scan_layers=True),
       # 96 steps of 8 x 8192: the tokens Mamba's training stage reaches at ~70k tokens/s (its
       # measured 170k tokens/s at 8.7M parameters, scaled to 20M) inside its budget
       train=dict(seq_len=8192, batch=8, tokens=96 * 8 * 8192, lr=1e-3, log_interval=8, seed=0),
@@ -74,7 +76,8 @@ def _cpu() -> dict:
   return dict(
       data=dict(dataset="text", path=TINY_SHAKESPEARE, tokenizer="byte", data_limit=0,
                 cache_dir=""),
-      model=dict(params=950_000, d_model=128, n_heads=16, head_dim=32, dtype="float32"),
+      model=dict(params=950_000, d_model=128, n_heads=16, head_dim=32, dtype="float32",
+                 scan_layers=False),
       train=dict(seq_len=256, batch=32, tokens=2048 * 32 * 256, lr=3e-3, log_interval=16, seed=0),
       eval=dict(val_tokens=1 << 20, position=dict(split="valid", doc_tokens=32768, max_docs=1,
                                                   first_edge=64, chunk=4096, batch=1),
@@ -167,6 +170,7 @@ def train_config(spec: dict, out: str, row: str):
       "seed": t["seed"], **{f"data.{k}": v for k, v in d.items()},
       "model.d_model": m["d_model"], "model.n_heads": m["n_heads"], "model.d_ff": 4 * m["d_model"],
       "model.transformer.n_heads": max(1, m["d_model"] // m["head_dim"]), "model.dtype": m["dtype"],
+      "model.scan_layers": m["scan_layers"],
       "train.seq_len": t["seq_len"], "train.batch_size": t["batch"],
       "train.steps_per_length": steps, "train.lr": t["lr"],
       "train.warmup_steps": max(1, steps // 10), "train.log_interval": t["log_interval"],
