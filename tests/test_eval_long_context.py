@@ -174,3 +174,47 @@ def test_heatmaps_png(tmp_path):
   rows = [dict(length=n, depth=d, accuracy=d) for n in (128, 256) for d in (0.0, 0.5, 1.0)]
   path = plot_heatmaps(str(tmp_path / "h.png"), {"a": rows, "b": rows[:3]}, x="length", y="depth")
   assert (tmp_path / "h.png").stat().st_size > 1000 and path.endswith("h.png")
+
+
+# ------------------------------------------------------------- scripts/eval_long_context.py
+
+def test_eval_long_context_script_on_a_trained_checkpoint(tmp_path):
+  import importlib.util
+  import json
+  import os
+  import subprocess
+  import sys
+
+  from bk_jax.train import loop
+  from tiny_configs import tiny_config, write_pattern_corpus
+
+  corpus = write_pattern_corpus(str(tmp_path / "corpus.txt"), n_chars=200_000)
+  c = tiny_config(str(tmp_path / "run"), corpus, str(tmp_path / "cache"), lengths=(64,), steps=2)
+  c.logging.console = c.logging.tensorboard = False
+  loop.run(c)
+  root = os.path.join(os.path.dirname(__file__), "..")
+  spec = importlib.util.spec_from_file_location("elc", os.path.join(root, "scripts",
+                                                                    "eval_long_context.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  out_json = tmp_path / "lc.json"
+  assert mod.main(["--checkpoint_dir", str(tmp_path / "run"), "--position", "--doc_tokens", "512",
+                   "--max_docs", "1", "--first_edge", "64", "--passkey", "--passkey_lengths",
+                   "128,256", "--depths", "0,1", "--samples", "2", "--batch_size", "2",
+                   "--chunk_size", "128", "--output", str(out_json)]) == 0
+  out = json.loads(out_json.read_text())
+  assert out["machine"]["backend"] == "cpu" and out["model_kind"] == "resnet_bk"
+  assert out["position"]["tokens"] == 512 and out["position"]["buckets"][0]["bucket"] == "0-64"
+  assert [(r["length"], r["depth"]) for r in out["passkey"]] == [(128, 0.0), (128, 1.0),
+                                                                  (256, 0.0), (256, 1.0)]
+  assert "| model | 0-64 |" in out["table"]
+  assert "| model | length | depth 0 | depth 1 |" in out["table"]
+  assert (tmp_path / "lc_passkey.png").stat().st_size > 1000
+  # MQAR on a text checkpoint: one line, exit status 2, before any model is built
+  p = subprocess.run([sys.executable, os.path.join(root, "scripts", "eval_long_context.py"),
+                      "--checkpoint_dir", str(tmp_path / "run"), "--mqar"], capture_output=True,
+                     text=True, env={**os.environ, "PYTHONPATH": os.path.abspath(root)},
+                     timeout=300)
+  lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+  assert p.returncode == 2 and len(lines) == 1, p.stderr
+  assert lines[0].startswith("eval_long_context.py: error: the MQAR grid needs")

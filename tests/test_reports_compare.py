@@ -178,4 +178,5 @@ def test_checks_decide_the_targets():
                                                           tps=1.0),
                                                   _record("mamba", val=1.5, tps=1.0)])}
   assert got["resnet_bk:green_keyed val loss <= 1.45 nats/char"]
-  assert got["resnet_bk:green_keyed parameters <= 1M"] and got["val loss resnet_bk:green_keyed <= mamba"]
+  assert got["resnet_bk:green_keyed parameters <= 1M"]
+  assert got["val loss resnet_bk:green_keyed <= mamba"]

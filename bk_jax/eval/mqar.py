@@ -19,6 +19,7 @@ from flax import nnx
 from bk_jax.eval.extrapolation import task_row
 from bk_jax.eval.loading import EvalError
 from bk_jax.eval.streaming import DEFAULT_SUB_CHUNK, StreamingEvaluator
+from bk_jax.runtime.markdown import md_table
 
 
 def mqar_cells(lengths: Sequence[int], kv_pairs: Sequence[int]) -> list[tuple[int, int]]:
@@ -73,3 +74,15 @@ def mqar_table(model: nnx.Module, task_cfg: ml_collections.ConfigDict, *, length
                    seed=synthetic_seed(task, split))
     rows.append(dict(row, kv_pairs=d))
   return rows
+
+
+def format_table(results: dict[str, list[dict]]) -> str:
+  """Markdown: accuracy (%) per model and length N (rows) and key-value pairs D (columns), from
+  `mqar_table` rows by model name; "-" where N < 4 D."""
+  pairs = sorted({c["kv_pairs"] for rows in results.values() for c in rows})
+  out = []
+  for name, rows in results.items():
+    for n in sorted({c["length"] for c in rows}):
+      cell = {c["kv_pairs"]: c["accuracy"] for c in rows if c["length"] == n}
+      out.append([name, n] + [f"{100 * cell[d]:.1f}" if d in cell else None for d in pairs])
+  return md_table(["model", "N"] + [f"D={d}" for d in pairs], out)

@@ -26,6 +26,7 @@ from flax import nnx
 
 from bk_jax.eval.loading import EvalError
 from bk_jax.eval.streaming import DEFAULT_SUB_CHUNK, StreamingEvaluator
+from bk_jax.runtime.markdown import md_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +59,7 @@ def _ids(tokenizer, text: str) -> np.ndarray:
 
 
 def _question_answer(tokenizer, question: str, key: str) -> tuple[np.ndarray, np.ndarray]:
-  """(question ids, answer ids), cut where the tokenization of question+key leaves the question's."""
+  """(question ids, answer ids): the tokens of question+key, cut where they leave the question's."""
   full, q = _ids(tokenizer, question + key), _ids(tokenizer, question)
   common = 0
   while common < min(len(full), len(q)) and full[common] == q[common]:
@@ -96,7 +97,8 @@ def passkey_prompt(tokenizer, filler: np.ndarray, length: int, depth: float, key
     raise EvalError(f"passkey length {length} is shorter than the needle, question and answer "
                     f"({len(needle) + len(question) + len(answer) - 1} tokens)")
   if len(filler) < n_fill:
-    raise EvalError(f"passkey filler has {len(filler):,} tokens; length {length:,} needs {n_fill:,}")
+    raise EvalError(f"passkey filler has {len(filler):,} tokens; length {length:,} needs "
+                    f"{n_fill:,}")
   a = int(round(depth * n_fill))
   fill = np.asarray(filler[:n_fill], np.int32)
   x = np.concatenate([fill[:a], needle, fill[a:], question, answer]).astype(np.int32)
@@ -159,3 +161,15 @@ def passkey_table(model: nnx.Module, tokenizer, filler: np.ndarray, *, lengths: 
       rows.append(dict(length=int(n), depth=float(d), samples=total, accuracy=hit / total,
                        digit_accuracy=answers / cnt, answer_loss=nll / cnt))
   return rows
+
+
+def format_table(results: dict[str, list[dict]]) -> str:
+  """Markdown: retrieval accuracy (%) per model and prompt length (rows) and depth (columns), from
+  `passkey_table` rows by model name."""
+  depths = sorted({c["depth"] for rows in results.values() for c in rows})
+  out = []
+  for name, rows in results.items():
+    for n in sorted({c["length"] for c in rows}):
+      cell = {c["depth"]: c["accuracy"] for c in rows if c["length"] == n}
+      out.append([name, n] + [f"{100 * cell[d]:.1f}" if d in cell else None for d in depths])
+  return md_table(["model", "length"] + [f"depth {d:g}" for d in depths], out)

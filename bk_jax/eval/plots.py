@@ -86,8 +86,8 @@ def plot_extrapolation(path: str, rows: list[dict], *, train_len: int | None = N
   return save_figure(fig, path)
 
 
-def plot_heatmaps(path: str, panels: dict[str, list[dict]], *, x: str, y: str, value: str = "accuracy",
-                  xlabel: str = "", ylabel: str = "", title: str = "") -> str:
+def plot_heatmaps(path: str, panels: dict[str, list[dict]], *, x: str, y: str,
+                  value: str = "accuracy", xlabel: str = "", ylabel: str = "", title: str = "") -> str:
   """One accuracy heat map per panel (e.g. per model): rows {x, y, value} on a grid, in percent.
 
   Args:

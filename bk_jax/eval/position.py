@@ -20,6 +20,7 @@ from flax import nnx
 from bk_jax.eval.buckets import bucket_table, check_edges
 from bk_jax.eval.loading import EvalError
 from bk_jax.eval.streaming import DEFAULT_SUB_CHUNK, StreamingEvaluator
+from bk_jax.runtime.markdown import md_table
 from bk_jax.runtime.metrics import perplexity
 
 
@@ -66,8 +67,8 @@ def position_table(model: nnx.Module, docs: Sequence[np.ndarray], *, doc_tokens:
   """
   short = [len(d) for d in docs if len(d) < doc_tokens + 1]
   if not docs or short:
-    raise EvalError(f"perplexity by position needs documents of at least {doc_tokens + 1:,} tokens; "
-                    f"got {len(docs)} document(s), {len(short)} too short")
+    raise EvalError(f"perplexity by position needs documents of at least {doc_tokens + 1:,} "
+                    f"tokens; got {len(docs)} document(s), {len(short)} too short")
   edges = check_edges(edges)
   ev = StreamingEvaluator(model, chunk_size=chunk_size, batch_size=batch_size, edges=edges,
                           sub_chunk=sub_chunk)
@@ -92,3 +93,12 @@ def position_table(model: nnx.Module, docs: Sequence[np.ndarray], *, doc_tokens:
               loss=loss, perplexity=perplexity(loss),
               buckets=bucket_table(edges, total[0], total[1], total[2]),
               per_document_loss=per_doc)
+
+
+def format_table(results: dict[str, dict]) -> str:
+  """Markdown: one row per model (`position_table` results by name), the loss (nats/token) of
+  every position bucket, then over all positions."""
+  labels = [b["bucket"] for b in next(iter(results.values()))["buckets"]]
+  return md_table(["model"] + labels + ["all"],
+                  [[name] + [b["loss"] for b in r["buckets"]] + [r["loss"]]
+                   for name, r in results.items()])

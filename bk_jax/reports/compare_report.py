@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 
+from bk_jax.eval import mqar, passkey, position
 from bk_jax.reports import common, plots
 
 
@@ -80,7 +81,7 @@ def checks(spec: dict, ms: list[dict]) -> list[dict]:
   if best is None:
     return out
   val = lambda m: (_ok(m, "val") or {}).get("val_loss")
-  rivals = ["mamba", "mamba2", "transformer"] if spec["suite"] == "cpu" else ["mamba2", "transformer"]
+  rivals = ["mamba2", "transformer"] + (["mamba"] if spec["suite"] == "cpu" else [])
   for other in (r for r in rivals if r in by):
     if val(best) is not None and val(by[other]) is not None:
       add(f"val loss {best['row']} <= {other}", val(best), val(by[other]),
@@ -137,48 +138,34 @@ def markdown(payload: dict) -> str:
     main.append([m["row"], tr.get("params"), tr.get("n_layers"), tr.get("tokens"),
                  tr.get("tokens_per_s"), tr.get("wall_s"), v.get("val_loss"),
                  None if v.get("val_loss") is None else math.exp(v["val_loss"]),
-                 _pct(passkey_within(m, n)), _pct(mqar_mean(m)),
-                 _paths(tr.get("paths")) or (m.get("train") or {}).get("error")])
+                 _pct(passkey_within(m, n)), _pct(mqar_mean(m))])
   parts.append(md(["model", "params", "layers", "tokens", "tokens/s", "train s",
-                   "val loss (nats/token)", "val ppl", f"passkey <= {n} (%)", "MQAR mean (%)",
-                   "implementation (training)"], main))
-  pos = [(m["row"], _ok(m, "position")) for m in ms]
-  first = next((p for _, p in pos if p), None)
-  if first:
-    labels = [b["bucket"] for b in first["buckets"]]
-    parts.append(f"Loss (nats/token) by position inside {first['documents']} held-out "
-                 f"{first['split']} documents of >= {first['doc_tokens']:,} tokens (each cut to "
-                 f"{first['doc_tokens']:,}; trained at N={n}):\n\n" + md(
-                     ["model"] + labels + ["all", "implementation (streaming)"],
-                     [[name] + ([b["loss"] for b in p["buckets"]] + [p["loss"],
-                                _paths(p.get("stream_paths"))] if p else ["-"] * (len(labels) + 2))
-                      for name, p in pos]))
-  pk = [(m["row"], _ok(m, "passkey")) for m in ms if _ok(m, "passkey")]
+                   "val loss (nats/token)", "val ppl", f"passkey <= {n} (%)", "MQAR mean (%)"],
+                  main))
+  parts.append("Implementation that ran:\n\n" + md(
+      ["model", "training", "streaming evaluation"],
+      [[m["row"], _paths((_ok(m, "train") or {}).get("paths")),
+        _paths((_ok(m, "position") or _ok(m, "passkey") or {}).get("stream_paths"))] for m in ms]))
+  pos = {m["row"]: _ok(m, "position") for m in ms if _ok(m, "position")}
+  if pos:
+    p0 = next(iter(pos.values()))
+    parts.append(f"Loss (nats/token) by position inside {p0['documents']} held-out {p0['split']} "
+                 f"documents of >= {p0['doc_tokens']:,} tokens (each cut to {p0['doc_tokens']:,}; "
+                 f"trained at N={n}):\n\n" + position.format_table(pos))
+  pk = {m["row"]: _ok(m, "passkey") for m in ms if _ok(m, "passkey")}
   if pk:
-    depths = sorted({c["depth"] for _, p in pk for c in p["cells"]})
-    trows = []
-    for name, p in pk:
-      for length in sorted({c["length"] for c in p["cells"]}):
-        cell = {c["depth"]: c for c in p["cells"] if c["length"] == length}
-        trows.append([name, length] + [_pct(cell[d]["accuracy"]) if d in cell else None
-                                       for d in depths])
-    parts.append(f"Passkey retrieval, whole number right (%), {pk[0][1]['cells'][0]['samples']} "
-                 f"prompts per cell, filler from the {pk[0][1]['filler_split']} split:\n\n" +
-                 md(["model", "length"] + [f"depth {d:g}" for d in depths], trows))
-  mq = [(m["row"], _ok(m, "mqar"), _ok(m, "mqar_train")) for m in ms if _ok(m, "mqar")]
+    p0 = next(iter(pk.values()))
+    parts.append(f"Passkey retrieval, whole number right (%), {p0['cells'][0]['samples']} prompts "
+                 f"per cell, filler from the {p0['filler_split']} split:\n\n" +
+                 passkey.format_table({k: v["cells"] for k, v in pk.items()}))
+  mq = {m["row"]: _ok(m, "mqar") for m in ms if _ok(m, "mqar")}
   if mq:
-    kv = sorted({c["kv_pairs"] for _, q, _ in mq for c in q["cells"]})
-    trows = []
-    for name, q, tr in mq:
-      for length in sorted({c["length"] for c in q["cells"]}):
-        cell = {c["kv_pairs"]: c for c in q["cells"] if c["length"] == length}
-        trows.append([name, length] + [_pct(cell[d]["accuracy"]) if d in cell else None
-                                       for d in kv])
-    q0, tr0 = mq[0][1], mq[0][2] or {}
+    q0 = next(iter(mq.values()))
+    tr0 = _ok(next(m for m in ms if m["row"] in mq), "mqar_train") or {}
     parts.append(f"MQAR accuracy (%) by length N and key-value pairs D (trained at N="
                  f"{q0['train_len']}, D={q0['train_kv']}, {tr0.get('steps', '-')} steps, "
                  f"~{tr0.get('params', '-')} parameters; '-': N < 4 D):\n\n" +
-                 md(["model", "N"] + [f"D={d}" for d in kv], trows))
+                 mqar.format_table({k: v["cells"] for k, v in mq.items()}))
   docs = payload["corpus"]["documents"]
   parts.append("Document lengths of the corpus (tokens):\n\n" + md(
       ["split", "documents", "tokens", "median", "p90", "max", "documents >= 32k"],
