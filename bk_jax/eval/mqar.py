@@ -42,7 +42,7 @@ def mqar_table(model: nnx.Module, task_cfg: ml_collections.ConfigDict, *, length
     samples: samples per cell (fewer where `token_budget` binds; whole batches).
     token_budget: test tokens per cell (0: unlimited).
     batch_size: samples streamed side by side.
-    chunk_size: streaming chunk (shorter samples are padded to it).
+    chunk_size: the longest streaming chunk (the shortest length is used when shorter).
     split: content seed of the samples (the training samples use "train").
     sub_chunk: see `StreamingEvaluator`.
 
@@ -63,7 +63,9 @@ def mqar_table(model: nnx.Module, task_cfg: ml_collections.ConfigDict, *, length
   task = ml_collections.ConfigDict(task_cfg.to_dict())
   task.num_kv_pairs = max(d for _, d in cells)
   task_vocab_size(task)  # the largest D must fit the vocabulary
-  chunk = min(int(chunk_size), max(n for n, _ in cells))
+  # one compile for every cell: the shortest length in chunks (the others stream several chunks
+  # with the state carried), so no sample is padded when every length is a multiple of it
+  chunk = min(int(chunk_size), min(n for n, _ in cells))
   ev = StreamingEvaluator(model, chunk_size=chunk, batch_size=batch_size, edges=(0,),
                           sub_chunk=sub_chunk)
   ev.compile()

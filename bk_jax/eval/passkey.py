@@ -122,7 +122,8 @@ def passkey_table(model: nnx.Module, tokenizer, filler: np.ndarray, *, lengths: 
     samples: prompts per cell (rounded up to whole batches).
     template: a `Template` or a name in `TEMPLATES`.
     digits: length of the number.
-    chunk_size: streaming chunk (shorter prompts are padded to it).
+    chunk_size: the longest streaming chunk (the shortest length is used when shorter; a
+      length that is not a multiple of the chunk pads its last chunk).
     batch_size: prompts streamed side by side.
     seed: numbers and filler windows (the same seed gives the same prompts for every model).
     sub_chunk: see `StreamingEvaluator`.
@@ -135,7 +136,7 @@ def passkey_table(model: nnx.Module, tokenizer, filler: np.ndarray, *, lengths: 
   if max(lengths) > len(filler):
     raise EvalError(f"passkey filler has {len(filler):,} tokens; the longest prompt needs "
                     f"{max(lengths):,}")
-  chunk = min(int(chunk_size), max(int(n) for n in lengths))
+  chunk = min(int(chunk_size), min(int(n) for n in lengths))  # one compile, no padding
   ev = StreamingEvaluator(model, chunk_size=chunk, batch_size=batch_size, edges=(0,),
                           sub_chunk=sub_chunk)
   ev.compile()
