@@ -203,11 +203,13 @@ def mqar_config(spec: dict, out: str, row: str):
   return c
 
 
-def eval_window(spec: dict) -> int:
-  """The Transformer's KV window in the evaluations: the longest evaluated context (no
-  sliding window inside any prompt or document)."""
-  e = spec["eval"]
-  return max(max(e["passkey"]["lengths"]), e["position"]["doc_tokens"])
+def stream_paths(cfg, window: int) -> dict:
+  """The implementation of the streaming evaluations: the kind's own, and for the Transformer
+  its streaming attention (always blockwise over the KV ring) and the window."""
+  from bk_jax.models import execution_paths
+
+  extra = ({"attention": f"blockwise, KV window {window}"} if cfg.kind == "transformer" else {})
+  return dict(execution_paths(cfg), **extra)
 
 
 # ------------------------------------------------------------------ stages (run in the child)
@@ -241,45 +243,46 @@ def _stage_eval(spec: dict, emit: Emitter, deadline: float, out: str, row: str) 
   from bk_jax.eval.loading import load_checkpoint
   from bk_jax.eval.passkey import passkey_table
   from bk_jax.eval.position import doubling_edges, position_table
-  from bk_jax.models import execution_paths
 
   c = train_config(spec, out, row)
   c.model.remat = "none"  # inference: nothing to rematerialise (a runtime field)
-  c.model.transformer.cache_window = eval_window(spec)  # runtime field: attend to the whole prompt
   e = spec["eval"]
   base = dict(row=row, kind=c.model.kind)
   with emit.cell(dict(base, cell="val"), deadline) as go:
     if go:
       v = runs.validate(c, e["val_tokens"], split="valid")
       emit.row(dict(base, cell="val", val_loss=v["loss"], val_tokens=v["tokens"]))
-  stream = dict(execution_paths(c.model), **(
-      {"attention": f"blockwise, KV window {eval_window(spec)}"} if c.model.kind == "transformer"
-      else {}))
-  loaded = []  # the checkpoint, restored by the first cell that runs
+  loaded = {}  # KV window -> the restored model (every other kind: one model)
 
-  def model():
-    if not loaded:
-      loaded.append(load_checkpoint(c.save_dir, None, c).model)
-    return loaded[0]
+  def model(window: int):
+    """The checkpoint with a Transformer KV window of `window` (a runtime field): each
+    evaluation attends to its whole prompt or document, and no further."""
+    key = window if c.model.kind == "transformer" else 0
+    if key not in loaded:
+      c.model.transformer.cache_window = window
+      loaded[key] = load_checkpoint(c.save_dir, None, c).model
+    return loaded[key]
 
   p = e["position"]
   with emit.cell(dict(base, cell="position"), deadline) as go:
     if go:
       docs = long_documents(c.data, p["split"], p["doc_tokens"] + 1, p["max_docs"])
-      tab = position_table(model(), docs, doc_tokens=p["doc_tokens"],
+      tab = position_table(model(p["doc_tokens"]), docs, doc_tokens=p["doc_tokens"],
                            edges=doubling_edges(p["first_edge"], p["doc_tokens"]),
                            chunk_size=p["chunk"], batch_size=p["batch"])
-      emit.row(dict(base, cell="position", split=p["split"], stream_paths=stream, **tab))
+      emit.row(dict(base, cell="position", split=p["split"],
+                    stream_paths=stream_paths(c.model, p["doc_tokens"]), **tab))
   k = e["passkey"]
   with emit.cell(dict(base, cell="passkey"), deadline) as go:
     if go:
       corpus = load_corpus(c.data)
-      rows = passkey_table(model(), corpus.tokenizer, corpus.splits[k["split"]],
+      window = max(k["lengths"])
+      rows = passkey_table(model(window), corpus.tokenizer, corpus.splits[k["split"]],
                            lengths=k["lengths"], depths=k["depths"], samples=k["samples"],
                            template=k["template"], digits=k["digits"], chunk_size=k["chunk"],
                            batch_size=k["batch"], seed=spec["train"]["seed"])
-      emit.row(dict(base, cell="passkey", filler_split=k["split"], stream_paths=stream,
-                    cells=rows))
+      emit.row(dict(base, cell="passkey", filler_split=k["split"],
+                    stream_paths=stream_paths(c.model, window), cells=rows))
 
 
 def _stage_mqar(spec: dict, emit: Emitter, deadline: float, out: str, row: str) -> None:
