@@ -6,6 +6,7 @@ on equal tokens: validation loss, loss by position in long documents, passkey re
   python scripts/compare_models.py --quick               # the same stages, tiny, on the CPU
   python scripts/compare_models.py --suite gpu --rows resnet_bk:green_keyed,transformer \\
       --tokens 50000000 --budget-scale 3
+  python scripts/compare_models.py --suite gpu --stages mqar --budget-scale 2   # rerun MQAR only
 
 Writes comparison.json (provenance-stamped), comparison.md, comparison.png, passkey.png and
 mqar.png under --out (default results/comparison/<suite>[_quick]/). Stages, sizes and what each
@@ -38,6 +39,10 @@ def parser() -> argparse.ArgumentParser:
                   help="training tokens per row (default: the suite's)")
   ap.add_argument("--budget-scale", type=float, default=1.0,
                   help="multiply every stage's time budget")
+  ap.add_argument("--stages", default="",
+                  help="comma-separated stage kinds to run: train, eval, mqar (default all); the "
+                       "earlier run in --out (same suite and rows) gives the sizes and the other "
+                       "stages' rows")
   ap.add_argument("--out", default=None)
   return ap
 
@@ -47,14 +52,14 @@ def main(argv=None) -> dict:
   out = args.out or os.path.join("results", "comparison",
                                  args.suite + ("_quick" if args.quick else ""))
   try:
-    spec = compare_models.suite_spec(args.suite, quick=args.quick,
-                                     rows=[r for r in args.rows.split(",") if r] or None)
-  except ValueError as e:
+    return compare_models.run_compare(out, suite=args.suite, quick=args.quick,
+                                      rows=[r for r in args.rows.split(",") if r] or None,
+                                      tokens=args.tokens, budget_scale=args.budget_scale,
+                                      stages=[s for s in args.stages.split(",") if s] or None,
+                                      args=vars(args))
+  except ValueError as e:  # a bad row, stage or earlier run: found before anything runs
     print(f"compare_models: error: {e}", file=sys.stderr)
     raise SystemExit(2) from None
-  return compare_models.run_compare(out, suite=args.suite, quick=args.quick,
-                                    rows=spec["rows"], tokens=args.tokens,
-                                    budget_scale=args.budget_scale, args=vars(args))
 
 
 if __name__ == "__main__":

@@ -81,6 +81,19 @@ def test_spent_budgets_skip_every_cell_and_the_report_says_so(tmp_path, monkeypa
   assert {r["status"] for r in out["rows"]} == {"skipped"}
   md = (tmp_path / "o" / "comparison.md").read_text()
   assert "Cells without a result" in md and "stage budget spent" in md
+  # --stages reruns some stages of that run; the others' rows are kept
+  again = compare_models.run_compare(str(tmp_path / "o"), quick=True, rows=["resnet_bk"],
+                                     budget_scale=0.0, stages=["mqar"], log=lambda *_: None)
+  assert [s["stage"] for s in again["stages"]] == [s["stage"] for s in out["stages"]]
+  assert ([r["cell"] for r in again["rows"]] ==
+          ["train", "val", "position", "passkey", "mqar_train", "mqar"])
+  with pytest.raises(ValueError, match="holds suite gpu with rows resnet_bk"):
+    compare_models.run_compare(str(tmp_path / "o"), quick=True, rows=["transformer"],
+                               stages=["eval"], log=lambda *_: None)
+  with pytest.raises(ValueError, match="does not exist"):
+    compare_models.run_compare(str(tmp_path / "new"), quick=True, stages=["eval"])
+  with pytest.raises(ValueError, match="unknown stage"):
+    compare_models.run_compare(str(tmp_path / "new"), quick=True, stages=["plot"])
 
 
 def _quick(tmp_path, rows):

@@ -195,7 +195,8 @@ def mqar_config(spec: dict, out: str, row: str):
                "train.seq_len": q["train_len"], "train.batch_size": q["batch"],
                "train.steps_per_length": q["steps"], "train.lr": q["lr"],
                "train.warmup_steps": max(1, q["steps"] // 10),
-               "train.log_interval": max(1, min(50, q["steps"] // 10)), "eval.every_steps": 0}
+               # the trainer's budget check waits for the host sync of a log step: keep them close
+               "train.log_interval": max(1, min(10, q["steps"] // 10)), "eval.every_steps": 0}
   ref = runs.make_config("resnet_bk", "", overrides)
   c = runs.make_config(kind, os.path.join(out, "runs", f"mqar_{_slug(row)}"),
                        {**overrides, **variant})
@@ -342,32 +343,81 @@ def corpus_report(spec: dict) -> dict:
               documents={s: length_summary(a) for s, a in document_lengths(cfg).items()})
 
 
+#: The stage kinds, in run order (`--stages` picks some of them).
+STAGE_KINDS = ("train", "eval", "mqar")
+
+
+def _previous(out: str, spec: dict, kinds: list[str]) -> tuple[dict, list[dict], list[dict]]:
+  """The earlier run in `out`: its spec (with `spec`'s budgets), and the stage summaries and rows
+  of the stages not in `kinds`.
+
+  Raises:
+    ValueError: no comparison.json in `out`, or one of another suite or other rows.
+  """
+  import json
+
+  path = os.path.join(out, "comparison.json")
+  if not os.path.isfile(path):
+    raise ValueError(f"--stages {','.join(kinds)} reruns stages of an earlier run, but {path} "
+                     f"does not exist")
+  with open(path) as f:
+    prev = json.load(f)
+  key = lambda sp: (sp["suite"], sp["quick"], list(sp["rows"]))
+  if key(prev["spec"]) != key(spec):
+    raise ValueError(f"{path} holds suite {prev['spec']['suite']} with rows "
+                     f"{','.join(prev['spec']['rows'])}; rerun stages with the same --suite, "
+                     f"--quick and --rows, or give another --out")
+  keep = lambda name: name.partition(":")[0] not in kinds
+  return (dict(prev["spec"], budgets=spec["budgets"]),
+          [s for s in prev["stages"] if keep(s["stage"])],
+          [r for r in prev["rows"] if keep(r["stage"])])
+
+
 def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list[str] | None = None,
-                tokens: int = 0, budget_scale: float = 1.0, args: dict | None = None,
-                log=print) -> dict:
+                tokens: int = 0, budget_scale: float = 1.0, stages: list[str] | None = None,
+                args: dict | None = None, log=print) -> dict:
   """Runs the suite and writes comparison.json/.md/.png, passkey.png and mqar.png under `out`.
 
   Args:
     out: results directory (created).
     suite, quick, rows, tokens, budget_scale: see `suite_spec`.
+    stages: stage kinds to run (`STAGE_KINDS`; default all). With some, the earlier run in `out`
+      (same suite and rows) gives the sizes and the other stages' rows, and this call the
+      budgets: e.g. rerun the MQAR stages with more time without training again.
     args: the command's arguments, recorded in the JSON.
     log: progress printer.
 
   Returns:
     The JSON payload (plus "out").
+
+  Raises:
+    ValueError: an unknown stage kind, or --stages without a matching earlier run in `out`.
   """
+  kinds = list(stages or STAGE_KINDS)
+  bad = [k for k in kinds if k not in STAGE_KINDS]
+  if bad:
+    raise ValueError(f"unknown stage(s) {', '.join(bad)}; expected some of "
+                     f"{', '.join(STAGE_KINDS)}")
   spec = suite_spec(suite, quick=quick, rows=rows, tokens=tokens, budget_scale=budget_scale)
+  kept_stages, kept_rows = [], []
+  if len(kinds) < len(STAGE_KINDS):  # the earlier run's sizes, so its checkpoints fit
+    spec, kept_stages, kept_rows = _previous(out, spec, kinds)
   os.makedirs(out, exist_ok=True)
   t0 = time.perf_counter()
   corpus = corpus_report(spec)
   log(f"# corpus {spec['data']['dataset']}: {corpus['identity']['source_files']:,} files, "
       f"{corpus['identity']['source_bytes']:,} bytes, sha256 {corpus['identity']['sha256'][:16]}")
   env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"} if spec["side_by_side"] else None
-  summary, stage_rows = run_stages(spec["groups"], module=__name__, spec=spec, out=out,
+  chosen = ([s for s in g if s.partition(":")[0] in kinds] for g in spec["groups"])
+  groups = [g for g in chosen if g]
+  summary, stage_rows = run_stages(groups, module=__name__, spec=spec, out=out,
                                    grace_s=spec["grace_s"], in_process=quick, env_extra=env,
                                    log=log, row_line=compare_report.row_line)
-  payload = compare_report.write(out, spec=spec, corpus=corpus, stages=summary, rows=stage_rows,
-                                 total_s=time.perf_counter() - t0, args=args or {})
+  order = [s for g in spec["groups"] for s in g]
+  summary = sorted(kept_stages + summary, key=lambda s: order.index(s["stage"]))
+  payload = compare_report.write(out, spec=spec, corpus=corpus, stages=summary,
+                                 rows=kept_rows + stage_rows, total_s=time.perf_counter() - t0,
+                                 args=args or {})
   log(f"# wrote {out}/comparison.json, comparison.md, comparison.png, passkey.png, mqar.png "
       f"({payload['total_s']:.0f} s)")
   return dict(payload, out=out)
