@@ -203,10 +203,11 @@ def test_dataset_registry_one_function_one_registration(tmp_path, monkeypatch):
   cfg.path = "somewhere.txt"
   with pytest.raises(DataError, match="data.path='somewhere.txt' is ignored by "
                                       "data.dataset='fixed'.*dataset=text \\(or wikitext2 / "
-                                      "wikitext103\\)"):
+                                      "wikitext103 / pysource\\)"):
     check_data_config(cfg)
   cfg.dataset = "imagenet"
   with pytest.raises(DataError, match="unknown dataset 'imagenet'; valid: pystdlib, text, "
-                                      "wikitext2, wikitext103, synthetic, fixed$"):
+                                      "wikitext2, wikitext103, pysource, synthetic, fixed$"):
     check_data_config(cfg)
-  assert sources.DATASETS == ("pystdlib", "text", "wikitext2", "wikitext103", "synthetic")
+  assert sources.DATASETS == ("pystdlib", "text", "wikitext2", "wikitext103", "pysource",
+                             "synthetic")

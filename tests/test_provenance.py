@@ -10,10 +10,11 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: json.dump sites that write something other than a result (caches, tokenizer files, the metric
-#: writer's text, internal stage records of the GPU suite, stdout), or the helper's own writers.
+#: writer's text, the stage records and specs of the report suites, stdout), or the helper's own
+#: writers.
 NOT_RESULTS = {
     "bk_jax/data/tokenizers.py", "bk_jax/data/identity.py", "bk_jax/data/cache.py",
-    "bk_jax/data/__main__.py", "bk_jax/train/metrics.py", "bk_jax/reports/gpu_suite.py",
+    "bk_jax/data/__main__.py", "bk_jax/train/metrics.py", "bk_jax/reports/stages.py",
     "scripts/generate.py",
     "bk_jax/runtime/jsonio.py",  # the generic atomic writer: its callers stamp (checked below)
     "bk_jax/train/results.py",  # long_context_results.json: run section from run_info (below)

@@ -9,6 +9,7 @@ import pytest
 import time
 
 from bk_jax.reports import gpu_suite
+from bk_jax.reports.stages import collect_rows
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
@@ -76,9 +77,9 @@ def test_collect_marks_the_running_cell():
   recs = [{"event": "start", "cell": "a", "stage": "s"},
           {"event": "row", "status": "ok", "cell": "a", "stage": "s", "tokens_per_s": 1.0},
           {"event": "start", "cell": "b", "stage": "s"}]
-  rows = gpu_suite._collect("s", recs, "timed_out")
+  rows = collect_rows("s", recs, "timed_out")
   assert [(r["cell"], r["status"]) for r in rows] == [("a", "ok"), ("b", "timed_out")]
-  rows = gpu_suite._collect("s", recs[:2] + [{"event": "error", "error": "boom"}], "ok")
+  rows = collect_rows("s", recs[:2] + [{"event": "error", "error": "boom"}], "ok")
   assert [(r["cell"], r["status"]) for r in rows] == [("a", "ok"), ("s", "error")]
 
 

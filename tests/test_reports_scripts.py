@@ -155,7 +155,7 @@ def test_bench_chunkwise_quick(tmp_path):
 def test_report_figures_read_results_files_of_schema_2_and_3():
   """Results files of schema 2 named the seed's figures train/loss, train/grad_norm, ...; the
   reports read those and today's (the seed's names) alike."""
-  from bk_jax.reports import gpu_suite, runs
+  from bk_jax.reports import runs
 
   seed = [dict(step=s, seq_len=32, loss=3.0 - 0.1 * s, gradient_norm=1.0 + s, is_spike=s == 2,
                is_nan=False, is_inf=s == 3, step_time=0.5) for s in range(1, 5)]
@@ -167,4 +167,4 @@ def test_report_figures_read_results_files_of_schema_2_and_3():
           for h in (seed, schema2)]
   assert figs[0] == figs[1]
   assert figs[0]["spikes"] == 1 and figs[0]["nonfinite_steps"] == 1 and figs[0]["steps"] == 4
-  assert gpu_suite._tokens_per_s(seed[0], 64) == gpu_suite._tokens_per_s(schema2[0], 64) == 128
+  assert runs.interval_tokens_per_s(seed[0], 64) == runs.interval_tokens_per_s(schema2[0], 64) == 128

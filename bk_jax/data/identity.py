@@ -2,9 +2,10 @@
 
 The embedded `pystdlib` corpus is the standard library of the running Python, so it differs
 between Python versions (and patch releases): losses on "the default corpus" are comparable only
-when `corpus_identity(...)["sha256"]` matches. The hash covers the source text of every split in
-the order the cache builder reads it (before any data_limit cut); it is computed once per cache
-entry and stored next to it (`identity.json`).
+when `corpus_identity(...)["sha256"]` matches. `pysource` (the standard library and every
+installed package) also depends on the installed packages, whose versions are recorded. The hash
+covers the source text of every split in the order the cache builder reads it (before any
+data_limit cut); it is computed once per cache entry and stored next to it (`identity.json`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def corpus_identity(data_cfg) -> dict:
     data_cfg: config.data (a text dataset; the synthetic tasks return their task settings).
   Returns:
     dict(dataset, source_bytes, source_files, sha256 (hex digest of the source text of every
-    split), python_version (pystdlib only), cache_key, cache_entry (directory holding
+    split), python_version (pystdlib, and pysource of the running interpreter), roots and
+    packages ("name==version", pysource only), cache_key, cache_entry (directory holding
     <split>.bin token arrays of `dtype`), dtype, split_tokens (tokens per split after
     data_limit), split_bytes, tokenizer, data_limit).
   """
@@ -57,9 +59,14 @@ def corpus_identity(data_cfg) -> dict:
     os.replace(tmp, path)
   out = dict(dataset=data_cfg.dataset, source_bytes=ident["source_bytes"],
              source_files=ident["source_files"], sha256=ident["sha256"])
-  if data_cfg.dataset == "pystdlib":
+  if data_cfg.dataset == "pystdlib" or (data_cfg.dataset == "pysource" and not data_cfg.path):
     out["python_version"] = platform.python_version()
     out["python_implementation"] = sys.implementation.name
+  if data_cfg.dataset == "pysource":
+    from bk_jax.data.pysource import library_roots, package_versions
+
+    out["roots"] = {label: str(root) for label, root in library_roots(data_cfg.path)}
+    out["packages"] = package_versions(data_cfg.path)
   meta = cache.read_meta(entry) or {}
   out.update(cache_key=key, cache_entry=str(entry), tokenizer=data_cfg.tokenizer,
              dtype=meta.get("dtype"),

@@ -190,6 +190,32 @@ def _resolve_pystdlib(cfg, fr: list[float]) -> Source:
   return _nonempty(Source(cfg.dataset, fp, total, pieces), "the standard library")
 
 
+def _resolve_pysource(cfg, fr: list[float]) -> Source:
+  """Every .py file of a Python installation (``bk_jax.data.pysource``): the running
+  interpreter's standard library and site-packages, or every .py file under ``data.path``; split
+  per file by a stable hash of its key ("stdlib/json/decoder.py", "site-packages/numpy/...")."""
+  from bk_jax.data.pysource import python_files
+
+  roots, files = python_files(cfg.path)
+  stats = [os.stat(p) for p, _ in files]
+  # the roots as strings (not lists): identity counts the list entries as files
+  fp = ([f"{label}={root}" for label, root in roots]
+        + [[key, st.st_size, st.st_mtime_ns] for (_, key), st in zip(files, stats)]
+        + [["split", fr]])
+  total = sum(st.st_size for st in stats)
+
+  @functools.cache
+  def owner() -> dict[str, str]:  # only reading needs the split (not the cache-key check)
+    return {key: stable_split(key, fr) for _, key in files}
+
+  def pieces(split: str) -> Iterator[Piece]:
+    for p, key in files:
+      if owner()[key] == split:
+        yield from _read_utf8(Path(p))
+
+  return _nonempty(Source(cfg.dataset, fp, total, pieces), cfg.path or "the running interpreter")
+
+
 def _resolve_text(cfg, fr: list[float]) -> Source:
   """``data.path`` (file, directory or glob), every file cut contiguously at ``fr``."""
   if not cfg.path:
@@ -331,6 +357,7 @@ register_dataset("text", _resolve_text, reads_path=True)
 register_dataset("wikitext2", functools.partial(_resolve_wikitext, "wikitext2"), reads_path=True)
 register_dataset("wikitext103", functools.partial(_resolve_wikitext, "wikitext103"),
                  reads_path=True)
+register_dataset("pysource", _resolve_pysource, reads_path=True)
 register_dataset("synthetic", None, reads_path=False)
 
 #: Names accepted by ``config.data.dataset`` (the built-in registrations above).

@@ -36,6 +36,33 @@ def samples_at(length: int, samples: int, token_budget: int, batch_size: int) ->
   return max(batch_size, int(math.ceil(n / batch_size)) * batch_size)
 
 
+def task_row(ev: StreamingEvaluator, task_cfg: ml_collections.ConfigDict, length: int, *,
+             samples: int, token_budget: int, seed: int) -> dict:
+  """Accuracy and loss of `ev`'s model on the scored positions of one task at one length.
+
+  Args:
+    ev: a compiled evaluator; its batch size and chunk are used (sequences shorter than the chunk
+      are padded to it).
+    task_cfg: config.data.synthetic (validated).
+    length: the test sequence length N.
+    samples, token_budget: see `samples_at`.
+    seed: content seed of the samples (bk_jax.data.synthetic.synthetic_seed).
+
+  Returns:
+    {length, samples, scored, accuracy, loss, seconds}.
+  """
+  from bk_jax.data import make_synthetic_batch
+
+  n_samples = samples_at(length, samples, token_budget, ev.batch)
+  nll = cnt = hit = secs = 0.0
+  for i in range(n_samples // ev.batch):
+    batch = make_synthetic_batch(task_cfg, int(length), ev.batch, seed=seed, index=i)
+    r = ev.run(_chunks(batch, ev.chunk), progress=False, log=None)
+    nll, cnt, hit, secs = nll + r.nll.sum(), cnt + r.count.sum(), hit + r.correct.sum(), secs + r.seconds
+  return dict(length=int(length), samples=n_samples, scored=int(cnt), accuracy=hit / max(cnt, 1.0),
+              loss=nll / max(cnt, 1.0), seconds=secs)
+
+
 def extrapolation_table(model: nnx.Module, task_cfg: ml_collections.ConfigDict,
                         lengths: Sequence[int] = DEFAULT_LENGTHS, *, samples: int = 64,
                         token_budget: int = 4 << 20, batch_size: int = 4, chunk_size: int = 4096,
@@ -56,7 +83,6 @@ def extrapolation_table(model: nnx.Module, task_cfg: ml_collections.ConfigDict,
   Returns:
     Rows {length, samples, scored, accuracy, loss, seconds}.
   """
-  from bk_jax.data import make_synthetic_batch
   from bk_jax.data.synthetic import min_seq_len, synthetic_seed, task_vocab_size
 
   task_vocab_size(task_cfg)  # validates the task
@@ -74,15 +100,9 @@ def extrapolation_table(model: nnx.Module, task_cfg: ml_collections.ConfigDict,
     from tqdm import tqdm
     bar = tqdm(total=len(lengths), desc="extrapolation", unit="len", file=sys.stderr)
   for n in lengths:
-    n_samples = samples_at(n, samples, token_budget, batch_size)
-    nll = cnt = hit = secs = 0.0
-    for i in range(n_samples // batch_size):
-      batch = make_synthetic_batch(task_cfg, int(n), batch_size, seed=seed, index=i)
-      r = ev.run(_chunks(batch, chunk_size), progress=False, log=None)
-      nll, cnt, hit, secs = nll + r.nll.sum(), cnt + r.count.sum(), hit + r.correct.sum(), secs + r.seconds
-    row = dict(length=int(n), samples=n_samples, scored=int(cnt), accuracy=hit / max(cnt, 1.0),
-               loss=nll / max(cnt, 1.0), seconds=secs)
+    row = task_row(ev, task_cfg, int(n), samples=samples, token_budget=token_budget, seed=seed)
     rows.append(row)
+    secs = row["seconds"]
     if bar is not None:
       bar.update(1)
       bar.set_postfix(N=n, acc=f"{100 * row['accuracy']:.1f}%")

@@ -84,3 +84,44 @@ def plot_extrapolation(path: str, rows: list[dict], *, train_len: int | None = N
   ax.set_title(title or "length extrapolation")
   ax.grid(True, alpha=0.3)
   return save_figure(fig, path)
+
+
+def plot_heatmaps(path: str, panels: dict[str, list[dict]], *, x: str, y: str,
+                  value: str = "accuracy", xlabel: str = "", ylabel: str = "", title: str = "") -> str:
+  """One accuracy heat map per panel (e.g. per model): rows {x, y, value} on a grid, in percent.
+
+  Args:
+    path: PNG path.
+    panels: {panel title: rows}; a cell missing from a panel's rows is left blank.
+    x, y: the row keys of the columns and the rows of each map (e.g. "length", "depth").
+    value: the key of the cell value, a fraction in [0, 1] (None = not run).
+  """
+  plt = pyplot()
+  xs = sorted({r[x] for rows in panels.values() for r in rows})
+  ys = sorted({r[y] for rows in panels.values() for r in rows})
+  n = max(len(panels), 1)
+  fig, axes = plt.subplots(1, n, figsize=(0.9 * len(xs) * n + 2.5, 0.45 * len(ys) + 1.8),
+                           squeeze=False)
+  for ax, (name, rows) in zip(axes[0], panels.items()):
+    grid = [[float("nan")] * len(xs) for _ in ys]
+    for r in rows:
+      if r.get(value) is not None:
+        grid[ys.index(r[y])][xs.index(r[x])] = 100.0 * r[value]
+    im = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto", origin="lower")
+    for i in range(len(ys)):
+      for j in range(len(xs)):
+        if grid[i][j] == grid[i][j]:  # not NaN
+          ax.text(j, i, f"{grid[i][j]:.0f}", ha="center", va="center", fontsize=7,
+                  color="white" if grid[i][j] < 60 else "black")
+    ax.set_xticks(range(len(xs)), [str(v) for v in xs], fontsize=7, rotation=45)
+    ax.set_yticks(range(len(ys)), [str(v) for v in ys], fontsize=7)
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel or y)
+    ax.set_title(name, fontsize=9)
+  fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=f"{value} (%)")
+  if title:
+    fig.suptitle(title, fontsize=10)
+  os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  return path

@@ -5,9 +5,9 @@ with ``cache=`` (the recurrent state of ResNet-BK / Mamba, the KV ring buffer of
 and donates the cache, so memory does not grow with the tokens consumed. A chunk longer than
 `sub_chunk` is a `lax.scan` over sub-chunks (bounded activations at large chunk sizes). A final
 short chunk is padded and masked (no second compile); padding only comes after the last real
-token, so it cannot change any scored prediction. `sums` is (3, n_buckets): masked NLL, token
-count and correct top-1 predictions per absolute-position bucket (`buckets.py`); they stay on the
-device and are added on the host in float64 every `log_every` chunks.
+token, so it cannot change any scored prediction. `sums` is (3, B, n_buckets): masked NLL, token
+count and correct top-1 predictions per stream (row) and absolute-position bucket (`buckets.py`);
+they stay on the device and are added on the host in float64 every `log_every` chunks.
 
 Entry point for the trainer (`--eval_only --streaming`) and `scripts/eval_streaming.py`:
 `run_streaming_eval(config, checkpoint=None) -> dict`.
@@ -69,8 +69,8 @@ def _chunk_step(graphdef, edges: tuple[int, ...], n_sub: int) -> Callable:
       hit = (jnp.argmax(logits, axis=-1) == tgt).astype(jnp.float32) * m
       onehot = (jnp.searchsorted(inner, pos, side="right")[:, None] ==
                 jnp.arange(nb)[None, :]).astype(jnp.float32)  # (s, nb)
-      per = jnp.stack([nll.sum(0), m.sum(0), hit.sum(0)])  # (3, s)
-      return cache, per @ onehot  # (3, nb)
+      per = jnp.stack([nll, m, hit])  # (3, B, s)
+      return cache, per @ onehot  # (3, B, nb)
 
     if n_sub == 1:
       return sub(cache, (inputs, targets, mask))
@@ -84,12 +84,13 @@ def _chunk_step(graphdef, edges: tuple[int, ...], n_sub: int) -> Callable:
 @dataclasses.dataclass
 class StreamResult:
   edges: tuple[int, ...]
-  nll: np.ndarray  # (n_buckets,) float64 sums
+  nll: np.ndarray  # (n_buckets,) float64 sums over every stream
   count: np.ndarray
   correct: np.ndarray
   chunks: int
   seconds: float  # streaming wall time (compile excluded)
   compile_seconds: float
+  per_stream: np.ndarray  # (3, B, n_buckets): nll, count, correct of each stream (row)
 
   @property
   def tokens(self) -> int:
@@ -168,7 +169,7 @@ class StreamingEvaluator:
     """Streams `chunks` from a fresh state; progress line every `log_every` chunks plus a bar."""
     self.compile()
     nb = len(self.edges)
-    acc = np.zeros((3, nb), np.float64)
+    acc = np.zeros((3, self.batch, nb), np.float64)
     pending: list[jax.Array] = []
     cache = self.model.init_cache(self.batch)
     bar = None
@@ -206,8 +207,9 @@ class StreamingEvaluator:
     secs = time.perf_counter() - t0
     if bar is not None:
       bar.close()
-    return StreamResult(edges=self.edges, nll=acc[0], count=acc[1], correct=acc[2], chunks=n_chunks,
-                        seconds=secs, compile_seconds=self.compile_seconds)
+    return StreamResult(edges=self.edges, nll=acc[0].sum(0), count=acc[1].sum(0),
+                        correct=acc[2].sum(0), chunks=n_chunks, seconds=secs,
+                        compile_seconds=self.compile_seconds, per_stream=acc)
 
 
 def text_chunks(stream: Iterable[np.ndarray]) -> Iterator[Chunk]:

@@ -19,20 +19,14 @@ runs on the CPU in the test suite; the full sizes are meant for one GPU, under 5
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import subprocess
-import sys
 import time
-import traceback
 
 from bk_jax.data.tokenizers import ByteTokenizer
-from bk_jax.train.results import history_value
+from bk_jax.reports.stages import REPO, Emitter, run_stages
 
 STAGES = ("ops", "models:resnet_bk", "models:mamba", "models:mamba2", "models:transformer",
           "train", "stream")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def suite_spec(quick: bool = False, budget_scale: float = 1.0) -> dict:
@@ -143,15 +137,6 @@ def _train_config(spec: dict, out: str):
   return c
 
 
-def _tokens_per_s(rec: dict, tokens_per_step: int):
-  """Training tokens/s of one metrics_history record (its interval's mean step time)."""
-  for k in ("tokens_per_s", "perf/tokens_per_s"):
-    if rec.get(k):
-      return float(rec[k])
-  step_time = history_value(rec, "step_time")
-  return tokens_per_step / float(step_time) if step_time else None
-
-
 #: The previous default of configs/seq32k.py (the sequential chunked resolvent), timed in the same
 #: stage as "auto" so the speed-up of the default path is a ratio measured in one run.
 PREVIOUS_DEFAULT = {"model.resolvent_method": "chunked"}
@@ -187,12 +172,9 @@ def _train(c, deadline: float) -> dict:
   hist = res.get("metrics_history", [])
   steps = max((int(h["step"]) for h in hist), default=0)
   tokens = steps * c.train.batch_size * c.train.seq_len
-  per_step = c.train.batch_size * c.train.seq_len
-  # every interval is timed on finished steps (compilation apart, perf/compile_s)
-  steady = [t for t in (_tokens_per_s(h, per_step) for h in hist) if t]
   return dict(steps_done=steps, batch=c.train.batch_size, tokens=tokens, wall_s=res["wall_s"],
               tokens_per_s_wall=tokens / res["wall_s"],
-              tokens_per_s=sorted(steady)[len(steady) // 2] if steady else None,
+              tokens_per_s=runs.steady_tokens_per_s(res, c.train.batch_size * c.train.seq_len),
               stopped_by_budget=res["stopped_by_budget"], save_dir=c.save_dir,
               paths=execution_paths(c.model, batch=c.train.batch_size, seq_len=c.train.seq_len))
 
@@ -223,41 +205,10 @@ def _stream(spec: dict, c, out: str) -> dict:
               chunk_size=spec["stream_chunk"], paths=execution_paths(c.model))
 
 
-class _Emitter:
-  """Appends JSON lines (a "start" before each cell, then its row) so a killed stage keeps rows."""
-
-  def __init__(self, path: str, stage: str):
-    self.path, self.stage = path, stage
-
-  def _write(self, rec: dict) -> None:
-    from bk_jax.runtime.jsonio import json_safe
-
-    with open(self.path, "a") as f:
-      f.write(json.dumps(json_safe(dict(rec, stage=self.stage))) + "\n")
-
-  @contextlib.contextmanager
-  def cell(self, cell: dict, deadline: float):
-    """Yields whether to run `cell` (False once the stage budget is spent: recorded as
-    skipped); an exception inside is recorded as this cell's error and the stage goes on."""
-    if time.monotonic() >= deadline:
-      self._write(dict(cell, event="row", status="skipped", reason="stage budget spent"))
-      yield False
-      return
-    self._write(dict(cell, event="start"))
-    try:
-      yield True
-    except Exception as e:  # noqa: BLE001 - one failing cell must not end the suite
-      self._write(dict(cell, event="row", status="error", error=f"{type(e).__name__}: {e}"[:2000],
-                       traceback=traceback.format_exc()[-4000:]))
-
-  def row(self, rec: dict) -> None:
-    self._write(dict(rec, event="row", status="ok"))
-
-
 def run_stage(stage: str, spec: dict, out: str, rows_path: str) -> None:
   """Runs one stage in this process, appending its rows to rows_path (the child's entry)."""
   deadline = time.monotonic() + spec["budgets"][stage]
-  emit = _Emitter(rows_path, stage)
+  emit = Emitter(rows_path, stage)
   try:
     if stage == "ops":
       _stage_ops(spec, emit, deadline)
@@ -270,39 +221,10 @@ def run_stage(stage: str, spec: dict, out: str, rows_path: str) -> None:
     else:
       raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
   except Exception as e:  # noqa: BLE001 - one failing cell/stage is recorded, the suite goes on
-    emit._write(dict(event="error", status="error", error=f"{type(e).__name__}: {e}"[:2000],
-                     traceback=traceback.format_exc()[-4000:]))
+    emit.stage_error(e)
 
 
 # ------------------------------------------------------------------ the parent
-
-def _read_rows(path: str) -> list[dict]:
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def _collect(stage: str, recs: list[dict], status: str) -> list[dict]:
-  """Rows of one stage: finished rows; a started cell without a row is timed out or errored."""
-  rows, open_cell = [], None
-  for r in recs:
-    r = dict(r)  # the caller's records stay as read
-    event = r.pop("event")
-    if event == "start":
-      open_cell = r
-    elif event == "row":
-      rows.append(r)
-      open_cell = None
-    elif event == "error":  # a stage-level failure (outside any cell)
-      rows.append(dict(open_cell or {"cell": stage}, stage=stage, status="error",
-                       error=r["error"], traceback=r.get("traceback")))
-      open_cell = None
-  if open_cell is not None:
-    rows.append(dict(open_cell, status=status if status != "ok" else "error",
-                     error="stage ended without a result for this cell"))
-  return rows
-
 
 def run_suite(out: str, *, quick: bool = False, stages: list[str] | None = None,
               budget_scale: float = 1.0, budgets: dict | None = None, grace_s: float = 15.0,
@@ -334,41 +256,9 @@ def run_suite(out: str, *, quick: bool = False, stages: list[str] | None = None,
   bad = [s for s in stages if s not in STAGES]
   if bad:
     raise ValueError(f"unknown stage(s) {bad}; expected some of {STAGES}")
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      [REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-  spec_path = os.path.join(out, "gpu_suite_spec.json")
-  with open(spec_path, "w") as f:
-    json.dump(spec, f, indent=1)
-  summary, rows = [], []
   t_suite = time.perf_counter()
-  for stage in stages:
-    rows_path = os.path.join(out, f"rows_{stage.replace(':', '_')}.jsonl")
-    if os.path.exists(rows_path):
-      os.remove(rows_path)
-    budget = spec["budgets"][stage]
-    log(f"# stage {stage}: budget {budget:.0f} s")
-    t0 = time.perf_counter()
-    cmd = [sys.executable, "-c", "import sys, json; from bk_jax.reports import gpu_suite; "
-           "gpu_suite.run_stage(sys.argv[1], json.load(open(sys.argv[2])), sys.argv[3], "
-           "sys.argv[4])", stage, spec_path, out, rows_path]
-    try:
-      # the child's own deadline skips cells; the kill (budget + grace for start-up) bounds it
-      p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True,
-                         timeout=budget + grace_s)
-      status = "ok" if p.returncode == 0 else f"exit {p.returncode}"
-      tail = (p.stdout + p.stderr)[-2000:]
-    except subprocess.TimeoutExpired as e:  # captured output is bytes here, even with text=True
-      status = "timed_out"
-      tail = "".join(x.decode(errors="replace") if isinstance(x, bytes) else x
-                     for x in (e.stdout or "", e.stderr or ""))[-2000:]
-    wall = time.perf_counter() - t0
-    stage_rows = _collect(stage, _read_rows(rows_path), status)
-    rows += stage_rows
-    summary.append(dict(stage=stage, status=status, wall_s=wall, budget_s=budget,
-                        rows=len(stage_rows), output_tail=tail if status != "ok" else None))
-    log(f"# stage {stage}: {status} in {wall:.1f} s, {len(stage_rows)} row(s)")
-    for r in stage_rows:
-      log("  " + _row_line(r))
+  summary, rows = run_stages([[stage] for stage in stages], module=__name__, spec=spec, out=out,
+                             grace_s=grace_s, log=log, row_line=_row_line)
   # Only now does this (parent) process touch a device: had it initialised the GPU before the
   # stages, its preallocated memory would have been missing from every child.
   payload = dict(spec=spec, stages=summary, rows=rows, total_s=time.perf_counter() - t_suite,

@@ -151,6 +151,24 @@ def train(c: ml_collections.ConfigDict, *, budget_s: float | None = None, fresh:
   return res
 
 
+def interval_tokens_per_s(rec: dict, tokens_per_step: int) -> float | None:
+  """Training tokens/s of one metrics_history record (its interval's mean step time), from
+  results files of either schema (`bk_jax.train.results.history_value`)."""
+  for k in ("tokens_per_s", "perf/tokens_per_s"):
+    if rec.get(k):
+      return float(rec[k])
+  step_time = history_value(rec, "step_time")
+  return tokens_per_step / float(step_time) if step_time else None
+
+
+def steady_tokens_per_s(res: dict, tokens_per_step: int) -> float | None:
+  """Median training tokens/s over the log intervals of a `train` result (each interval is
+  timed on finished steps, compilation apart: `perf/compile_s`); None without any."""
+  hist = res.get("metrics_history", [])
+  steady = sorted(t for t in (interval_tokens_per_s(h, tokens_per_step) for h in hist) if t)
+  return steady[len(steady) // 2] if steady else None
+
+
 def validate(c: ml_collections.ConfigDict, eval_tokens: int, split: str = "valid") -> dict:
   """Validation loss of the run's latest checkpoint (bk_jax.train.evaluate, batched)."""
   from bk_jax.train.evaluate import run_eval
