@@ -20,7 +20,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bk_jax.train.cli import add_config_help, one_line_errors, split_config_args  # noqa: E402
+from bk_jax.runtime.errors import one_line_errors  # noqa: E402
+from bk_jax.train.cli import add_config_help, split_config_args  # noqa: E402
 
 
 def _ints(text: str) -> list[int]:

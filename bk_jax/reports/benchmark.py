@@ -11,7 +11,7 @@ import json
 import os
 
 from bk_jax.models import execution_paths
-from bk_jax.reports import common, plots, quality, throughput
+from bk_jax.reports import common, plots, runs, throughput
 from bk_jax.runtime.provenance import stamped
 
 HEADER = ["kind", "N", "batch", "step s (median)", "step s min-max", "tokens/s", "peak MB",
@@ -86,7 +86,7 @@ def run_benchmark(kinds: list[str], lengths: list[int], *, tokens_per_step: int,
   target = throughput.param_count(throughput.model_config("resnet_bk", d_model, n_layers, vocab))
   cfgs, sizes = {}, {}
   for kind in kinds:  # a model kind, or "resnet_bk:VARIANT" (a block variant, same layers)
-    base, variant = quality.parse_row(kind)
+    base, variant = runs.parse_row(kind)
     ov = {k[len("model."):]: v for k, v in variant.items()}
     layers = (n_layers if base == "resnet_bk"
               else throughput.layers_for_params(

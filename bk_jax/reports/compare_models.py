@@ -31,7 +31,7 @@ import time
 
 from bk_jax.models.kinds import KINDS
 from bk_jax.reports import compare_report, runs
-from bk_jax.reports.quality import parse_row
+
 from bk_jax.reports.stages import Emitter, run_stages
 
 #: The best ResNet-BK block (the lowest validation loss at equal tokens in the ablations and the
@@ -141,7 +141,7 @@ def suite_spec(suite: str, *, quick: bool = False, rows: list[str] | None = None
     spec = _quick(spec)
   rows = list(rows or default_rows())
   for r in rows:  # an unknown kind or variant fails here, before any stage runs
-    kind, _ = parse_row(r)
+    kind, _ = runs.parse_row(r)
     if kind not in KINDS:
       raise ValueError(f"unknown row {r!r}: kind {kind!r} is not registered ({', '.join(KINDS)})")
   if tokens > 0:
@@ -165,7 +165,7 @@ def _slug(row: str) -> str:
 
 def train_config(spec: dict, out: str, row: str):
   """The training config of `row` (configs/base.py + the suite's sizes), layers matched."""
-  kind, variant = parse_row(row)
+  kind, variant = runs.parse_row(row)
   m, t, d = spec["model"], spec["train"], spec["data"]
   steps = max(1, math.ceil(t["tokens"] / (t["batch"] * t["seq_len"])))
   c = runs.make_config(kind, os.path.join(out, "runs", _slug(row)), {
@@ -184,7 +184,7 @@ def train_config(spec: dict, out: str, row: str):
 def mqar_config(spec: dict, out: str, row: str):
   """The MQAR training config of `row`: its block at the MQAR width, layers matched to the seed
   block's parameters at `mqar.n_layers`."""
-  kind, variant = parse_row(row)
+  kind, variant = runs.parse_row(row)
   q = spec["mqar"]
   overrides = {"seed": spec["train"]["seed"], "data.dataset": "synthetic",
                "data.synthetic.task": "mqar", "data.synthetic.vocab_size": q["vocab"],
