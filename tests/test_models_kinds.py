@@ -1,4 +1,4 @@
-"""The model-kind registry and the typed model contracts."""
+"""The model-kind registry and the typed model contracts.
 
 A kind registered from outside the package (one block class + one `register`) builds, trains a
 forward pass and streams exactly like the built-in kinds; unknown kinds and undeclared aux keys
