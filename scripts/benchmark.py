@@ -35,7 +35,8 @@ from bk_jax.reports import benchmark, common, runs  # noqa: E402
 
 def parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--kinds", default="resnet_bk,mamba,mamba2,transformer")
+  ap.add_argument("--kinds", default="resnet_bk,mamba,mamba2,transformer",
+                  help="rows: model kinds or resnet_bk:VARIANT (a block variant of scripts/ablations.py)")
   ap.add_argument("--lengths", default="2048,8192,32768,131072")
   ap.add_argument("--tokens-per-step", type=int, default=131072)
   ap.add_argument("--repeats", type=int, default=5)
@@ -60,7 +61,7 @@ def main(argv=None, ap: argparse.ArgumentParser | None = None) -> dict:
   ap = ap or parser()
   args = ap.parse_args(argv)
   try:
-    runs.check_rows(args.kinds.split(","), variants=False)  # before any timing
+    runs.check_rows(args.kinds.split(","))  # before any timing
   except ValueError as e:
     ap.error(str(e))
   if args.suite == "gpu":

@@ -9,7 +9,7 @@ on equal tokens: validation loss, loss by position in long documents, passkey re
   python scripts/compare_models.py --suite gpu --stages mqar --budget-scale 2   # rerun MQAR only
 
 Writes comparison.json (provenance-stamped), comparison.md, comparison.png, passkey.png and
-mqar.png under --out (default results/comparison/<suite>[_quick]/). Stages, sizes and what each
+mqar.png under --out (default results/quality/compare_models/<suite>[_quick]/). Stages, sizes and what each
 table means: docs/guides/comparison.md.
 """
 
@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
   args = parser().parse_args(argv)
-  out = args.out or os.path.join("results", "comparison",
+  out = args.out or os.path.join("results", "quality", "compare_models",
                                  args.suite + ("_quick" if args.quick else ""))
   try:
     return compare_models.run_compare(out, suite=args.suite, quick=args.quick,

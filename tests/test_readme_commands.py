@@ -164,7 +164,11 @@ REDUCTIONS = {
     "scripts/compare_stability.py": _quick("compare_stability", "--seeds", "0", "--lengths", "16",
                                            "--kinds", "resnet_bk"),
     "scripts/ablations.py": _quick("ablations"),
+    "scripts/compare_models.py": lambda args: Reduced(
+        ("scripts/compare_models.py", "--quick", *[a for a in args if a not in ("--quick",)]),
+        slow=True),
     "scripts/bench_ops.py": _quick("bench_ops", "--methods", "scan"),
+    "scripts/bench_chunkwise.py": _quick("bench_chunkwise"),
     "scripts/bench_data.py": lambda args: Reduced(
         ("scripts/bench_data.py", *args, "--seq_lens", "64", "--tokens_per_batch", "256",
          "--batches", "2", "--repeats", "1", "--no_step"), slow=True),

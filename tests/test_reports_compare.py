@@ -58,7 +58,7 @@ def test_gpu_suite_fits_eight_minutes_and_times_training_alone():
   assert all(len(g) == 1 for g in cpu["groups"])  # two cores: one stage at a time
   with pytest.raises(ValueError, match="unknown row 'resnet_bk:nope'"):
     compare_models.suite_spec("gpu", rows=["resnet_bk:nope"])
-  with pytest.raises(ValueError, match="kind 'rwkv' is not registered"):
+  with pytest.raises(ValueError, match="unknown row 'rwkv': a row is a model kind"):
     compare_models.suite_spec("gpu", rows=["rwkv"])
 
 

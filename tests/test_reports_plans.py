@@ -26,7 +26,7 @@ def test_ablation_rows_follow_only_and_baselines():
   every = ablations.plan_rows([4, 64], None, [])
   assert every[0] == ("resnet_bk", "base", {}) and len(every) == len(ablations.variants([4, 64]))
   assert {"heads_4", "heads_64", "green_keyed"} <= {name for _, name, _ in every}
-  with pytest.raises(KeyError):
+  with pytest.raises(ValueError, match="unknown row 'heads_4'"):
     ablations.plan_rows([], ["heads_4"], [])  # no such variant without --heads 4
 
 

@@ -140,10 +140,7 @@ def suite_spec(suite: str, *, quick: bool = False, rows: list[str] | None = None
   if quick:
     spec = _quick(spec)
   rows = list(rows or default_rows())
-  for r in rows:  # an unknown kind or variant fails here, before any stage runs
-    kind, _ = runs.parse_row(r)
-    if kind not in KINDS:
-      raise ValueError(f"unknown row {r!r}: kind {kind!r} is not registered ({', '.join(KINDS)})")
+  runs.check_rows(rows)  # an unknown kind or variant fails here, before any stage runs
   if tokens > 0:
     spec["train"]["tokens"] = int(tokens)
   b = spec.pop("budgets")
