@@ -23,6 +23,12 @@ Variants (everything else = the base ResNet-BK of --d_model/--n_layers/--n_heads
   green_keyed_modulus       green_keyed with the real kernel |G_ij| (bk_mixer="green_modulus")
   green_keyed_long          green_keyed with bk_init="long_memory" (memories at init ~2-660 tokens)
   green_keyed_modulus_long  green_keyed_modulus with bk_init="long_memory"
+  selective                 bk_mixer="ward_selective" (DESIGN §2.12: a per-token step Delta, decay
+                            A_h + s_h * BK's Ward log-decay, write 1 - a) + keys 8, conv, gate,
+                            eta_min=1e-3
+  selective_control         selective's scalar-decay control (bk_ward_decay=False: no resolvent)
+  selective_matched         selective with 8 heads and d_ff 104 (at d_model 64: 104,176 parameters)
+  selective_control_matched selective_control with 8 heads and d_ff 104 (103,088 parameters)
 Baselines (--baselines mamba,mamba2,transformer): the same training at parameters matched to base
 (layers matched, bk_jax.reports.throughput.layers_for_params), timed the same way.
 Speed: one jitted AdamW step per variant (bk_jax.reports.throughput.bench_one; same step as

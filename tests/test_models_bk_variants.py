@@ -30,6 +30,12 @@ VARIANTS = {
     "green_keyed_recurrent": dict(bk_mixer="green", bk_head_dim=4, bk_key_dim=3, bk_conv=True,
                                   bk_mix_method="recurrent"),
     "green_scan_layers": dict(bk_mixer="green", bk_head_dim=4, bk_conv=True, scan_layers=True),
+    "ward_selective": dict(bk_mixer="ward_selective", bk_head_dim=4, bk_key_dim=3, bk_conv=True,
+                           bk_gate=True, selective_shift=True, selective_coupling=True),
+    "ward_selective_recurrent": dict(bk_mixer="ward_selective", bk_head_dim=4, bk_key_dim=3,
+                                     bk_mix_method="recurrent"),
+    "ward_selective_control": dict(bk_mixer="ward_selective", bk_head_dim=4, bk_key_dim=3,
+                                   bk_conv=True, bk_ward_decay=False),
 }
 
 
@@ -101,7 +107,7 @@ def test_keyed_green_mixer_matches_dense_float64(selective, mixer, mix_method):
   np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-5 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("mixer", ["green", "green_modulus"])
+@pytest.mark.parametrize("mixer", ["green", "green_modulus", "ward_selective"])
 def test_chunkwise_and_recurrent_keyed_mixers_agree_with_gradients(mixer):
   """The keyed block by the chunkwise kernel and by the per-token recurrence, same parameters:
   logits and every parameter gradient agree to float32 rounding (the same maths)."""
@@ -201,6 +207,10 @@ def test_mimetic_init_ties_queries_to_keys_and_keeps_long_memories():
     (dict(bk_mixer="green", bk_init="long"), "bk_init"),
     (dict(bk_init="long_memory"), "bk_init"),  # the seed block keeps its own init
     (dict(bk_mixer="green", bk_key_dim=2, bk_mix_method="fast"), "bk_mix_method"),
+    (dict(bk_mixer="ward_selective"), "needs bk_key_dim > 0"),
+    (dict(bk_mixer="green", bk_key_dim=2, bk_ward_decay=False), "bk_ward_decay"),
+    (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_ward_decay=False, selective_shift=True),
+     "no resolvent"),
 ])
 def test_config_validation(bad, msg):
   with pytest.raises(ValueError, match=msg):
@@ -208,7 +218,8 @@ def test_config_validation(bad, msg):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mixer,key_dim", [("green", 0), ("green", 2), ("green_modulus", 2)])
+@pytest.mark.parametrize("mixer,key_dim", [("green", 0), ("green", 2), ("green_modulus", 2),
+                                           ("ward_selective", 2)])
 def test_green_mixer_trains_the_same_on_a_sequence_parallel_mesh(mixer, key_dim):
   """Green, keyed G or keyed |G| (the chunkwise kernel's sequence-parallel combine) + conv +
   gate: 3 train steps on mesh sequence=8 (and data 2 x sequence 4) equal one device

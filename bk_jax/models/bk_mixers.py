@@ -19,6 +19,14 @@ block (`bk.BKBlock`, which stays unchanged). Per block, with u = RMSNorm(x) (B, 
       (H d_head, real): |G_ij| = |g_j| prod_{j<k<=i} |t_k g_k|, so o is the real affine scan
       y_i = |t_i g_i| y_{i-1} + |g_i| x_i over g = causal_diag(v; t, z). A stored value comes back
       without the gap-dependent phase of G's in-band decay (DESIGN §2.10, the memory bound)
+    "ward_selective" (bk_mixer, needs bk_key_dim n > 0): a selective step on the resolvent
+      (DESIGN §2.12). By the Ward identity Im g_j = |g_j|^2 (eta_j + t_j^2 Im g_{j-1}),
+      lam_bk_j = log1p(t_j^2 Im g_{j-1} / eta_j) >= 0 is BK's log-decay of the resolvent row, and
+        Delta_j = softplus(w_Delta . u'_j + b_h),  lam_j = A_h + s_h lam_bk_j  (s_h = 0 without
+        `bk_ward_decay`: the scalar-decay control),  a_j = exp(-Delta_j lam_j)
+        S_j = a_j S_{j-1} + (1 - a_j) k_j x_j^T,   o_i = q_i^T S_i,   f = o   (H d_head, real)
+      Delta_j -> 0 keeps S and ignores token j, which the Green mixers cannot (their write |g_j|
+      and decay |t_j g_j| are tied through g_j); |o_i| <= max |q| |k| |x| (S is an average)
     m  = W_o f,  times silu(W_gate u) if `bk_gate`
     x' = x + FFN(u) + scale * m
 
@@ -26,7 +34,8 @@ DESIGN §2.10: y_i = sum_{j<=i} G^{(i)}_{ij} x_j is the prefix resolvent's last 
 per-head values x_j (d_head of them), so the state is a vector of d_head per head instead of one
 number; ||r_i|| <= 1/eta bounds y for bounded values. With a per-position shift the scale is the
 per-position eta_i (|eta_i g_i| <= eta_i / eta_min). Streaming state: the resolvent carry
-(g_last (B, H) for "diag", (g_last, y_last (B, H, n * d_head)) for "green", n = 1 without keys) and, with `bk_conv`, the
+(g_last (B, H) for "diag", (g_last, y_last (B, H, n * d_head)) for "green*" and "ward_selective",
+n = 1 without keys) and, with `bk_conv`, the
 last CONV_WIDTH - 1 block inputs (B, 3, d_model). Nothing depends on the sequence length.
 """
 
@@ -46,6 +55,9 @@ from bk_jax.ops.chunkwise import chunkwise
 from bk_jax.ops.linear_scan import linear_scan
 
 CONV_WIDTH = 4  # as Mamba's d_conv
+#: "ward_selective": Delta's per-head bias spreads Delta over this range at init (Mamba's dt init),
+#: memories of 1 / (Delta A) = 10 ... 1000 tokens at A = 1
+DELTA_INIT = (1e-3, 1e-1)
 V_SCALE_LONG_MEMORY = 1e-4  # bk_init "long_memory" / "mimetic": fan-in variance scale of W_v (std ~0.01)
 
 
@@ -108,8 +120,12 @@ class BKVariantBlock(nnx.Module):
     self.n_heads, self.eta_min, self.method, self.dtype = h, cfg.eta_min, cfg.resolvent_method, dtype
     self.green = cfg.bk_mixer in ("green", "green_modulus")
     self.modulus = cfg.bk_mixer == "green_modulus"  # real kernel |G_ij|, real features
-    self.head_dim = int(cfg.bk_head_dim) if self.green else 0
-    self.key_dim = int(cfg.bk_key_dim) if self.green else 0
+    self.selective_step = cfg.bk_mixer == "ward_selective"  # real state, decay apart from write
+    # the scalar-decay control of "ward_selective" (bk_ward_decay=False) uses no resolvent at all
+    self.resolvent = not self.selective_step or bool(cfg.bk_ward_decay)
+    valued = self.green or self.selective_step
+    self.head_dim = int(cfg.bk_head_dim) if valued else 0
+    self.key_dim = int(cfg.bk_key_dim) if valued else 0
     # values per head inside the resolvent: k (x) x when keyed, else x itself
     self.state_dim = self.head_dim * max(self.key_dim, 1)
     self.use_conv, self.use_gate = bool(cfg.bk_conv), bool(cfg.bk_gate)
@@ -124,10 +140,11 @@ class BKVariantBlock(nnx.Module):
     # per-head parameters: energies and hopping as the seed block's (DESIGN §2.8); eta by bk_init
     energy = np.linspace(-3.5, -0.5, h)
     eta0 = initial_eta(h, cfg.eta_min, cfg.bk_init)
-    self.hopping_raw = param(np.full(h, _inv_softplus(1.0)), ("heads",))
-    self.energy = param(energy, ("heads",))
-    self.eta_raw = param(_inv_softplus(np.maximum(eta0 - cfg.eta_min, min(1e-3, cfg.eta_min))),
-                         ("heads",))
+    if self.resolvent:
+      self.hopping_raw = param(np.full(h, _inv_softplus(1.0)), ("heads",))
+      self.energy = param(energy, ("heads",))
+      self.eta_raw = param(_inv_softplus(np.maximum(eta0 - cfg.eta_min, min(1e-3, cfg.eta_min))),
+                           ("heads",))
     self.norm = RMSNorm(d, param_dtype=param_dtype)
     if self.use_conv:
       conv_init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=0,
@@ -138,18 +155,25 @@ class BKVariantBlock(nnx.Module):
     # "long_memory" / "mimetic": potentials start near zero, since a random potential of std s localizes the
     # Green's function within ~8 / s^2 tokens (Anderson localization) whatever eta is
     v_scale = 1.0 if cfg.bk_init == "seed" else V_SCALE_LONG_MEMORY
-    self.w_v = dense(d, h, ("embed", "heads"), scale=v_scale, **kw)
     # selective deltas start at zero: the variant begins as the per-head block
     zero = dict(scale=1e-8, **kw)
-    if self.sel_coupling:
-      self.w_t = dense(d, h, ("embed", "heads"), **zero)
-    if self.sel_shift:
-      self.w_e = dense(d, h, ("embed", "heads"), **zero)
-      self.w_eta = dense(d, h, ("embed", "heads"), **zero)
+    if self.resolvent:
+      self.w_v = dense(d, h, ("embed", "heads"), scale=v_scale, **kw)
+      if self.sel_coupling:
+        self.w_t = dense(d, h, ("embed", "heads"), **zero)
+      if self.sel_shift:
+        self.w_e = dense(d, h, ("embed", "heads"), **zero)
+        self.w_eta = dense(d, h, ("embed", "heads"), **zero)
     n_feat = 2 * h
-    if self.green:
+    if self.selective_step:
+      self.w_delta = dense(d, h, ("embed", "heads"), **kw)
+      self.delta_bias = param(_inv_softplus(np.geomspace(*DELTA_INIT, h)), ("heads",))
+      self.a_log = param(np.zeros(h), ("heads",))  # A_h = 1
+      if self.resolvent:
+        self.ward_scale_raw = param(np.full(h, _inv_softplus(1.0)), ("heads",))  # s_h = 1
+    if valued:
       self.w_x = dense(d, h * self.head_dim, ("embed", "heads"), **kw)
-      n_feat = (1 if self.modulus else 2) * h * self.head_dim
+      n_feat = (1 if self.modulus or self.selective_step else 2) * h * self.head_dim
       if self.key_dim:
         self.w_k = dense(d, h * self.key_dim, ("embed", "heads"), **kw)
         self.w_q = dense(d, h * self.key_dim, ("embed", "heads"), **kw)
@@ -164,9 +188,9 @@ class BKVariantBlock(nnx.Module):
   def init_carry(self, batch_size: int):
     """Fresh-sequence streaming state BKVariantCarry(res, conv)."""
     g = jnp.zeros((batch_size, self.n_heads), jnp.complex64)
-    y_dtype = jnp.float32 if self.modulus else jnp.complex64
+    y_dtype = jnp.float32 if self.modulus or self.selective_step else jnp.complex64
     res = resolvent.GreenCarry(
-        g, jnp.zeros((batch_size, self.n_heads, self.state_dim), y_dtype)) if self.green else g
+        g, jnp.zeros((batch_size, self.n_heads, self.state_dim), y_dtype)) if self.key_dim or self.green else g
     conv = (jnp.zeros((batch_size, CONV_WIDTH - 1, self.d_model), self.dtype) if self.use_conv
             else None)
     return BKVariantCarry(res=res, conv=conv)
@@ -179,14 +203,16 @@ class BKVariantBlock(nnx.Module):
       conv_state: (B, CONV_WIDTH - 1, d_model) with bk_conv (None otherwise).
 
     Returns:
-      (uc (B, N, d_model), new conv state or None, v (B, N, H) float32).
+      (uc (B, N, d_model), new conv state or None, v (B, N, H) float32; None for the
+      scalar-decay control, which has no resolvent).
     """
     uc, new_conv = u, None
     if self.use_conv:
       uc, new_conv = causal_conv(u, self.conv_w[...].astype(u.dtype),
                                  self.conv_b[...].astype(u.dtype), conv_state)
       uc = jax.nn.silu(uc)
-    return uc, new_conv, per_token(self.w_v, uc).astype(jnp.float32)
+    v = per_token(self.w_v, uc).astype(jnp.float32) if self.resolvent else None
+    return uc, new_conv, v
 
   def _operator(self, uc: jax.Array):
     """Hopping, shift and eta, per head (H,) or per position (B, N, H) (DESIGN §2.9)."""
@@ -274,6 +300,53 @@ class BKVariantBlock(nnx.Module):
                             method=scan_method)
     return jnp.moveaxis(y, 0, -3), resolvent.GreenCarry(g_last, y_last)
 
+  def selective_mix(self, uc: jax.Array, v, hopping, z, eta, res_carry):
+    """The "ward_selective" mixer (DESIGN §2.12): S_j = a_j S_{j-1} + (1 - a_j) k_j x_j^T.
+
+    Args:
+      uc: (B, N, d_model) block input after the optional conv.
+      v, hopping, z, eta: the potentials (B, N, H) and the operator, per head (H,) or per
+        position (B, N, H); all None for the scalar-decay control (bk_ward_decay=False).
+      res_carry: GreenCarry(g_last (B, H), state (B, H, n * d_head) key-major) of the last chunk.
+
+    Returns:
+      (o (B, N, H, d_head) real, new GreenCarry).
+    """
+    acc = jnp.promote_types(self.dtype, jnp.float32)  # float32 (float64 for float64 models)
+    f = lambda a: a.astype(acc)
+    heads = lambda w, k: f(per_token(w, uc)).reshape(*uc.shape[:-1], self.n_heads, k)
+    delta = jax.nn.softplus(f(per_token(self.w_delta, uc)) + f(self.delta_bias[...]))
+    lam = jnp.exp(f(self.a_log[...]))
+    g_last, fresh = res_carry.g, False
+    if self.resolvent:
+      g, g_last = resolvent.causal_diag(v, hopping=hopping, z=z, carry=res_carry.g,
+                                        method=self.method)
+      im_prev = jnp.imag(jnp.concatenate([res_carry.g[..., None, :].astype(g.dtype),
+                                          g[..., :-1, :]], axis=-2))
+      # Ward: Im g_j = |g_j|^2 (eta_j + x_j) with x_j = t_j^2 Im g_{j-1}, so the past's share of
+      # Im g_j is 1 - ratio_j = x_j / (eta_j + x_j) and lam_bk = -log of it = log1p(eta_j / x_j).
+      # x_j = 0 only where nothing was written yet (Im g_{-1} = 0 of a fresh sequence; S is empty
+      # there): ratio is 1, a_j = 0 multiplies the empty state and the write 1 - a_j is exactly 1.
+      # Any finite decay is exact there, so lam_bk is set to 0 and the write to 1 below.
+      fresh = im_prev <= 0
+      x_prev = jnp.square(f(hopping)) * jnp.where(fresh, 1.0, im_prev)
+      lam_bk = jnp.where(fresh, 0.0, jnp.log1p(f(eta) / x_prev))
+      lam = lam + jax.nn.softplus(f(self.ward_scale_raw[...])) * lam_bk
+    log_a = -delta * lam  # <= 0: |a_j| <= 1
+    write = jnp.where(fresh, 1.0, -jnp.expm1(log_a))  # 1 - a_j without cancellation at small steps
+    q, k, x = heads(self.w_q, self.key_dim), heads(self.w_k, self.key_dim), heads(self.w_x, self.head_dim)
+    state = res_carry.y.reshape(*res_carry.y.shape[:-1], self.key_dim, self.head_dim)
+    if self.mix_method == "chunkwise":
+      o, state = chunkwise(q, k, x, jnp.broadcast_to(log_a, delta.shape), write, state)
+    else:  # the reference form: the (n, d_head) state at every token, by linear_scan
+      time = lambda a: jnp.moveaxis(a, -4, 0)  # (N, B, H, n, d): linear_scan is time-major
+      kx = write[..., None, None] * k[..., :, None] * x[..., None, :]  # (B, N, H, n, d)
+      scan_method = {"scan": "sequential", "auto": "auto"}.get(self.method, "associative")
+      s_all, state = linear_scan(time(jnp.exp(log_a)[..., None, None]), time(kx), state,
+                                 method=scan_method)
+      o = jnp.einsum("...hn,...hnd->...hd", q, jnp.moveaxis(s_all, 0, -4))
+    return o, resolvent.GreenCarry(g_last, state.reshape(res_carry.y.shape))
+
   def __call__(self, x: jax.Array, carry, pos: jax.Array, bias: jax.Array | None):
     """One block over a chunk.
 
@@ -291,10 +364,13 @@ class BKVariantBlock(nnx.Module):
       carry = self.init_carry(x.shape[0])
     u = self.norm(x)
     uc, new_conv, v = self.potentials(u, carry.conv)
-    if bias is not None:
+    if bias is not None and v is not None:
       v = v + bias[:, None]
-    hopping, z, eta = self._operator(uc)
-    if self.green:
+    hopping, z, eta = self._operator(uc) if self.resolvent else (None, None, None)
+    if self.selective_step:
+      y, new_res = self.selective_mix(uc, v, hopping, z, eta, carry.res)
+      feats = y.reshape(*y.shape[:-2], -1)
+    elif self.green:
       y, new_res = self.green_mix(uc, v, hopping, z, carry.res)
       ey = y * eta[..., None]
       if not self.modulus:  # (B, N, H, 2 d_head); the modulus mixer's y is real already

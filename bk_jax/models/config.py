@@ -16,7 +16,7 @@ RESOLVENT_METHODS = ("auto", "scan", "associative", "chunked")
 MAMBA_SCAN_METHODS = ("auto", "sequential", "associative")
 DTYPES = ("float32", "bfloat16", "float64")
 ATTENTIONS = ("auto", "xla", "cudnn", "blockwise")  # transformer.py: resolve_attention
-BK_MIXERS = ("diag", "green", "green_modulus")
+BK_MIXERS = ("diag", "green", "green_modulus", "ward_selective")
 BK_INITS = ("seed", "long_memory", "mimetic")
 BK_MIX_METHODS = ("auto", "chunkwise", "recurrent")
 
@@ -49,11 +49,17 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.precision_threshold = 1e4  # condition bound above which a layer is recomputed in complex128
   # --- ResNet-BK block variants (bk_mixers.py); all off = the seed block (bk.py) ---
   # "diag": features eta*g (seed) | "green": values mixed by G (DESIGN §2.10) | "green_modulus":
-  # values mixed by |G_ij| (a real, non-rotating kernel; DESIGN §2.10)
+  # values mixed by |G_ij| (a real, non-rotating kernel; DESIGN §2.10) | "ward_selective": a
+  # selective step whose decay adds BK's Ward log-decay, apart from the write (DESIGN §2.12)
   c.bk_mixer = "diag"
-  c.bk_head_dim = 8  # "green*": values per head (the vector state per head)
-  c.bk_key_dim = 0  # "green*": > 0 stores key (x) value outer products read by queries (n per head)
-  # keyed "green*" mixers: "chunkwise" (the state once per chunk, by matmuls; ops/chunkwise.py,
+  c.bk_head_dim = 8  # "green*", "ward_selective": values per head (the vector state per head)
+  # "green*": > 0 stores key (x) value outer products read by queries (n per head);
+  # "ward_selective" needs it > 0
+  c.bk_key_dim = 0
+  # "ward_selective": True adds s_h * (BK's Ward log-decay) to the decay rate A_h; False is the
+  # scalar-decay control without any resolvent (what BK adds to recall and to text)
+  c.bk_ward_decay = True
+  # keyed "green*" and "ward_selective" mixers: "chunkwise" (the state once per chunk, by matmuls; ops/chunkwise.py,
   # DESIGN §2.11) | "recurrent" (the state at every token, by the resolvent method's value scan:
   # the reference form) | "auto" (chunkwise)
   c.bk_mix_method = "auto"

@@ -179,8 +179,15 @@ def _check_resnet_bk(cfg: Any) -> None:
   need(cfg.bk_mixer in BK_MIXERS, f"bk_mixer {cfg.bk_mixer!r} not in {BK_MIXERS}")
   need(cfg.bk_head_dim > 0, f"bk_head_dim must be positive, got {cfg.bk_head_dim}")
   need(cfg.bk_key_dim >= 0, f"bk_key_dim must be >= 0, got {cfg.bk_key_dim}")
-  need(cfg.bk_key_dim == 0 or cfg.bk_mixer.startswith("green"),
-       "bk_key_dim > 0 needs bk_mixer='green' or 'green_modulus'")
+  need(cfg.bk_key_dim == 0 or cfg.bk_mixer != "diag",
+       "bk_key_dim > 0 needs bk_mixer='green', 'green_modulus' or 'ward_selective'")
+  need(cfg.bk_key_dim > 0 or cfg.bk_mixer != "ward_selective",
+       "bk_mixer='ward_selective' needs bk_key_dim > 0 (its state is keyed)")
+  need(cfg.bk_ward_decay or cfg.bk_mixer == "ward_selective",
+       "bk_ward_decay=False (the scalar-decay control) needs bk_mixer='ward_selective'")
+  need(cfg.bk_ward_decay or not (cfg.selective_shift or cfg.selective_coupling or cfg.prime_bump),
+       "bk_ward_decay=False has no resolvent: selective_shift, selective_coupling and prime_bump "
+       "do not apply")
   need(cfg.bk_init in BK_INITS, f"bk_init {cfg.bk_init!r} not in {BK_INITS}")
   need(cfg.bk_mix_method in BK_MIX_METHODS,
        f"bk_mix_method {cfg.bk_mix_method!r} not in {BK_MIX_METHODS}")
@@ -211,7 +218,7 @@ register(ModelKind(
     paths=_resnet_bk_paths,
     arch_fields=("n_heads", "use_semiseparable", "semiseparable_rank", "use_moe", "num_experts",
                  "router", "top_k", "bk_mixer", "bk_head_dim", "bk_key_dim", "selective_shift",
-                 "selective_coupling", "bk_conv", "bk_gate"),
+                 "selective_coupling", "bk_conv", "bk_gate", "bk_ward_decay"),
     runtime_fields=("resolvent_method", "use_birman_schwinger", "bk_mix_method"),
     aux_reduce=bk.AUX_REDUCE))  # declared in bk.py / moe.py, where the figures are computed
 

@@ -49,6 +49,14 @@ def variants(heads: list[int]) -> dict[str, dict]:
   # both keyed blocks with memories at init spread from ~2 to ~660 tokens (bk_init, bk_mixers.py)
   v["green_keyed_long"] = {**v["green_keyed"], "bk_init": "long_memory"}
   v["green_keyed_modulus_long"] = {**v["green_keyed_modulus"], "bk_init": "long_memory"}
+  # the selective step on the resolvent (DESIGN §2.12): write apart from decay, so a token can be
+  # skipped without forgetting; and its scalar-decay control without the BK term
+  v["selective"] = {"bk_mixer": "ward_selective", "bk_key_dim": 8, "bk_conv": True, "bk_gate": True,
+                    "eta_min": 1e-3}
+  v["selective_control"] = {**v["selective"], "bk_ward_decay": False}
+  # both at about the seed block's parameter count (d_model 64: 104,176 and 103,088 vs 105,888)
+  v["selective_matched"] = {**v["selective"], "n_heads": 8, "d_ff": 104}
+  v["selective_control_matched"] = {**v["selective_control"], "n_heads": 8, "d_ff": 104}
   return v
 
 

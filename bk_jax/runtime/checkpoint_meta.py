@@ -24,7 +24,7 @@ RENAMED_MODEL_FIELDS = {"use_scattering_router": "use_moe"}
 #: `bk_jax.models.config.default_model_config`). Filled in by `upgrade_config`.
 ADDED_MODEL_FIELDS = {"bk_mixer": "diag", "bk_head_dim": 8, "bk_key_dim": 0,
                       "selective_shift": False, "selective_coupling": False, "bk_conv": False,
-                      "bk_gate": False, "bk_init": "seed", "bk_mix_method": "auto",
+                      "bk_gate": False, "bk_init": "seed", "bk_mix_method": "auto", "bk_ward_decay": True,
                       "mamba2": {"d_state": 128, "d_conv": 4, "expand": 2, "headdim": 64,
                                  "ngroups": 1, "chunk": 0}}
 
