@@ -13,7 +13,7 @@ PASS/FAIL for the speed and memory targets the grid allows (also in benchmark.js
   python scripts/benchmark.py                                     # 2k ... 131k, 131,072 tokens/step
   python scripts/benchmark.py --lengths 2048,8192,32768 --tokens-per-step 32768
   python scripts/benchmark.py --quick                             # seconds: tiny sizes (tests)
-  python scripts/benchmark.py --suite gpu                         # the GPU suite (< 5 min, one GPU)
+  python scripts/benchmark.py --suite gpu                         # the GPU suite (< 6 min, one GPU)
   python scripts/benchmark.py --suite gpu --quick                 # the same stages, tiny, on CPU
 
 `--suite gpu` runs bk_jax.reports.gpu_suite instead (ops grid, every kind at d_model 512 on its

@@ -37,11 +37,14 @@ def test_gpu_suite_quick(tmp_path):
   assert all(r["tokens_per_s"] > 0 and r["paths"]["resolvent_method"] == m
              for m, r in ops.items())
   models = {r["kind"]: r for r in rows if r["stage"].startswith("models:")}
-  assert set(models) == {"resnet_bk", "mamba", "mamba2", "transformer"}
+  assert set(models) == {"resnet_bk", "resnet_bk:green_keyed", "mamba", "mamba2", "transformer"}
   # the CPU resolves "auto" to the sequential forms; bf16 activations everywhere
   assert models["resnet_bk"]["paths"] == {"dtype": "bfloat16", "resolvent_method": "scan"}
   assert models["mamba"]["paths"] == {"dtype": "bfloat16", "mamba_scan": "sequential"}
   assert models["mamba2"]["paths"] == {"dtype": "bfloat16", "ssd_chunk": "16"}
+  assert models["resnet_bk:green_keyed"]["paths"] == {"dtype": "bfloat16", "resolvent_method": "scan",
+                                                      "bk_mix": "chunkwise"}
+  assert models["resnet_bk:green_keyed"]["n_params"] > models["resnet_bk"]["n_params"]
   assert all(r["tokens_per_s"] > 0 and r["n_params"] > 0 for r in models.values())
   train, previous = [r for r in rows if r["stage"] == "train"]
   assert train["steps_done"] == 3 and train["tokens_per_s"] > 0 and train["tokens"] == 3 * 2 * 128
@@ -88,7 +91,8 @@ def test_checks_ratios():
   rows = [dict(stage=f"models:{k}", status="ok", kind=k, n=n, tokens_per_s=t)
           for k, n, t in [("resnet_bk", 8, 100.0), ("resnet_bk", 32, 95.0), ("mamba", 8, 50.0),
                           ("mamba", 32, 120.0), ("mamba2", 8, 80.0), ("mamba2", 32, 60.0),
-                          ("transformer", 8, 40.0), ("transformer", 32, 5.0)]]
+                          ("transformer", 8, 40.0), ("transformer", 32, 5.0),
+                          ("resnet_bk:green_keyed", 8, 70.0)]]
   got = {c["name"]: (round(c["value"], 3), c["ok"]) for c in gpu_suite.checks(rows)}
   assert got == {
       "resnet_bk tokens/s N=32 / N=8 >= 0.9": (0.95, True),
@@ -97,7 +101,8 @@ def test_checks_ratios():
       "mamba2 / resnet_bk tokens/s at N=8 >= 1/1.5": (0.8, True),
       "mamba2 / resnet_bk tokens/s at N=32 >= 1/1.5": (round(60 / 95, 3), False),
       "resnet_bk / attention (transformer) tokens/s at N=8 >= 3": (2.5, False),
-      "resnet_bk / attention (transformer) tokens/s at N=32 >= 10": (19.0, True)}
+      "resnet_bk / attention (transformer) tokens/s at N=32 >= 10": (19.0, True),
+      "resnet_bk:green_keyed / resnet_bk tokens/s at N=8 >= 1/1.5": (0.7, True)}
   # without Mamba-2 rows the state-space family is Mamba alone
   got = {c["name"] for c in gpu_suite.checks([r for r in rows if r["kind"] != "mamba2"])}
   assert "resnet_bk / state-space (mamba) tokens/s at N=8 >= 1" in got
