@@ -61,6 +61,10 @@ def test_run_state_reads_checkpoints_that_predate_its_fields():
   assert run.plan == [] and run.compile_s == {} and run.abandoned == {}  # taken as defaults
   assert run.position == [1, 0] and run.metrics_history == [{"step": 1}]
   assert RunState.from_json(run.to_json()) == run
+  # a run written under results schema 2 resumes with the seed's names in its history
+  old["metrics_history"] = [{"step": 1, "seq_len": 32, "train/loss": 2.5, "perf/host_rss_gb": 1.0}]
+  assert RunState.from_json(old).metrics_history == [
+      {"step": 1, "seq_len": 32, "loss": 2.5, "perf/host_rss_gb": 1.0}]
 
 
 def _extend(corpus, tmp_path, min_lr_ratio: float):

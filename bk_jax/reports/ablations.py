@@ -13,51 +13,9 @@ import os
 
 from bk_jax.data.tokenizers import ByteTokenizer
 from bk_jax.reports import common, plots, runs, throughput
+from bk_jax.reports.block_variants import variants
 
 BYTE_VOCAB = ByteTokenizer.vocab_size  # the runs read bytes (data.tokenizer="byte")
-
-
-def variants(heads: list[int]) -> dict[str, dict]:
-  """Every ablation variant: name -> ResNet-BK model overrides (scripts/ablations.py lists them).
-
-  Args:
-    heads: extra head counts; each adds a variant `heads_H` with n_heads=H.
-
-  Returns:
-    {variant name: {model field: value}}, "base" ({}) first.
-  """
-  v = {"base": {}, "bs_monitors": {"use_birman_schwinger": True},
-       "semiseparable": {"use_semiseparable": True},
-       "moe_scattering": {"use_moe": True, "router": "scattering"},
-       "moe_learned": {"use_moe": True, "router": "learned"}}
-  for h in heads:
-    v[f"heads_{h}"] = {"n_heads": h}
-  green = {"bk_mixer": "green"}
-  v.update({"conv": {"bk_conv": True}, "gate": {"bk_gate": True},
-            "conv_gate": {"bk_conv": True, "bk_gate": True},
-            "sel_shift": {"selective_shift": True}, "sel_coupling": {"selective_coupling": True},
-            "green": green, "green_conv_gate": {**green, "bk_conv": True, "bk_gate": True},
-            "green_all": {**green, "bk_conv": True, "bk_gate": True, "selective_shift": True,
-                          "selective_coupling": True},
-            "green_keyed": {**green, "bk_key_dim": 8, "bk_conv": True, "bk_gate": True,
-                            "selective_shift": True, "selective_coupling": True, "eta_min": 1e-3}})
-  # the keyed block at about the seed block's parameter count (d_model 64: 104,048 vs 105,888): half
-  # the heads and a d_model-wide FFN pay for the key/query projections
-  v["green_keyed_matched"] = {**v["green_keyed"], "n_heads": 8, "d_ff": 64}
-  # the keyed block with the non-rotating kernel |G_ij| (DESIGN §2.10, the memory bound)
-  v["green_keyed_modulus"] = {**v["green_keyed"], "bk_mixer": "green_modulus"}
-  # both keyed blocks with memories at init spread from ~2 to ~660 tokens (bk_init, bk_mixers.py)
-  v["green_keyed_long"] = {**v["green_keyed"], "bk_init": "long_memory"}
-  v["green_keyed_modulus_long"] = {**v["green_keyed_modulus"], "bk_init": "long_memory"}
-  # the selective step on the resolvent (DESIGN §2.12): write apart from decay, so a token can be
-  # skipped without forgetting; and its scalar-decay control without the BK term
-  v["selective"] = {"bk_mixer": "ward_selective", "bk_key_dim": 8, "bk_conv": True, "bk_gate": True,
-                    "eta_min": 1e-3}
-  v["selective_control"] = {**v["selective"], "bk_ward_decay": False}
-  # both at about the seed block's parameter count (d_model 64: 104,176 and 103,088 vs 105,888)
-  v["selective_matched"] = {**v["selective"], "n_heads": 8, "d_ff": 104}
-  v["selective_control_matched"] = {**v["selective_control"], "n_heads": 8, "d_ff": 104}
-  return v
 
 
 def plan_rows(heads: list[int], only: list[str] | None, baselines: list[str]) -> list[tuple]:

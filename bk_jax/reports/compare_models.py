@@ -1,7 +1,7 @@
 """Model comparison at matched parameters and equal tokens: `python scripts/compare_models.py`.
 
 Rows (`default_rows`): the seed ResNet-BK block, the best BK block (`BEST_BK`, a variant of
-`reports.ablations.variants`), then every registered baseline kind of `BASELINES` (Mamba,
+`reports.block_variants.variants`), then every registered baseline kind of `BASELINES` (Mamba,
 Mamba-2 once its kind is registered, the Transformer). Every row is trained on the same tokens
 at about the same parameter count (`runs.match_params`: the layer count closest to the target),
 then measured by the same stages (`stages.run_stages`, each under its own wall-clock budget):
@@ -35,7 +35,7 @@ from bk_jax.reports import compare_report, runs
 from bk_jax.reports.stages import Emitter, run_stages
 
 #: The best ResNet-BK block (the lowest validation loss at equal tokens in the ablations and the
-#: quality anchor): a `resnet_bk:NAME` row of `reports.ablations.variants`.
+#: quality anchor): a `resnet_bk:NAME` row of `reports.block_variants.variants`.
 BEST_BK = "green_keyed"
 #: Baseline kinds, in row order; a kind that is not registered (bk_jax.models.kinds) is skipped.
 BASELINES = ("mamba", "mamba2", "transformer")

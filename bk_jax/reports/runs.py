@@ -48,7 +48,7 @@ def parse_row(spec: str, *, variants: bool = True) -> tuple[str, dict]:
       a kind other than resnet_bk.
   """
   from bk_jax.models.kinds import kind_names
-  from bk_jax.reports.ablations import variants as block_variants  # the one list of block variants
+  from bk_jax.reports.block_variants import variants as block_variants  # the one list of them
 
   kind, _, variant = spec.partition(":")
   known = block_variants([])
