@@ -21,7 +21,7 @@ block (`bk.BKBlock`, which stays unchanged). Per block, with u = RMSNorm(x) (B, 
       without the gap-dependent phase of G's in-band decay (DESIGN §2.10, the memory bound)
     "ward_selective" (bk_mixer, needs bk_key_dim n > 0): a selective step on the resolvent
       (DESIGN §2.12). By the Ward identity Im g_j = |g_j|^2 (eta_j + t_j^2 Im g_{j-1}),
-      lam_bk_j = log1p(t_j^2 Im g_{j-1} / eta_j) >= 0 is BK's log-decay of the resolvent row, and
+      lam_bk_j = log1p(eta_j / (t_j^2 Im g_{j-1})) >= 0 is BK's log-decay of the resolvent row, and
         Delta_j = softplus(w_Delta . u'_j + b_h),  lam_j = A_h + s_h lam_bk_j  (s_h = 0 without
         `bk_ward_decay`: the scalar-decay control),  a_j = exp(-Delta_j lam_j)
         S_j = a_j S_{j-1} + (1 - a_j) k_j x_j^T,   o_i = q_i^T S_i,   f = o   (H d_head, real)
@@ -123,9 +123,9 @@ class BKVariantBlock(nnx.Module):
     self.selective_step = cfg.bk_mixer == "ward_selective"  # real state, decay apart from write
     # the scalar-decay control of "ward_selective" (bk_ward_decay=False) uses no resolvent at all
     self.resolvent = not self.selective_step or bool(cfg.bk_ward_decay)
-    valued = self.green or self.selective_step
-    self.head_dim = int(cfg.bk_head_dim) if valued else 0
-    self.key_dim = int(cfg.bk_key_dim) if valued else 0
+    self.valued = self.green or self.selective_step  # a vector state per head, not one g
+    self.head_dim = int(cfg.bk_head_dim) if self.valued else 0
+    self.key_dim = int(cfg.bk_key_dim) if self.valued else 0
     # values per head inside the resolvent: k (x) x when keyed, else x itself
     self.state_dim = self.head_dim * max(self.key_dim, 1)
     self.use_conv, self.use_gate = bool(cfg.bk_conv), bool(cfg.bk_gate)
@@ -171,7 +171,7 @@ class BKVariantBlock(nnx.Module):
       self.a_log = param(np.zeros(h), ("heads",))  # A_h = 1
       if self.resolvent:
         self.ward_scale_raw = param(np.full(h, _inv_softplus(1.0)), ("heads",))  # s_h = 1
-    if valued:
+    if self.valued:
       self.w_x = dense(d, h * self.head_dim, ("embed", "heads"), **kw)
       n_feat = (1 if self.modulus or self.selective_step else 2) * h * self.head_dim
       if self.key_dim:
@@ -190,7 +190,7 @@ class BKVariantBlock(nnx.Module):
     g = jnp.zeros((batch_size, self.n_heads), jnp.complex64)
     y_dtype = jnp.float32 if self.modulus or self.selective_step else jnp.complex64
     res = resolvent.GreenCarry(
-        g, jnp.zeros((batch_size, self.n_heads, self.state_dim), y_dtype)) if self.key_dim or self.green else g
+        g, jnp.zeros((batch_size, self.n_heads, self.state_dim), y_dtype)) if self.valued else g
     conv = (jnp.zeros((batch_size, CONV_WIDTH - 1, self.d_model), self.dtype) if self.use_conv
             else None)
     return BKVariantCarry(res=res, conv=conv)
@@ -295,10 +295,13 @@ class BKVariantBlock(nnx.Module):
                                       method=self.method)
     decay = jnp.abs(hopping * g)[..., None]  # (B, N, H, 1); hopping[i]: the bond i-1 -- i
     time = lambda a: jnp.moveaxis(a, -3, 0)  # (N, B, H, .): linear_scan is time-major
-    scan_method = {"scan": "sequential", "auto": "auto"}.get(self.method, "associative")
     y, y_last = linear_scan(time(decay), time(jnp.abs(g)[..., None] * vals), res_carry.y,
-                            method=scan_method)
+                            method=self._value_scan_method())
     return jnp.moveaxis(y, 0, -3), resolvent.GreenCarry(g_last, y_last)
+
+  def _value_scan_method(self) -> str:
+    """linear_scan's method for a per-token value scan, from the resolvent method."""
+    return {"scan": "sequential", "auto": "auto"}.get(self.method, "associative")
 
   def selective_mix(self, uc: jax.Array, v, hopping, z, eta, res_carry):
     """The "ward_selective" mixer (DESIGN §2.12): S_j = a_j S_{j-1} + (1 - a_j) k_j x_j^T.
@@ -337,13 +340,12 @@ class BKVariantBlock(nnx.Module):
     q, k, x = heads(self.w_q, self.key_dim), heads(self.w_k, self.key_dim), heads(self.w_x, self.head_dim)
     state = res_carry.y.reshape(*res_carry.y.shape[:-1], self.key_dim, self.head_dim)
     if self.mix_method == "chunkwise":
-      o, state = chunkwise(q, k, x, jnp.broadcast_to(log_a, delta.shape), write, state)
+      o, state = chunkwise(q, k, x, log_a, write, state)
     else:  # the reference form: the (n, d_head) state at every token, by linear_scan
       time = lambda a: jnp.moveaxis(a, -4, 0)  # (N, B, H, n, d): linear_scan is time-major
       kx = write[..., None, None] * k[..., :, None] * x[..., None, :]  # (B, N, H, n, d)
-      scan_method = {"scan": "sequential", "auto": "auto"}.get(self.method, "associative")
       s_all, state = linear_scan(time(jnp.exp(log_a)[..., None, None]), time(kx), state,
-                                 method=scan_method)
+                                 method=self._value_scan_method())
       o = jnp.einsum("...hn,...hnd->...hd", q, jnp.moveaxis(s_all, 0, -4))
     return o, resolvent.GreenCarry(g_last, state.reshape(res_carry.y.shape))
 
@@ -364,7 +366,7 @@ class BKVariantBlock(nnx.Module):
       carry = self.init_carry(x.shape[0])
     u = self.norm(x)
     uc, new_conv, v = self.potentials(u, carry.conv)
-    if bias is not None and v is not None:
+    if bias is not None:  # prime_bump: refused by validation for the control (v is None)
       v = v + bias[:, None]
     hopping, z, eta = self._operator(uc) if self.resolvent else (None, None, None)
     if self.selective_step:

@@ -37,6 +37,15 @@ SCHEMA2_NAMES = {"loss": "train/loss", "perplexity": "train/perplexity",
                  "mean_schatten_s2": "bk/schatten_s2", "max_condition_number": "bk/condition_number"}
 
 
+#: The inverse of SCHEMA2_NAMES: schema 2's name -> the seed's.
+SCHEMA2_SEED_NAMES = {old: seed for seed, old in SCHEMA2_NAMES.items()}
+
+
+def seed_named(record: dict) -> dict:
+  """A metrics_history record with schema 2's names turned back into the seed's."""
+  return {SCHEMA2_SEED_NAMES.get(k, k): v for k, v in record.items()}
+
+
 def history_value(record: dict, name: str, default=None):
   """`record[name]` of a metrics_history record of any schema (1 and 3 use the seed's names)."""
   if name in record:

@@ -8,7 +8,7 @@ from typing import Any
 
 from bk_jax.runtime.metrics import perplexity
 from bk_jax.train import attempts
-from bk_jax.train.results import SCHEMA2_NAMES
+from bk_jax.train.results import seed_named
 
 
 @dataclasses.dataclass
@@ -62,9 +62,7 @@ class RunState:
     names = {f.name for f in dataclasses.fields(cls)}
     known = {k: v for k, v in meta.items() if k in names and (v is not None or k == "data_iterator")}
     known.setdefault("plan", [])
-    seed_name = {old: seed for seed, old in SCHEMA2_NAMES.items()}
-    known["metrics_history"] = [{seed_name.get(k, k) if seed_name.get(k) not in h else k: v
-                                 for k, v in h.items()} for h in known.get("metrics_history", [])]
+    known["metrics_history"] = [seed_named(h) for h in known.get("metrics_history", [])]
     return cls(**known)
 
   def attempt(self, seq_len: int) -> int:
