@@ -47,9 +47,11 @@ def get_config() -> ml_collections.ConfigDict:
   t.log_interval = 10  # steps between host syncs (console, TensorBoard, metrics_history)
   t.spike_factor = 2.0  # spike iff loss > spike_factor x previous finite loss
   # Divergence: `divergence_patience` consecutive steps with a non-finite loss/gradient or a loss
-  # above divergence_factor x best loss of the length -> restore the last good checkpoint and
-  # multiply the learning rate by recovery_lr_scale; after max_recoveries the length is DIVERGED.
+  # above max(divergence_factor x best loss of the length, divergence_min_loss) -> restore the last
+  # good checkpoint and multiply the learning rate by recovery_lr_scale; after max_recoveries the
+  # length is DIVERGED. The floor keeps a solved task (loss ~1e-6 moving to 1e-5) from counting.
   t.divergence_factor = 4.0
+  t.divergence_min_loss = 0.01  # nats per token
   t.divergence_patience = 20
   t.max_recoveries = 2
   t.recovery_lr_scale = 0.5

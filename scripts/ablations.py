@@ -19,7 +19,7 @@ Variants (everything else = the base ResNet-BK of --d_model/--n_layers/--n_heads
   green_keyed               green_all with key (x) value states read by queries (bk_key_dim=8:
                             8 x d_head per head, Mamba's B_t/C_t role) and eta_min=1e-3 (memory)
   green_keyed_matched       green_keyed with 8 heads and d_ff = d_model (at d_model 64: 104,048
-                            parameters, the seed block's 105,888)
+                            parameters, the default block's 105,888)
   green_keyed_modulus       green_keyed with the real kernel |G_ij| (bk_mixer="green_modulus")
   green_keyed_long          green_keyed with bk_init="long_memory" (memories at init ~2-660 tokens)
   green_keyed_modulus_long  green_keyed_modulus with bk_init="long_memory"
@@ -31,7 +31,7 @@ Variants (everything else = the base ResNet-BK of --d_model/--n_layers/--n_heads
   selective_control_matched selective_control with 8 heads and d_ff 104 (103,088 parameters)
 Baselines (--baselines mamba,mamba2,transformer): the same training at parameters matched to base
 (layers matched, bk_jax.reports.throughput.layers_for_params), timed the same way.
-Speed: one jitted AdamW step per variant (bk_jax.reports.throughput.bench_one; same step as
+Speed: the trainer's jitted step per variant (bk_jax.reports.throughput.bench_one; same step as
 scripts/benchmark.py): median step time, tokens/s, XLA peak memory, ratio to base measured in
 the same run. Quality (when --quality_steps > 0): `--quality_steps` training steps on char-level
 Tiny Shakespeare through bk_jax.train.loop.run and the validation loss of the final checkpoint.
@@ -48,11 +48,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from bk_jax.reports import ablations, common, runs  # noqa: E402
+from bk_jax.reports import ablations, common, runs
 
 
 def main(argv=None) -> dict:

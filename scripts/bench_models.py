@@ -4,12 +4,7 @@ Transformer up to N = 8192); every flag of benchmark.py works (e.g. --json out.j
   python scripts/bench_models.py [--lengths 2048,8192,32768,131072] [--json out.json]
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import benchmark  # noqa: E402
+import benchmark
 
 if __name__ == "__main__":
   ap = benchmark.parser()

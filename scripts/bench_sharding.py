@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,8 +38,8 @@ def main(argv=None) -> None:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={a.devices}")
-  sys.path.insert(0, ROOT)
-  sys.path.insert(0, os.path.join(ROOT, "tests"))
+  
+  
   import jax
   import numpy as np
 

@@ -1,7 +1,7 @@
 """Training throughput, step time, peak memory and MFU per model kind and sequence length.
 
 Every kind at (nearly) equal parameters (baselines get the layer count closest to ResNet-BK's)
-and equal tokens per step (B = max(1, T // N)). Each cell is one jitted AdamW step
+and equal tokens per step (B = max(1, T // N)). Each cell is the trainer's jitted step
 (bk_jax.reports.throughput.bench_one, run by bk_jax.reports.benchmark): one warm-up then
 `--repeats` timed steps; median, min and max step time; XLA's peak memory of the compiled step;
 MFU = model FLOP/s (XLA's cost analysis of the step, and 6·params·tokens) over a float32 matmul
@@ -24,13 +24,9 @@ own time budget) and writes gpu_suite.json/.md/.png under --out (default results
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from bk_jax.data.tokenizers import ByteTokenizer  # noqa: E402
-from bk_jax.reports import benchmark, common, runs  # noqa: E402
+from bk_jax.data.tokenizers import ByteTokenizer
+from bk_jax.reports import benchmark, common, runs
 
 
 def parser() -> argparse.ArgumentParser:

@@ -19,9 +19,7 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from bk_jax.reports import compare_models  # noqa: E402
+from bk_jax.reports import compare_models
 
 
 def parser() -> argparse.ArgumentParser:

@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from bk_jax.reports import common, runs, stability  # noqa: E402
+from bk_jax.reports import common, runs, stability
 
 
 def main(argv=None) -> dict:

@@ -20,9 +20,7 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from bk_jax.runtime.errors import one_line_errors  # noqa: E402
+from bk_jax.runtime.errors import one_line_errors
 
 
 def main(argv=None) -> int:
@@ -93,5 +91,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  
   sys.exit(main())

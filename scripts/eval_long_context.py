@@ -18,10 +18,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from bk_jax.runtime.errors import one_line_errors  # noqa: E402
-from bk_jax.train.cli import add_config_help, split_config_args  # noqa: E402
+from bk_jax.runtime.errors import one_line_errors
+from bk_jax.train.cli import add_config_help, split_config_args
 
 
 def _ints(text: str) -> list[int]:

@@ -11,12 +11,9 @@ Errors: one line `generate.py: error: ...`, exit status 2. A run that DIVERGED g
 
 import argparse
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from bk_jax.runtime.errors import one_line_errors  # noqa: E402
+from bk_jax.runtime.errors import one_line_errors
 
 
 def parser() -> argparse.ArgumentParser:

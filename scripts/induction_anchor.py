@@ -32,12 +32,8 @@ loss masked to the answer carries the same signal.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from bk_jax.reports import common, induction, runs  # noqa: E402
+from bk_jax.reports import common, induction, runs
 
 
 def main(argv=None) -> dict:

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
   if any(a in ("-h", "--help") for a in argv):
     p.print_help()
     return 0
-  sys.path.insert(0, ROOT)
+  
   from bk_jax.train.cli import parse_config_args
   from bk_jax.train.config_validation import ConfigError
 

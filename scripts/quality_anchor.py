@@ -14,7 +14,7 @@ CPU-minutes.
   python scripts/quality_anchor.py --tokens 4000000       # equal tokens: 4M per kind
   python scripts/quality_anchor.py --budget_s 150         # reduced
   python scripts/quality_anchor.py --quick                # seconds (tests)
-  # a ResNet-BK block variant as a row of its own, beside the seed block and the baselines
+  # a ResNet-BK block variant as a row of its own, beside the default block and the baselines
   python scripts/quality_anchor.py --kinds resnet_bk:green_keyed,resnet_bk,mamba,mamba2,transformer
   # rebuild the table and figure from result JSONs (no training)
   python scripts/quality_anchor.py --out results/quality/equal_time_600s --merge \
@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from bk_jax.reports import common, quality, runs  # noqa: E402
+from bk_jax.reports import common, quality, runs
 
 
 def main(argv=None) -> dict:

@@ -11,14 +11,11 @@ Exit status as scripts/train.py: 0 done, 2 bad input, 3 interrupted (resumable),
 5 the storage refused a write (docs/guides/faults.md).
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 # standard library only: the signal handlers are in place before anything heavy is imported
-from bk_jax.runtime.errors import EXIT_INTERRUPTED, one_line_errors  # noqa: E402
-from bk_jax.runtime.interrupts import raise_on_signals  # noqa: E402
+from bk_jax.runtime.errors import EXIT_INTERRUPTED, one_line_errors
+from bk_jax.runtime.interrupts import raise_on_signals
 
 
 def main(argv=None) -> int:

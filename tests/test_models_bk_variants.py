@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 from bk_jax.models import build_model, validate_model_config
-from bk_jax.models.bk_mixers import BKVariantBlock, causal_conv, initial_eta
+from bk_jax.models.bk import BKBlock
+from bk_jax.models.bk_mixers import causal_conv, initial_eta
 from bk_jax.ops import resolvent
 import dense_reference as ref
 from test_models_interface import V, tiny_config, tokens
@@ -36,6 +37,11 @@ VARIANTS = {
                                      bk_mix_method="recurrent"),
     "ward_selective_control": dict(bk_mixer="ward_selective", bk_head_dim=4, bk_key_dim=3,
                                    bk_conv=True, bk_ward_decay=False),
+    # every mixer takes the block's other options: MoE (learned router), monitors, semiseparable
+    "green_keyed_moe_monitors": dict(bk_mixer="green", bk_head_dim=4, bk_key_dim=3, use_moe=True,
+                                     router="learned", use_birman_schwinger=True),
+    "diag_semiseparable_conv_long_memory": dict(use_semiseparable=True, semiseparable_rank=2,
+                                                bk_conv=True, bk_init="long_memory"),
 }
 
 
@@ -43,10 +49,11 @@ def make(variant: str):
   return build_model(tiny_config("resnet_bk", **VARIANTS[variant]))
 
 
-def test_flags_build_the_variant_block_and_default_is_seed():
-  seed = build_model(tiny_config("resnet_bk"))
-  assert type(seed.blocks[0]).__name__ == "BKBlock"
-  assert isinstance(make("green").blocks[0], BKVariantBlock)
+def test_one_block_class_for_every_mixer():
+  assert type(build_model(tiny_config("resnet_bk")).blocks[0]) is BKBlock
+  for v in VARIANTS:  # scan_layers stacks the layers into one block
+    blocks = make(v).blocks
+    assert type(blocks if isinstance(blocks, BKBlock) else blocks[0]) is BKBlock, v
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -95,8 +102,8 @@ def test_keyed_green_mixer_matches_dense_float64(selective, mixer, mix_method):
       w.kernel[...] = 0.3 * jax.random.normal(jax.random.key(1), w.kernel[...].shape)
   uc = jax.random.normal(jax.random.key(0), (2, 9, cfg.d_model))
   v = jax.random.normal(jax.random.key(2), (2, 9, cfg.n_heads))
-  hopping, z, _ = blk._operator(uc)
-  got, _ = blk.green_mix(uc, v, hopping, z, blk.init_carry(2).res)
+  hopping, z, eta = blk.operator(uc)
+  got, _ = blk.mix(v, blk.mixer_inputs(uc, uc), blk.init_carry(2).res, hopping, z, eta)
   heads = lambda w, k: np.asarray(uc @ w.kernel[...], np.float64).reshape(2, 9, cfg.n_heads, k)
   x, k, q = heads(blk.w_x, 3), heads(blk.w_k, 2), heads(blk.w_q, 2)
   rows = ref.prefix_rows(np.asarray(v), np.asarray(hopping), np.asarray(z))  # (B, i, j, H)
@@ -150,19 +157,19 @@ def test_selective_shift_keeps_im_z_above_eta_min_at_extreme_inputs():
   for w in (blk.w_e, blk.w_eta, blk.w_t):
     w.kernel[...] = 1e3 * jnp.ones_like(w.kernel[...])
   u = jnp.concatenate([jnp.full((1, 3, cfg.d_model), 50.0), jnp.full((1, 3, cfg.d_model), -50.0)], 1)
-  hopping, z, eta = blk._operator(u)
+  hopping, z, eta = blk.operator(u)
   assert hopping.shape == z.shape == (1, 6, cfg.n_heads)
   assert float(jnp.min(jnp.imag(z))) >= cfg.eta_min and float(jnp.min(hopping)) >= 0.0
   assert bool(jnp.all(jnp.isfinite(jnp.abs(z))))
 
 
 def _memories_at_init(cfg, n: int = 4000) -> np.ndarray:
-  """Per-head memory -1 / mean log|t_i g_i| of a built variant block at init, on the potentials
+  """Per-head memory -1 / mean log|t_i g_i| of a built block at init, on the potentials
   and operator the block itself makes from random unit-RMS inputs (as after its RMSNorm)."""
   blk = build_model(cfg).blocks[0]
   u = jax.random.normal(jax.random.key(1), (2, n, cfg.d_model))
   uc, _, v = blk.potentials(u, blk.init_carry(2).conv)
-  hopping, z, _ = blk._operator(uc)
+  hopping, z, _ = blk.operator(uc)
   hopping = jnp.broadcast_to(hopping, v.shape)
   g, _ = resolvent.causal_diag(v, hopping=hopping, z=jnp.broadcast_to(z, v.shape), method="scan")
   log_decay = np.log(np.abs(np.asarray(hopping * g)))[:, n // 4:]  # past the start-up
@@ -171,13 +178,13 @@ def _memories_at_init(cfg, n: int = 4000) -> np.ndarray:
 
 def test_long_memory_init_spans_mamba_like_memories():
   """bk_init="long_memory": memories at init spread from a few tokens to hundreds, rising head by
-  head; "seed": every head forgets within ~15 tokens, both because eta >= 0.1 and because the
+  head; "short_memory" (the default): every head forgets within ~15 tokens, both because eta >= 0.1 and because the
   random potentials localize the Green's function (what kept induction at 256 at chance)."""
   base = dict(bk_mixer="green_modulus", bk_head_dim=4, bk_conv=True, selective_shift=True,
               selective_coupling=True, eta_min=1e-3, n_heads=16)
-  seed = _memories_at_init(tiny_config("resnet_bk", **base))
+  short = _memories_at_init(tiny_config("resnet_bk", **base))
   long = _memories_at_init(tiny_config("resnet_bk", bk_init="long_memory", **base))
-  assert seed.max() < 15
+  assert short.max() < 15
   assert long.min() < 3 and long.max() > 400  # eta_min 1e-3: up to ~660 tokens at v = 0
   assert np.all(np.diff(long) > 0)  # each head remembers longer than the last
   np.testing.assert_allclose(initial_eta(16, 1e-3, "long_memory")[[0, -1]], [1.0, 2e-3])
@@ -203,9 +210,14 @@ def test_mimetic_init_ties_queries_to_keys_and_keeps_long_memories():
     (dict(bk_head_dim=0), "bk_head_dim"),
     (dict(bk_key_dim=2), "bk_key_dim"),
     (dict(bk_mixer="green", bk_key_dim=-1), "bk_key_dim"),
-    (dict(bk_conv=True, use_semiseparable=True), "variant block"),
+    (dict(bk_mixer="green", use_semiseparable=True), "use_semiseparable"),
+    (dict(selective_shift=True, use_semiseparable=True), "use_semiseparable"),
+    (dict(selective_coupling=True, use_birman_schwinger=True), "use_birman_schwinger"),
+    (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_ward_decay=False,
+          use_birman_schwinger=True), "use_birman_schwinger"),
+    (dict(bk_mixer="green", use_moe=True, router="scattering"), "router='scattering'"),
     (dict(bk_mixer="green", bk_init="long"), "bk_init"),
-    (dict(bk_init="long_memory"), "bk_init"),  # the seed block keeps its own init
+    (dict(bk_init="seed"), "bk_init"),  # the RNG seed is `seed`; the default init is short_memory
     (dict(bk_mixer="green", bk_key_dim=2, bk_mix_method="fast"), "bk_mix_method"),
     (dict(bk_mixer="ward_selective"), "needs bk_key_dim > 0"),
     (dict(bk_mixer="green", bk_key_dim=2, bk_ward_decay=False), "bk_ward_decay"),

@@ -191,11 +191,17 @@ def test_precision_upgrade_flags():
   assert int(aux["bk/precision_upgrades"]) == (2 if jax.config.jax_enable_x64 else 0)
 
 
-def test_precision_upgrade_recomputes_with_x64():
-  """With x64 the flagged layers are recomputed in complex128: same logits, upgrades counted."""
+@pytest.mark.parametrize("mixer", [
+    dict(use_semiseparable=True, semiseparable_rank=2),
+    dict(bk_mixer="green", bk_head_dim=3, bk_key_dim=2),  # the chunkwise kernel
+    dict(bk_mixer="green_modulus", bk_head_dim=3),
+    dict(bk_mixer="ward_selective", bk_head_dim=3, bk_key_dim=2),
+], ids=["diag_semiseparable", "green_keyed", "green_modulus", "ward_selective"])
+def test_precision_upgrade_recomputes_with_x64(mixer):
+  """With x64 the flagged layers' mixers are recomputed in double precision: same logits,
+  upgrades counted (every mixer with a per-head resolvent)."""
   with jax.enable_x64(True):
-    model = build_model(tiny_config("resnet_bk", use_birman_schwinger=True, use_semiseparable=True,
-                                    semiseparable_rank=2))
+    model = build_model(tiny_config("resnet_bk", use_birman_schwinger=True, **mixer))
     t = tokens(n=12)
     base, _, aux0 = model.forward(t)
     for block in model.blocks:

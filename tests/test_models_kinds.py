@@ -116,10 +116,12 @@ def test_block_carries_are_named_tuples(kind, carry_type):
   assert type(cache.layers).__name__ == carry_type and hasattr(cache.layers, "_fields")
 
 
-def test_variant_carry_is_a_named_tuple():
+def test_bk_carry_is_a_named_tuple():
   model = build_model(cfg_for("resnet_bk", bk_mixer="green", bk_conv=True))
   layers = model.init_cache(2).layers
-  assert type(layers).__name__ == "BKVariantCarry" and layers.conv.shape == (2, 2, 3, 16)
+  assert type(layers).__name__ == "BKCarry" and layers.conv.shape == (2, 2, 3, 16)
+  default = build_model(cfg_for("resnet_bk")).init_cache(2).layers
+  assert type(default).__name__ == "BKCarry" and default.conv is None
 
 
 def test_upgrade_config_maps_the_old_moe_key():
@@ -133,9 +135,16 @@ def test_upgrade_config_maps_the_old_moe_key():
       "model.use_moe=False (checkpoint True)"]
 
 
-def test_upgrade_config_fills_the_variant_fields_of_older_checkpoints():
-  """A checkpoint written before the block variants holds the seed block: the filled-in fields
-  compare equal to today's defaults, and a variant config is told apart."""
+def test_upgrade_config_renames_the_old_init_value():
+  old = {"model": {"kind": "resnet_bk", **ADDED_MODEL_FIELDS, "bk_init": "seed"}}
+  assert upgrade_config(old)["model"]["bk_init"] == "short_memory"
+  assert old["model"]["bk_init"] == "seed"  # the input is not modified
+  assert upgrade_config(upgrade_config(old)) == upgrade_config(old)
+
+
+def test_upgrade_config_fills_the_mixer_fields_of_older_checkpoints():
+  """A checkpoint written before the mixer options holds the default "diag" block: the
+  filled-in fields compare equal to today's defaults, and another mixer is told apart."""
   from bk_jax.models import default_model_config, kinds
   current = {"model": default_model_config().to_dict(), "data": {"tokenizer": "byte"}}
   stored = {"model": {k: v for k, v in current["model"].items() if k not in ADDED_MODEL_FIELDS},

@@ -78,8 +78,8 @@ def test_mixer_matches_a_numpy_loop(mix_method, extra):
       w.kernel[...] = 0.3 * jax.random.normal(jax.random.key(1), w.kernel[...].shape)
   uc = jax.random.normal(jax.random.key(0), (2, 11, blk.d_model))
   v = jax.random.normal(jax.random.key(2), (2, 11, blk.n_heads)) if blk.resolvent else None
-  hopping, z, eta = blk._operator(uc) if blk.resolvent else (None, None, None)
-  got, _ = blk.selective_mix(uc, v, hopping, z, eta, blk.init_carry(2).res)
+  hopping, z, eta = blk.operator(uc) if blk.resolvent else (None, None, None)
+  got, _ = blk.mix(v, blk.mixer_inputs(uc, uc), blk.init_carry(2).res, hopping, z, eta)
   want = _numpy_mixer(blk, uc, v, hopping, z, eta)
   assert got.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-5 * np.abs(want).max())
@@ -92,8 +92,8 @@ def test_output_is_bounded_and_a_zero_step_keeps_the_state():
   blk.w_delta.kernel[...] = 40.0 * jax.random.normal(jax.random.key(3), blk.w_delta.kernel[...].shape)
   uc = 3.0 * jax.random.normal(jax.random.key(0), (2, 64, blk.d_model))
   v = 5.0 * jax.random.normal(jax.random.key(2), (2, 64, blk.n_heads))
-  hopping, z, eta = blk._operator(uc)
-  o, _ = blk.selective_mix(uc, v, hopping, z, eta, blk.init_carry(2).res)
+  hopping, z, eta = blk.operator(uc)
+  o, _ = blk.mix(v, blk.mixer_inputs(uc, uc), blk.init_carry(2).res, hopping, z, eta)
   heads = lambda w, k: np.asarray(uc @ w.kernel[...]).reshape(2, 64, blk.n_heads, k)
   q, k, x = heads(blk.w_q, 2), heads(blk.w_k, 2), heads(blk.w_x, 3)
   kx = np.linalg.norm(k, axis=-1) * np.linalg.norm(x, axis=-1)  # (B, N, H)
@@ -103,7 +103,7 @@ def test_output_is_bounded_and_a_zero_step_keeps_the_state():
   # a zero step after the first token: S_i = (1 - a_0) k_0 x_0^T for every i
   blk.w_delta.kernel[...] = jnp.zeros_like(blk.w_delta.kernel[...])
   blk.delta_bias[...] = jnp.full_like(blk.delta_bias[...], -80.0)  # Delta = softplus(-80) ~ 2e-35
-  o, carry = blk.selective_mix(uc, v, hopping, z, eta, blk.init_carry(2).res)
+  o, carry = blk.mix(v, blk.mixer_inputs(uc, uc), blk.init_carry(2).res, hopping, z, eta)
   s0 = carry.y.reshape(2, blk.n_heads, 2, 3)
   np.testing.assert_allclose(np.asarray(o), np.einsum("bihn,bhnd->bihd", q, np.asarray(s0)),
                              rtol=1e-5, atol=1e-30)
@@ -124,7 +124,8 @@ def test_gradients_match_finite_differences_in_float64():
       args = tuple(jnp.asarray(a) for a in (uc, v, t, z.real, z.imag))
 
       def loss(uc, v, t, e, eta):
-        o, _ = blk.selective_mix(uc, v, t, jax.lax.complex(e, eta), eta, blk.init_carry(2).res)
+        o, _ = blk.mix(v, blk.mixer_inputs(uc, uc), blk.init_carry(2).res, t,
+                       jax.lax.complex(e, eta), eta)
         assert o.dtype == jnp.float64
         return jnp.sum(jnp.tanh(o) ** 2)
 

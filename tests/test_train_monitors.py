@@ -75,6 +75,28 @@ def test_divergence_needs_patience_consecutive_bad_steps():
   assert not bool(mon2.diverged)
 
 
+def test_a_solved_task_below_the_floor_never_diverges():
+  """A loss of 1e-7 rising tenfold (noise on a solved task) stays below divergence_min_loss: no
+  bad step; the same tenfold rise from 0.1 is divergence. A NaN is bad whatever the floor."""
+  floor = dict(KW, divergence_min_loss=0.01)
+  step = jax.jit(lambda mon, loss: update_monitors(mon, loss=loss, grad_norm=jnp.float32(1.0),
+                                                   **floor))
+
+  def run(losses):
+    mon, bad = MonitorState.zeros(), []
+    for loss in losses:
+      mon, f = step(mon, jnp.float32(loss))
+      bad.append(bool(f["bad"]))
+    return mon, bad
+
+  mon, bad = run([1e-7] + [1e-6] * 5)
+  assert bad == [False] * 6 and not bool(mon.diverged)
+  mon, bad = run([0.1] + [1.0] * 3)
+  assert bad == [False, True, True, True] and bool(mon.diverged)
+  _, bad = run([1e-7, float("nan")])
+  assert bad == [False, True]
+
+
 def test_epoch_average_ignores_non_finite_losses():
   mon, _ = _run([4.0, float("nan"), 2.0])
   s = mon.epoch.summary()

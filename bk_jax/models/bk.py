@@ -1,25 +1,41 @@
-"""ResNet-BK block: causal resolvent features of a learned Schrödinger operator, plus FFN/MoE.
+"""The ResNet-BK block: causal resolvent features of a learned Schrödinger operator, plus FFN/MoE.
 
-Per block, with u = RMSNorm(x) (B, N, d_model):
+One block class; its token mixer (`bk_mixer`) is a pure function in `bk_mixers.py`. Per block,
+with u = RMSNorm(x) (B, N, d_model):
 
-    v = W_v u (+ prime-bump bias)                      (B, N, H) real potentials, H = n_heads
-    g = causal_diag(v; t_h, z_h)                       (B, N, H) complex  (DESIGN §2.2)
-        or the semiseparable output with U = W_U u     (DESIGN §2.4, rank r from config)
-    f = [Re eta g, Im eta g]                           (B, N, 2H), inside the unit disk (§2.8)
-    x' = x + FFN-or-MoE(u) + scale * W_o f
+    u' = silu(causal depthwise conv_4(u))  if `bk_conv` (Mamba/H3's short conv), else u
+    v  = W_v u' (+ prime-bump bias)          (B, N, H) real potentials, H = n_heads
+    t  = softplus(t_h (+ W_t u'))            per head, or per position with `selective_coupling`
+    z  = E_h (+ W_E u') + i (eta_min + softplus(eta_h (+ W_eta u')))
+                                             per head, or per position with `selective_shift`
+                                             (DESIGN §2.9: Im z_i >= eta_min for every input)
+    mixer (bk_mixers.py):
+      "diag"            g = causal_diag(v; t, z) (DESIGN §2.2), or the semiseparable output with
+                        U = W_U u (DESIGN §2.4); f = [Re eta g, Im eta g]               (2H)
+      "green"           y_i = sum_{j<=i} G_ij x_j with x = W_x u' (d_head per head);
+                        f = [Re eta y, Im eta y]                                  (2 H d_head)
+      "green_modulus"   the same with |G_ij|; f = eta y                            (H d_head)
+        with `bk_key_dim` n > 0 the values are k_j (x) x_j (k = W_k u') read by q = W_q u':
+        o_i = sum_{j<=i} G_ij (q_i . k_j) x_j, a state of n x d_head per head
+      "ward_selective"  S_j = a_j S_{j-1} + (1 - a_j) k_j x_j^T with a step Delta_j = softplus(
+                        W_Delta u'_j + b_h) apart from BK's Ward log-decay; f = q^T S (H d_head)
+    m  = W_o f,  times silu(W_gate u) if `bk_gate`
+    x' = x + FFN-or-MoE(u) + scale * m
 
 Per head: hopping t_h = softplus(raw) > 0 (init 1), shift z_h = E_h + i eta_h with
-eta_h = eta_min + softplus(raw) >= eta_min; E_h is spread over [-3.5, -0.5] and eta_h is
-log-spaced over [0.1, 1] at init so heads see different memory lengths. All of them are
-parameters and receive exact gradients through the ops' custom VJPs.
+eta_h = eta_min + softplus(raw) >= eta_min; E_h spread over [-3.5, -0.5] and eta_h by `bk_init`
+(`bk_mixers.initial_eta`) so heads see different memory lengths. All of them are parameters and
+receive exact gradients through the ops' custom VJPs. |eta g| <= 1 (DESIGN §2.8) and
+||r_i|| <= 1/eta (DESIGN §2.10) keep the features bounded without normalisation.
 
-Streaming state per block: the resolvent carry g_{N-1} (B, H) complex, or the semiseparable
-carry (g, x, y, M): a few numbers per head, independent of how many tokens were consumed.
+Streaming state per block (`BKCarry`): the resolvent carry (g_last (B, H) complex; the
+semiseparable carry; or GreenCarry(g_last, state (B, H, n * d_head)) for the value mixers) and,
+with `bk_conv`, the last CONV_WIDTH - 1 block inputs: nothing grows with the tokens consumed.
 
 Birman–Schwinger monitors (`use_birman_schwinger`, DESIGN §2.5) are computed on the
 stop-gradient potentials: Schatten-1 on the last `bs_window` positions, exact Schatten-2 and the
 Gershgorin condition bound, all O(N). Precision upgrade: when the bound exceeds
-`precision_threshold` the layer's resolvent is recomputed in complex128 (one `lax.cond`). This
+`precision_threshold` the layer's mixer is recomputed in double precision (one `lax.cond`). This
 needs jax_enable_x64; without it the decision is still counted ("bk/precision_flags") but no
 recomputation happens and "bk/precision_upgrades" stays 0.
 """
@@ -27,15 +43,17 @@ recomputation happens and "bk/precision_upgrades" stays 0.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bk_jax.models.bk_mixers import BKVariantBlock
-from bk_jax.models.config import uses_bk_variant
+from bk_jax.models.bk_mixers import (CONV_WIDTH, DELTA_INIT, V_SCALE_LONG_MEMORY, causal_conv,
+                                     diag_features, green_mix, initial_eta, inv_softplus,
+                                     selective_mix, value_features)
+from bk_jax.models.config import resolve_mix_method
 from bk_jax.models.layers import FFN, RMSNorm, dense, per_token
 from bk_jax.models.moe import AUX_REDUCE as MOE_AUX_REDUCE
 from bk_jax.models.moe import MoE
@@ -56,10 +74,6 @@ AUX_REDUCE = {
 PRIME_BUMP_EPS = 0.05  # epsilon of DESIGN §2.7 (bump width sqrt(eps) in log-position)
 PRIME_BUMP_KMAX = 2
 PRIME_BUMP_PMAX = 4096  # bumps exist for primes <= PMAX, i.e. positions up to ~PMAX
-
-
-def _inv_softplus(y: np.ndarray) -> np.ndarray:
-  return y + np.log(-np.expm1(-y))
 
 
 def _primes(limit: int) -> np.ndarray:
@@ -94,82 +108,229 @@ def prime_bump_potential(positions: jax.Array, scale: float) -> jax.Array:
   return scale * bumps
 
 
+
+class BKCarry(NamedTuple):
+  """Streaming state of one block."""
+  # g_last (B, H) complex ("diag"), the semiseparable carry ("diag" with use_semiseparable), or
+  # resolvent.GreenCarry(g_last, state (B, H, n * d_head)) for the value mixers
+  res: Any
+  conv: jax.Array | None = None  # (B, CONV_WIDTH - 1, d_model) with bk_conv, else None
+
+
 class BKBlock(nnx.Module):
   """One pre-norm ResNet-BK block (see the module docstring).
 
   Args (constructor):
-    cfg: the model ConfigDict (d_model, n_heads, d_ff, eta_min, resolvent_method,
-      use_semiseparable, semiseparable_rank, use_birman_schwinger, bs_window,
-      precision_threshold, use_moe, num_experts, router, top_k, aux_loss_weight).
+    cfg: the model ConfigDict (d_model, n_heads, d_ff, n_layers, eta_min, resolvent_method, the
+      bk_* mixer options, selective_shift, selective_coupling, use_semiseparable,
+      semiseparable_rank, use_birman_schwinger, bs_window, precision_threshold, use_moe and its
+      router options); `bk_jax.models.kinds` validates which options combine.
+    rngs, dtype, param_dtype: parameter RNGs, activation and parameter dtypes.
   """
 
   def __init__(self, cfg: Any, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
     d, h = cfg.d_model, cfg.n_heads
     out_scale = 1.0 / (2 * cfg.n_layers)
     kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    self.n_heads, self.eta_min, self.method = h, cfg.eta_min, cfg.resolvent_method
+    self.n_heads, self.d_model, self.dtype = h, d, dtype
+    self.eta_min, self.method = cfg.eta_min, cfg.resolvent_method
+    self.mixer = cfg.bk_mixer
+    self.modulus = self.mixer == "green_modulus"  # real kernel |G_ij|, real features
+    # the scalar-decay control of "ward_selective" (bk_ward_decay=False) uses no resolvent at all
+    self.resolvent = self.mixer != "ward_selective" or bool(cfg.bk_ward_decay)
+    self.valued = self.mixer != "diag"  # a vector state per head, not one g
+    self.head_dim = int(cfg.bk_head_dim) if self.valued else 0
+    self.key_dim = int(cfg.bk_key_dim) if self.valued else 0
+    self.state_dim = self.head_dim * max(self.key_dim, 1)  # k (x) x when keyed, else x
+    self.mix_method = resolve_mix_method(cfg.bk_mix_method)
     self.semiseparable_rank = cfg.semiseparable_rank if cfg.use_semiseparable else 0
+    self.use_conv, self.use_gate = bool(cfg.bk_conv), bool(cfg.bk_gate)
+    self.sel_shift, self.sel_coupling = bool(cfg.selective_shift), bool(cfg.selective_coupling)
     self.monitors, self.bs_window = cfg.use_birman_schwinger, cfg.bs_window
     self.precision_threshold = cfg.precision_threshold
-    self.dtype = dtype
 
-    def head_param(values: np.ndarray, axes=("heads",)) -> nnx.Param:
+    def param(values: np.ndarray, axes=("heads",)) -> nnx.Param:
       init = lambda *_: jnp.asarray(values, param_dtype)
       return nnx.Param(nnx.with_partitioning(init, axes)(None, values.shape, param_dtype))
 
-    eta0 = np.geomspace(0.1, 1.0, h)
-    self.hopping_raw = head_param(np.full(h, _inv_softplus(1.0)))
-    self.energy = head_param(np.linspace(-3.5, -0.5, h))
-    self.eta_raw = head_param(_inv_softplus(np.maximum(eta0 - cfg.eta_min, 1e-3)))
+    # Parameters are created in one fixed order (it fixes which RNG draw each one gets).
+    if self.resolvent:
+      eta0 = initial_eta(h, cfg.eta_min, cfg.bk_init)
+      self.hopping_raw = param(np.full(h, inv_softplus(1.0)))
+      self.energy = param(np.linspace(-3.5, -0.5, h))
+      self.eta_raw = param(inv_softplus(np.maximum(eta0 - cfg.eta_min, min(1e-3, cfg.eta_min))))
     self.norm = RMSNorm(d, param_dtype=param_dtype)
-    self.w_v = dense(d, h, ("embed", "heads"), **kw)
+    if self.use_conv:
+      conv_init = jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=0,
+                                                       out_axis=1)  # as MambaBlock's conv
+      self.conv_w = nnx.Param(nnx.with_partitioning(conv_init, ("conv", "embed"))(
+          rngs.params(), (CONV_WIDTH, d), param_dtype))
+      self.conv_b = param(np.zeros(d), ("embed",))
+    if self.resolvent:
+      # long-memory inits start the potentials near zero: a random potential of std s localizes
+      # the Green's function within ~8 / s^2 tokens (Anderson localization) whatever eta is
+      v_scale = 1.0 if cfg.bk_init == "short_memory" else V_SCALE_LONG_MEMORY
+      self.w_v = dense(d, h, ("embed", "heads"), scale=v_scale, **kw)
     if self.semiseparable_rank:
       r = self.semiseparable_rank
       self.w_u = dense(d, h * r, ("embed", "heads"), **kw)
-      self.s = head_param(np.full((h, r), 0.1), ("heads", None))
-    self.w_o = dense(2 * h, d, ("heads", "embed"), scale=out_scale, **kw)
-    self.scale = nnx.Param(nnx.with_partitioning(nnx.initializers.ones_init(), ("embed",))(
-        None, (d,), param_dtype))
+      self.s = param(np.full((h, r), 0.1), ("heads", None))
+    zero = dict(scale=1e-8, **kw)  # selective deltas start at zero: per-head operator at init
+    if self.sel_coupling:
+      self.w_t = dense(d, h, ("embed", "heads"), **zero)
+    if self.sel_shift:
+      self.w_e = dense(d, h, ("embed", "heads"), **zero)
+      self.w_eta = dense(d, h, ("embed", "heads"), **zero)
+    n_feat = 2 * h
+    if self.mixer == "ward_selective":
+      self.w_delta = dense(d, h, ("embed", "heads"), **kw)
+      self.delta_bias = param(inv_softplus(np.geomspace(*DELTA_INIT, h)))
+      self.a_log = param(np.zeros(h))  # A_h = 1
+      if self.resolvent:
+        self.ward_scale_raw = param(np.full(h, inv_softplus(1.0)))  # s_h = 1
+    if self.valued:
+      self.w_x = dense(d, h * self.head_dim, ("embed", "heads"), **kw)
+      real = self.modulus or self.mixer == "ward_selective"
+      n_feat = (1 if real else 2) * h * self.head_dim
+      if self.key_dim:
+        self.w_k = dense(d, h * self.key_dim, ("embed", "heads"), **kw)
+        self.w_q = dense(d, h * self.key_dim, ("embed", "heads"), **kw)
+        if cfg.bk_init == "mimetic":  # q . k starts as a similarity of the two positions' inputs
+          self.w_q.kernel[...] = self.w_k.kernel[...]
+    self.w_o = dense(n_feat, d, ("heads", "embed"), scale=out_scale, **kw)
+    if self.use_gate:
+      self.w_gate = dense(d, d, ("embed", "mlp"), **kw)
+    self.scale = param(np.ones(d), ("embed",))
     if cfg.use_moe:
       self.ffn = MoE(d, cfg.d_ff, cfg.num_experts, cfg.router, cfg.top_k, cfg.aux_loss_weight,
                      out_scale=out_scale, **kw)
     else:
       self.ffn = FFN(d, cfg.d_ff, out_scale=out_scale, **kw)
 
-  # -- parameters in physical form -----------------------------------------------------------
-  def hopping(self) -> jax.Array:
-    """(H,) t_h > 0."""
-    return jax.nn.softplus(self.hopping_raw[...].astype(jnp.float32))
-
-  def eta(self) -> jax.Array:
-    """(H,) eta_h >= eta_min."""
-    return self.eta_min + jax.nn.softplus(self.eta_raw[...].astype(jnp.float32))
-
-  def shift(self) -> jax.Array:
-    """(H,) complex z_h = E_h + i eta_h."""
-    return jax.lax.complex(self.energy[...].astype(jnp.float32), self.eta())
-
-  def init_carry(self, batch_size: int):
-    """Fresh-sequence streaming state: complex (B, H), or the semiseparable carry."""
+  def init_carry(self, batch_size: int) -> BKCarry:
+    """Fresh-sequence streaming state."""
+    g = jnp.zeros((batch_size, self.n_heads), jnp.complex64)
     if self.semiseparable_rank:
-      return semiseparable.init_carry((batch_size,), self.n_heads, self.semiseparable_rank)
-    return jnp.zeros((batch_size, self.n_heads), jnp.complex64)
+      res = semiseparable.init_carry((batch_size,), self.n_heads, self.semiseparable_rank)
+    elif self.valued:
+      y_dtype = jnp.float32 if self.modulus or self.mixer == "ward_selective" else jnp.complex64
+      res = resolvent.GreenCarry(g, jnp.zeros((batch_size, self.n_heads, self.state_dim), y_dtype))
+    else:
+      res = g
+    conv = (jnp.zeros((batch_size, CONV_WIDTH - 1, self.d_model), self.dtype) if self.use_conv
+            else None)
+    return BKCarry(res=res, conv=conv)
 
-  # -- forward -------------------------------------------------------------------------------
-  def _core(self, v, u_low, carry, hopping, z):
-    """g (B, N, H) complex and the new carry; precision follows the dtype of v."""
+  # -- the operator and the mixer's inputs ---------------------------------------------------
+  def potentials(self, u: jax.Array, conv_state: jax.Array | None):
+    """The block input after the optional conv, and the potentials from it.
+
+    Args:
+      u: (B, N, d_model) normed block input.
+      conv_state: (B, CONV_WIDTH - 1, d_model) with bk_conv (None otherwise).
+
+    Returns:
+      (uc (B, N, d_model), new conv state or None, v (B, N, H) float32, or None for the
+      scalar-decay control, which has no resolvent).
+    """
+    uc, new_conv = u, None
+    if self.use_conv:
+      uc, new_conv = causal_conv(u, self.conv_w[...].astype(u.dtype),
+                                 self.conv_b[...].astype(u.dtype), conv_state)
+      uc = jax.nn.silu(uc)
+    if not self.resolvent:
+      return uc, new_conv, None
+    # per-head potentials: heads over tensor, tokens over sequence (the resolvent's layout)
+    v = constrain(per_token(self.w_v, uc).astype(jnp.float32),
+                  ("activation_batch", "activation_length", "activation_heads"))
+    return uc, new_conv, v
+
+  def operator(self, uc: jax.Array):
+    """Hopping, shift and eta, per head (H,) or per position (B, N, H) (DESIGN §2.9).
+
+    Args:
+      uc: (B, N, d_model) block input after the optional conv.
+
+    Returns:
+      (hopping t > 0, z complex with Im z = eta, eta >= eta_min), all of one shape.
+    """
+    f32 = lambda a: a.astype(jnp.float32)
+    t_raw, e, eta_raw = f32(self.hopping_raw[...]), f32(self.energy[...]), f32(self.eta_raw[...])
+    if self.sel_coupling:
+      t_raw = t_raw + f32(per_token(self.w_t, uc))
+    if self.sel_shift:
+      e = e + f32(per_token(self.w_e, uc))
+      eta_raw = eta_raw + f32(per_token(self.w_eta, uc))
+    hopping = jax.nn.softplus(t_raw)
+    shape = jnp.broadcast_shapes(hopping.shape, e.shape)  # one layout for the ops
+    # Im z and the feature scale each evaluate eta, so eta_raw's gradient sums the two uses as the
+    # default block always has: tests/test_models_bk_block.py pins those numerics bit for bit
+    eta = lambda: jnp.broadcast_to(self.eta_min + jax.nn.softplus(eta_raw), shape)
+    hopping, e = jnp.broadcast_to(hopping, shape), jnp.broadcast_to(e, shape)
+    return hopping, jax.lax.complex(e, eta()), eta()
+
+  def mixer_inputs(self, u: jax.Array, uc: jax.Array) -> dict[str, Any]:
+    """The mixer's projected inputs (arrays only, so a precision upgrade can promote them).
+
+    Args:
+      u: (B, N, d_model) normed block input; uc: the same after the optional conv.
+
+    Returns:
+      "diag": {"u_low": (B, N, H, r), "s": (H, r)} with use_semiseparable, else {};
+      "green*": {"vals": (B, N, H, d_head)} and, keyed, "q", "k": (B, N, H, n);
+      "ward_selective": q, k, "x", "delta": (B, N, H), "rate": (H,), "ward_scale": (H,) or None.
+    """
     if self.semiseparable_rank:
-      return semiseparable.causal_diag(v, u_low, self.s[...].astype(v.dtype), hopping=hopping,
-                                       z=z, carry=carry)
-    return resolvent.causal_diag(v, hopping=hopping, z=z, carry=carry, method=self.method)
+      u_low = per_token(self.w_u, u).astype(jnp.float32)
+      return {"u_low": u_low.reshape(*u.shape[:-1], self.n_heads, self.semiseparable_rank),
+              "s": self.s[...]}
+    if not self.valued:
+      return {}
+    # float32 (float64 for float64 models) for the selective step; float32 for the Green mixers
+    acc = (jnp.promote_types(self.dtype, jnp.float32) if self.mixer == "ward_selective"
+           else jnp.float32)
+    f = lambda a: a.astype(acc)
+    heads = lambda w, k: f(per_token(w, uc)).reshape(*uc.shape[:-1], self.n_heads, k)
+    q, k = ((heads(self.w_q, self.key_dim), heads(self.w_k, self.key_dim)) if self.key_dim
+            else (None, None))
+    if self.mixer != "ward_selective":
+      return {"vals": heads(self.w_x, self.head_dim), "q": q, "k": k}
+    return {"q": q, "k": k, "x": heads(self.w_x, self.head_dim),
+            "delta": jax.nn.softplus(f(per_token(self.w_delta, uc)) + f(self.delta_bias[...])),
+            "rate": jnp.exp(f(self.a_log[...])),
+            "ward_scale": (jax.nn.softplus(f(self.ward_scale_raw[...])) if self.resolvent
+                           else None)}
 
-  def _monitored_core(self, v, u_low, carry, hopping, z):
-    """_core plus the Birman–Schwinger monitors and the precision-upgrade decision."""
+  # -- the mixer -----------------------------------------------------------------------------
+  def mix(self, v, inputs: dict[str, Any], res, hopping, z, eta):
+    """The mixer's output and new resolvent carry; precision follows the dtypes of the inputs.
+
+    Args:
+      v: (B, N, H) float potentials (None for the scalar-decay control).
+      inputs: `mixer_inputs`; res: the resolvent carry; hopping, z, eta: `operator`.
+
+    Returns:
+      (y, res'): "diag" g (B, N, H) complex; the value mixers (B, N, H, d_head).
+    """
+    if self.mixer == "diag" and self.semiseparable_rank:
+      return semiseparable.causal_diag(v, inputs["u_low"], inputs["s"].astype(v.dtype),
+                                       hopping=hopping, z=z, carry=res)
+    if self.mixer == "diag":
+      return resolvent.causal_diag(v, hopping=hopping, z=z, carry=res, method=self.method)
+    if self.mixer == "ward_selective":
+      return selective_mix(v, inputs["q"], inputs["k"], inputs["x"], inputs["delta"],
+                           inputs["rate"], inputs["ward_scale"], hopping=hopping, z=z, eta=eta,
+                           carry=res, method=self.method, mix_method=self.mix_method)
+    return green_mix(v, inputs["vals"], inputs["q"], inputs["k"], hopping=hopping, z=z, carry=res,
+                     method=self.method, mix_method=self.mix_method, modulus=self.modulus)
+
+  def _monitored_mix(self, v, inputs, res, hopping, z, eta):
+    """`mix` plus the Birman–Schwinger monitors and the precision-upgrade decision."""
     vs, ts, zs = jax.lax.stop_gradient((v, hopping, z))
     bound = birman_schwinger.condition_bound(vs, hopping=ts, z=zs)  # (B, H)
     flagged = jnp.max(bound) > self.precision_threshold
-    (g, carry), upgraded = birman_schwinger.with_precision_upgrade(
-        self._core, (v, u_low, carry, hopping, z), flagged=flagged)
+    (y, res), upgraded = birman_schwinger.with_precision_upgrade(
+        self.mix, (v, inputs, res, hopping, z, eta), flagged=flagged)
     stats = {
         "bk/schatten_s1": jnp.mean(birman_schwinger.schatten_s1_window(
             vs, hopping=ts, z=zs, window=self.bs_window)),
@@ -178,9 +339,16 @@ class BKBlock(nnx.Module):
         "bk/precision_flags": flagged.astype(jnp.int32),
         "bk/precision_upgrades": upgraded.astype(jnp.int32),
     }
-    return g, carry, stats
+    return y, res, stats
 
-  def __call__(self, x: jax.Array, carry, pos: jax.Array, bias: jax.Array | None):
+  def features(self, y: jax.Array, eta) -> jax.Array:
+    """The mixer's output as the features W_o reads (bounded, DESIGN §2.8 and §2.10)."""
+    if self.mixer == "diag":
+      return diag_features(y, eta)
+    return value_features(y, None if self.mixer == "ward_selective" else eta)
+
+  def __call__(self, x: jax.Array, carry: BKCarry | None, pos: jax.Array,
+               bias: jax.Array | None):
     """One block over a chunk.
 
     Args:
@@ -196,42 +364,26 @@ class BKBlock(nnx.Module):
     if carry is None:
       carry = self.init_carry(x.shape[0])
     u = self.norm(x)
-    # per-head potentials: heads over tensor, tokens over sequence (the resolvent's layout)
-    v = constrain(per_token(self.w_v, u).astype(jnp.float32),
-                  ("activation_batch", "activation_length", "activation_heads"))
-    if bias is not None:
-      v = v + bias[:, None]
-    u_low = None
-    if self.semiseparable_rank:
-      u_low = per_token(self.w_u, u).astype(jnp.float32).reshape(
-          *u.shape[:-1], self.n_heads, self.semiseparable_rank)
-    hopping, z, eta = self.hopping(), self.shift(), self.eta()
+    uc, new_conv, v = self.potentials(u, carry.conv)
+    hopping = z = eta = None
+    if self.resolvent:
+      if bias is not None:  # prime_bump: refused by validation for the control (no potentials)
+        v = v + bias[:, None]
+      hopping, z, eta = self.operator(uc)
+    args = (v, self.mixer_inputs(u, uc), carry.res, hopping, z, eta)
     if self.monitors:
-      g, carry, aux = self._monitored_core(v, u_low, carry, hopping, z)
+      y, res, aux = self._monitored_mix(*args)
     else:
-      g, carry = self._core(v, u_low, carry, hopping, z)
-      aux = {}
-    eg = g * eta  # |eta g| <= 1: well-scaled features with no normalisation (DESIGN §2.8)
-    feats = jnp.concatenate([jnp.real(eg), jnp.imag(eg)], axis=-1).astype(self.dtype)
-    mix = per_token(lambda f: self.scale[...].astype(self.dtype) * self.w_o(f), feats)
+      (y, res), aux = self.mix(*args), {}
+    scale = self.scale[...].astype(self.dtype)
+    mix = per_token(lambda f: scale * self.w_o(f), self.features(y, eta).astype(self.dtype))
+    if self.use_gate:
+      mix = mix * jax.nn.silu(per_token(self.w_gate, u))
     if isinstance(self.ffn, MoE):
-      y, moe_stats = self.ffn(u, jnp.mean(eg, axis=-1))
+      # the scattering router reads the resolvent's amplitude mean_h eta g ("diag" only)
+      out, moe_stats = self.ffn(u, jnp.mean(y * eta, axis=-1) if self.mixer == "diag" else None)
       aux.update(moe_stats)
     else:
-      y = self.ffn(u)
+      out = self.ffn(u)
       aux["aux_loss"] = jnp.zeros((), jnp.float32)
-    return x + y + mix, carry, aux
-
-
-def make_bk_block(cfg: Any, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
-  """The seed BKBlock, or the variant block (bk_mixers.py) when a variant flag is set.
-
-  Args:
-    cfg: the model ConfigDict (`config.uses_bk_variant` decides).
-    rngs, dtype, param_dtype: as for BKBlock.
-
-  Returns:
-    BKBlock or bk_mixers.BKVariantBlock (same block interface).
-  """
-  cls = BKVariantBlock if uses_bk_variant(cfg) else BKBlock
-  return cls(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    return x + out + mix, BKCarry(res=res, conv=new_conv), aux

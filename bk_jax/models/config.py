@@ -17,7 +17,7 @@ MAMBA_SCAN_METHODS = ("auto", "sequential", "associative")
 DTYPES = ("float32", "bfloat16", "float64")
 ATTENTIONS = ("auto", "xla", "cudnn", "blockwise")  # transformer.py: resolve_attention
 BK_MIXERS = ("diag", "green", "green_modulus", "ward_selective")
-BK_INITS = ("seed", "long_memory", "mimetic")
+BK_INITS = ("short_memory", "long_memory", "mimetic")
 BK_MIX_METHODS = ("auto", "chunkwise", "recurrent")
 
 
@@ -47,10 +47,11 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.use_birman_schwinger = False  # emit Birman–Schwinger monitors (DESIGN §2.5)
   c.bs_window = 256  # window of the exact Schatten-1 norm
   c.precision_threshold = 1e4  # condition bound above which a layer is recomputed in complex128
-  # --- ResNet-BK block variants (bk_mixers.py); all off = the seed block (bk.py) ---
-  # "diag": features eta*g (seed) | "green": values mixed by G (DESIGN §2.10) | "green_modulus":
-  # values mixed by |G_ij| (a real, non-rotating kernel; DESIGN §2.10) | "ward_selective": a
-  # selective step whose decay adds BK's Ward log-decay, apart from the write (DESIGN §2.12)
+  # --- ResNet-BK mixer and its options (bk.py, bk_mixers.py) ---
+  # "diag": features eta*g, the resolvent's diagonal (the default) | "green": values mixed by G
+  # (DESIGN §2.10) | "green_modulus": values mixed by |G_ij| (a real, non-rotating kernel;
+  # DESIGN §2.10) | "ward_selective": a selective step whose decay adds BK's Ward log-decay,
+  # apart from the write (DESIGN §2.12)
   c.bk_mixer = "diag"
   c.bk_head_dim = 8  # "green*", "ward_selective": values per head (the vector state per head)
   # "green*": > 0 stores key (x) value outer products read by queries (n per head);
@@ -67,12 +68,13 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.selective_coupling = False  # per-position hopping t_i from the input (DESIGN §2.9)
   c.bk_conv = False  # width-4 causal depthwise conv (+ SiLU) on the block input, as Mamba's
   c.bk_gate = False  # mixer output times SiLU(W_gate u)
-  # variant block's init: "seed" (eta 0.1..1 rising with the energy and random potentials: every
-  # head forgets within ~8 tokens) | "long_memory" (eta falls from 1 to 2 eta_min as the energy enters the band:
-  # memories from ~2 to ~0.66/eta_min tokens, as Mamba's dt init spans; bk_mixers.py) |
+  # per-head Im z and potentials at init (bk_mixers.initial_eta): "short_memory" (the default:
+  # eta 0.1..1 rising with the energy and random potentials: every head forgets within ~8
+  # tokens) | "long_memory" (eta falls from 1 to 2 eta_min as the energy enters the band:
+  # memories from ~2 to ~0.66/eta_min tokens, as Mamba's dt init spans; potentials near zero) |
   # "mimetic" (long_memory and, with bk_key_dim, W_q = W_k at init, as Trockman et al. 2024
   # initialise Mamba like linear attention)
-  c.bk_init = "seed"
+  c.bk_init = "short_memory"
   # --- MoE (moe.py) ---
   c.use_moe = False  # True: the FFN of every BK block becomes an MoE routed by `router`
   c.num_experts = 4
@@ -111,12 +113,6 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.transformer.block_size = 512  # query/key block of the blockwise attention
   c.transformer.cache_window = 4096  # KV ring-buffer length for streaming
   return c
-
-
-def uses_bk_variant(cfg: ml_collections.ConfigDict) -> bool:
-  """True when a ResNet-BK config asks for the variant block (bk_mixers.py), not the seed's."""
-  return bool(cfg.bk_mixer != "diag" or cfg.selective_shift or cfg.selective_coupling
-              or cfg.bk_conv or cfg.bk_gate)
 
 
 def resolve_mix_method(method: str) -> str:

@@ -25,9 +25,8 @@ from flax import nnx
 
 from bk_jax.models import bk
 from bk_jax.models.config import (ATTENTIONS, BK_INITS, BK_MIX_METHODS, BK_MIXERS, DTYPES,
-                                  MAMBA_SCAN_METHODS,
-                                  REMAT_POLICIES, RESOLVENT_METHODS, ROUTERS, resolve_mix_method,
-                                  uses_bk_variant)
+                                  MAMBA_SCAN_METHODS, REMAT_POLICIES, RESOLVENT_METHODS, ROUTERS,
+                                  resolve_mix_method)
 from bk_jax.models.mamba import MambaBlock
 from bk_jax.models.mamba2 import Mamba2Block
 from bk_jax.models.transformer import TransformerBlock, attention_implementation
@@ -191,12 +190,16 @@ def _check_resnet_bk(cfg: Any) -> None:
   need(cfg.bk_init in BK_INITS, f"bk_init {cfg.bk_init!r} not in {BK_INITS}")
   need(cfg.bk_mix_method in BK_MIX_METHODS,
        f"bk_mix_method {cfg.bk_mix_method!r} not in {BK_MIX_METHODS}")
-  need(cfg.bk_init == "seed" or uses_bk_variant(cfg),
-       "bk_init other than 'seed' initialises the variant block; the seed block keeps its own")
-  if uses_bk_variant(cfg):
-    need(not (cfg.use_semiseparable or cfg.use_birman_schwinger or cfg.use_moe),
-         "bk_mixer='green', selective_shift, selective_coupling, bk_conv and bk_gate build the "
-         "variant block, which has no semiseparable, Birman-Schwinger or MoE options")
+  per_position = cfg.selective_shift or cfg.selective_coupling
+  need(not cfg.use_semiseparable or (cfg.bk_mixer == "diag" and not per_position),
+       "use_semiseparable replaces the diagonal resolvent of bk_mixer='diag' with a per-head "
+       "operator (no selective_shift or selective_coupling)")
+  need(not cfg.use_birman_schwinger or (cfg.bk_ward_decay and not per_position),
+       "use_birman_schwinger monitors a per-head resolvent: not with selective_shift, "
+       "selective_coupling or bk_ward_decay=False")
+  need(not (cfg.use_moe and cfg.router == "scattering") or cfg.bk_mixer == "diag",
+       "router='scattering' reads the resolvent's diagonal amplitude, which only bk_mixer='diag' "
+       "exposes; use router='learned'")
   if cfg.use_moe:
     need(cfg.router in ROUTERS, f"router {cfg.router!r} not in {ROUTERS}")
     need(cfg.num_experts >= 2, f"num_experts must be >= 2, got {cfg.num_experts}")
@@ -205,14 +208,14 @@ def _check_resnet_bk(cfg: Any) -> None:
 
 def _resnet_bk_paths(cfg: Any, platform, batch, seq_len) -> dict[str, str]:
   paths = {"resolvent_method": resolve_method(cfg.resolvent_method, platform)}
-  if uses_bk_variant(cfg) and cfg.bk_key_dim:
+  if cfg.bk_key_dim:
     paths["bk_mix"] = resolve_mix_method(cfg.bk_mix_method)
   return paths
 
 
 register(ModelKind(
     name="resnet_bk",
-    make_block=lambda cfg, rngs, dtype, param_dtype: bk.make_bk_block(
+    make_block=lambda cfg, rngs, dtype, param_dtype: bk.BKBlock(
         cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype),
     check=_check_resnet_bk,
     paths=_resnet_bk_paths,

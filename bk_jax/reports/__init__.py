@@ -1,7 +1,7 @@
 """Benchmarks, stability comparisons and reports: importable logic behind scripts/.
 
   stats.py       Welch t-test, Mann-Whitney U and per-sample summaries (scipy p-values)
-  throughput.py  one jitted AdamW step per (kind, N): tokens/s, step-time spread, XLA peak
+  throughput.py  the trainer's jitted step per (kind, N): tokens/s, step-time spread, XLA peak
                  memory, FLOPs and an MFU estimate; the layer-matching rule (layers_for_params)
   benchmark.py   scripts/benchmark.py's table over kinds and N, and its target checks
   stability.py   scripts/compare_stability.py: kinds x seeds x N runs, Welch / Mann-Whitney claims

@@ -2,7 +2,7 @@
 
 Every variant is the base ResNet-BK (d_model, n_layers, n_heads) with the config overrides of
 `variants`; baselines (other kinds) get the layer count that matches the base's parameters
-(`throughput.layers_for_params`). Speed: one jitted AdamW step per row (`throughput.bench_one`).
+(`throughput.layers_for_params`). Speed: the trainer's jitted step per row (`throughput.bench_one`).
 Quality (quality_steps > 0): that many training steps on a byte-level text corpus through
 bk_jax.train.loop.run (`runs.train`) and the validation loss of the final checkpoint.
 """

@@ -1,6 +1,6 @@
 """The CPU benchmark table of scripts/benchmark.py: every kind at equal parameters per N.
 
-Each cell is `throughput.bench_one` (one jitted AdamW step; median, min and max of the timed
+Each cell is `throughput.bench_one` (the trainer's jitted step; median, min and max of the timed
 steps; XLA's peak memory); MFU is taken against the better of two float32 matmul peaks measured
 before and after the grid. `target_checks` evaluates the speed and memory targets on the rows.
 """
@@ -33,7 +33,7 @@ def target_checks(rows: list[dict], lengths: list[int]) -> list[dict]:
   resnet_bk tokens/s at 131k >= 0.8x at 2k; peak bytes/token at 131k <= 1.3x at 8k;
   resnet_bk >= 3x the attention baseline's tokens/s at 8k and >= the fastest state-space
   baseline's (Mamba or Mamba-2, named in the check) at every N (`common.BASELINE_FAMILIES`);
-  the keyed Green block (resnet_bk:green_keyed) within 1.5x the seed block's step and 2x its peak.
+  the keyed Green block (resnet_bk:green_keyed) within 1.5x the default block's step and 2x its peak.
 
   Returns:
     list of dict(name, value, ok), in that order.

@@ -28,7 +28,7 @@ def variants(heads: list[int]) -> dict[str, dict]:
                           "selective_coupling": True},
             "green_keyed": {**green, "bk_key_dim": 8, "bk_conv": True, "bk_gate": True,
                             "selective_shift": True, "selective_coupling": True, "eta_min": 1e-3}})
-  # the keyed block at about the seed block's parameter count (d_model 64: 104,048 vs 105,888): half
+  # the keyed block at about the default block's parameter count (d_model 64: 104,048 vs 105,888): half
   # the heads and a d_model-wide FFN pay for the key/query projections
   v["green_keyed_matched"] = {**v["green_keyed"], "n_heads": 8, "d_ff": 64}
   # the keyed block with the non-rotating kernel |G_ij| (DESIGN §2.10, the memory bound)
@@ -41,7 +41,7 @@ def variants(heads: list[int]) -> dict[str, dict]:
   v["selective"] = {"bk_mixer": "ward_selective", "bk_key_dim": 8, "bk_conv": True, "bk_gate": True,
                     "eta_min": 1e-3}
   v["selective_control"] = {**v["selective"], "bk_ward_decay": False}
-  # both at about the seed block's parameter count (d_model 64: 104,176 and 103,088 vs 105,888)
+  # both at about the default block's parameter count (d_model 64: 104,176 and 103,088 vs 105,888)
   v["selective_matched"] = {**v["selective"], "n_heads": 8, "d_ff": 104}
   v["selective_control_matched"] = {**v["selective_control"], "n_heads": 8, "d_ff": 104}
   return v

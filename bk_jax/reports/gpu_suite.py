@@ -8,7 +8,7 @@ the rest of the suite):
   models:<kind>       one AdamW training step of every kind at d_model 512 (parameters matched to
                       ResNet-BK), N 8k/32k/131k, on the kind's fastest path ("auto" methods) and
                       bf16 activations; one child per kind; `models:resnet_bk:green_keyed` is the
-                      keyed Green block (the chunkwise kernel) at the seed block's layer count
+                      keyed Green block (the chunkwise kernel) at the default block's layer count
   train               the used-by configs/seq32k.py through the library trainer (40 steps)
   stream              1M-token streaming evaluation of the checkpoint the train stage wrote
 
@@ -326,7 +326,7 @@ def checks(rows: list[dict]) -> list[dict]:
     against("state-space", n, 1.0)
     # Mamba-2 within 1.5x of the seed BK block
     add(f"mamba2 / resnet_bk tokens/s at N={n} >= 1/1.5", ("mamba2", n), ("resnet_bk", n), 1 / 1.5)
-    # the keyed block's step within 1.5x the seed block's
+    # the keyed block's step within 1.5x the default block's
     add(f"resnet_bk:green_keyed / resnet_bk tokens/s at N={n} >= 1/1.5",
         ("resnet_bk:green_keyed", n), ("resnet_bk", n), 1 / 1.5)
   if len(ns) >= 2:

@@ -15,10 +15,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from bk_jax.models import build_model, default_model_config
+from bk_jax.sharding import make_mesh
+from bk_jax.train.cli import DEFAULT_CONFIG, load_config
+from bk_jax.train.schedule import learning_rate_schedule
+from bk_jax.train.state import create_sharded_train_state
+from bk_jax.train.step import jit_train_step, make_optimizer, make_train_step
 
 
 def mamba2_headdim(d_model: int) -> int:
@@ -78,26 +82,27 @@ def _flops(compiled) -> float | None:
 
 
 def bench_one(cfg, n: int, tokens_per_step: int, repeats: int) -> dict:
-  """Compiles one AdamW step (B = max(1, tokens_per_step // n)), runs 1 warm-up + `repeats`."""
-  model = build_model(cfg)
-  graphdef, params = nnx.split(model, nnx.Param)
-  n_params = sum(x.size for x in jax.tree.leaves(params))
-  tx = optax.adamw(1e-3)
-  opt_state = tx.init(params)
+  """Times the trainer's own jitted step (B = max(1, tokens_per_step // n)): 1 warm-up + `repeats`.
+
+  The step is `bk_jax.train.step.make_train_step` with configs/base.py's optimizer (clipping,
+  AdamW, the learning-rate schedule) and the monitors folded in, jitted by `jit_train_step` on a
+  one-device mesh with the state donated: what `scripts/train.py` runs per batch.
+  """
+  config = load_config(DEFAULT_CONFIG)
+  config.model = cfg
+  mesh = make_mesh(config.mesh, jax.devices()[:1])
+  tx = make_optimizer(config.train)
+  graphdef, state, _, _ = create_sharded_train_state(lambda: build_model(cfg), tx, mesh)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  step_fn = jit_train_step(
+      make_train_step(graphdef, tx, learning_rate_schedule(config.train, repeats + 1), config),
+      state, mesh)
   batch = max(1, tokens_per_step // n)
-
-  def train_step(params, opt_state, tokens):
-    def loss_fn(p):
-      logits, _, aux = nnx.merge(graphdef, p).forward(tokens[:, :-1])
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
-      return ce + aux["aux_loss"]
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
   tokens = jax.random.randint(jax.random.key(0), (batch, n + 1), 0, cfg.vocab_size, jnp.int32)
+  data = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+          "mask": jnp.ones((batch, n), jnp.float32)}
   t0 = time.perf_counter()
-  compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state, tokens).compile()
+  compiled = step_fn.lower(state, data).compile()
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
@@ -105,8 +110,8 @@ def bench_one(cfg, n: int, tokens_per_step: int, repeats: int) -> dict:
   times = []
   for i in range(repeats + 1):  # step 0 is a warm-up
     t0 = time.perf_counter()
-    params, opt_state, loss = compiled(params, opt_state, tokens)
-    loss.block_until_ready()
+    state, metrics = compiled(state, data)
+    loss = metrics["loss"].block_until_ready()
     if i:
       times.append(time.perf_counter() - t0)
   if not jnp.isfinite(loss):

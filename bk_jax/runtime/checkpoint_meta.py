@@ -18,13 +18,16 @@ DATA_FIELDS = ("tokenizer",)
 #: Model config keys renamed since checkpoints were first written: old -> new. A checkpoint's
 #: stored config is read through `upgrade_config`, so old run directories still load and resume.
 RENAMED_MODEL_FIELDS = {"use_scattering_router": "use_moe"}
+#: Model config values renamed since then: field -> {old value: new value}.
+RENAMED_MODEL_VALUES = {"bk_init": {"seed": "short_memory"}}
 #: Model config keys added since then, with the value that builds what older checkpoints hold
-#: (the ResNet-BK block variants: absent = the seed block; the Mamba-2 section: an older
+#: (the ResNet-BK mixer options: absent = the default "diag" block; the Mamba-2 section: an older
 #: checkpoint is never a Mamba-2 model, so its fields take the defaults of
 #: `bk_jax.models.config.default_model_config`). Filled in by `upgrade_config`.
 ADDED_MODEL_FIELDS = {"bk_mixer": "diag", "bk_head_dim": 8, "bk_key_dim": 0,
                       "selective_shift": False, "selective_coupling": False, "bk_conv": False,
-                      "bk_gate": False, "bk_init": "seed", "bk_mix_method": "auto", "bk_ward_decay": True,
+                      "bk_gate": False, "bk_init": "short_memory", "bk_mix_method": "auto",
+                      "bk_ward_decay": True,
                       "mamba2": {"d_state": 128, "d_conv": 4, "expand": 2, "headdim": 64,
                                  "ngroups": 1, "chunk": 0}}
 
@@ -37,18 +40,22 @@ def upgrade_config(config: dict) -> dict:
 
   Returns:
     A copy whose `model` section uses today's names (`RENAMED_MODEL_FIELDS`; a key stored under
-    both names keeps the new one) and holds every `ADDED_MODEL_FIELDS` key (missing ones take
-    the value that reproduces the stored model).
+    both names keeps the new one), today's values (`RENAMED_MODEL_VALUES`) and every
+    `ADDED_MODEL_FIELDS` key (missing ones take the value that reproduces the stored model).
   """
   model = config.get("model") if isinstance(config, dict) else None
+  renamed_value = lambda m: any(m.get(k) in old for k, old in RENAMED_MODEL_VALUES.items())
   if not isinstance(model, dict) or (not any(k in model for k in RENAMED_MODEL_FIELDS)
-                                     and all(k in model for k in ADDED_MODEL_FIELDS)):
+                                     and all(k in model for k in ADDED_MODEL_FIELDS)
+                                     and not renamed_value(model)):
     return config
   model = {**copy.deepcopy(ADDED_MODEL_FIELDS), **model}
   for old, new in RENAMED_MODEL_FIELDS.items():
     if old in model:
       value = model.pop(old)
       model.setdefault(new, value)
+  for key, values in RENAMED_MODEL_VALUES.items():
+    model[key] = values.get(model[key], model[key])
   return {**config, "model": model}
 
 

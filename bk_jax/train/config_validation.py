@@ -83,6 +83,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _need(t.log_interval > 0, f"train.log_interval must be > 0, got {t.log_interval}")
   _need(t.spike_factor > 1, f"train.spike_factor must be > 1, got {t.spike_factor}")
   _need(t.divergence_factor > 1, f"train.divergence_factor must be > 1, got {t.divergence_factor}")
+  _need(t.divergence_min_loss >= 0,
+        f"train.divergence_min_loss must be >= 0, got {t.divergence_min_loss}")
   _need(t.divergence_patience > 0, f"train.divergence_patience must be > 0, got {t.divergence_patience}")
   _need(t.max_recoveries >= 0, f"train.max_recoveries must be >= 0, got {t.max_recoveries}")
   _need(0 < t.recovery_lr_scale <= 1, f"train.recovery_lr_scale must be in (0, 1], got {t.recovery_lr_scale}")

@@ -114,12 +114,17 @@ class MonitorState:
 
 
 def update_monitors(mon: MonitorState, *, loss, grad_norm, upgrades=0, spike_factor: float,
-                    divergence_factor: float, patience: int) -> tuple[MonitorState, dict]:
+                    divergence_factor: float, patience: int,
+                    divergence_min_loss: float = 0.0) -> tuple[MonitorState, dict]:
   """One step of every monitor. Returns the new state and this step's flags.
 
   Args:
     loss: the step's LM loss (scalar). grad_norm: pre-clip global gradient norm.
     upgrades: precision upgrades reported by the model this step.
+    spike_factor: a spike is a loss above spike_factor x the previous finite loss.
+    divergence_factor, divergence_min_loss, patience: a step is bad when its loss or gradient is
+      non-finite or its loss exceeds max(divergence_factor x best loss, divergence_min_loss);
+      `patience` bad steps in a row set `diverged`.
   Returns:
     (state, flags) with flags: finite, is_nan, is_inf, is_spike, spike_ratio (loss / previous
     finite loss on a spike, else 0), bad (counts towards divergence).
@@ -132,7 +137,7 @@ def update_monitors(mon: MonitorState, *, loss, grad_norm, upgrades=0, spike_fac
   has_prev = jnp.isfinite(mon.prev_loss)
   is_spike = has_prev & finite & (loss > spike_factor * mon.prev_loss)
   spike_ratio = jnp.where(is_spike, loss / jnp.where(has_prev, mon.prev_loss, 1.0), 0.0)
-  bad = ~finite | (loss > divergence_factor * mon.best_loss)
+  bad = ~finite | (loss > jnp.maximum(divergence_factor * mon.best_loss, divergence_min_loss))
   streak = jnp.where(bad, mon.bad_streak + 1, 0)
   kw = dict(loss=loss, finite=finite, grad_norm=grad_norm, is_spike=is_spike, is_nan=is_nan,
             is_inf=is_inf, upgrades=upgrades)

@@ -122,7 +122,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr_schedule: Cal
     monitors, flags = mon_lib.update_monitors(
         state.monitors, loss=ce, grad_norm=jnp.where(jnp.isfinite(total), grad_norm, total),
         upgrades=upgrades, spike_factor=float(t.spike_factor),
-        divergence_factor=float(t.divergence_factor), patience=int(t.divergence_patience))
+        divergence_factor=float(t.divergence_factor), patience=int(t.divergence_patience),
+        divergence_min_loss=float(t.divergence_min_loss))
     ok = flags["finite"]
     new_state = state.replace(
         params=_select(ok, params, state.params),
