@@ -19,8 +19,6 @@ import argparse
 import os
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -38,13 +36,13 @@ def main(argv=None) -> None:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={a.devices}")
-  
-  
+  # imported after XLA_FLAGS is set: the fake devices exist only if jax starts with it
   import jax
   import numpy as np
 
   from bk_jax.sharding import make_mesh, shard_batch
-  from sharding_checks import build_trainer_parts, random_batches, tiny_config
+  from bk_jax.train.cli import DEFAULT_CONFIG, load_config
+  from bk_jax.train.step import build_sharded_step
 
   print(f"jax {jax.__version__} | {jax.device_count()} x {jax.devices()[0].platform} devices | "
         f"N={a.seq_len:,} | global batch {a.batch} | d_model {a.d_model}, heads {a.n_heads}, "
@@ -58,11 +56,16 @@ def main(argv=None) -> None:
     shape = (1, 1, 1, 1) if one else tuple(int(x) for x in spec.split(","))
     if len(shape) != 4:
       p.error(f"mesh {spec!r}: give data,fsdp,tensor,sequence or 1dev")
-    batch = random_batches(1, nb, a.seq_len, a.vocab)[0]
-    cfg = tiny_config(vocab=a.vocab, d_model=a.d_model, n_heads=a.n_heads, d_ff=2 * a.d_model,
-                      n_layers=a.n_layers, mesh=shape)
+    toks = np.random.default_rng(0).integers(0, a.vocab, size=(nb, a.seq_len + 1), dtype=np.int32)
+    batch = dict(inputs=toks[:, :-1], targets=toks[:, 1:], mask=np.ones((nb, a.seq_len), np.float32))
+    cfg = load_config(DEFAULT_CONFIG)
+    m = cfg.model
+    m.vocab_size, m.d_model, m.n_heads, m.d_ff, m.n_layers = (a.vocab, a.d_model, a.n_heads,
+                                                              2 * a.d_model, a.n_layers)
+    cfg.train.lr, cfg.train.warmup_steps = 3e-3, 2
+    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, cfg.mesh.sequence = shape
     mesh = make_mesh(cfg.mesh, devices=jax.devices()[:1] if one else None)
-    state, step, _ = build_trainer_parts(cfg, mesh)
+    state, step, _ = build_sharded_step(cfg, mesh, 20)
     b = shard_batch(batch, mesh)
     t0 = time.perf_counter()
     compiled = step.lower(state, b).compile()

@@ -102,19 +102,9 @@ def random_batches(n_batches, batch, seq_len, vocab, seed=0):
 
 
 def build_trainer_parts(cfg, mesh):
-  from flax import nnx
+  from bk_jax.train.step import build_sharded_step
 
-  from bk_jax.models import build_model
-  from bk_jax.train.schedule import learning_rate_schedule
-  from bk_jax.train.state import create_sharded_train_state
-  from bk_jax.train.step import jit_train_step, make_optimizer, make_train_step
-
-  tx = make_optimizer(cfg.train)
-  graphdef, state, shardings, abstract = create_sharded_train_state(
-      lambda: build_model(cfg.model, rngs=nnx.Rngs(cfg.seed)), tx, mesh)
-  step = jit_train_step(make_train_step(graphdef, tx, learning_rate_schedule(cfg.train, 20), cfg),
-                        state, mesh)
-  return state, step, abstract
+  return build_sharded_step(cfg, mesh, 20)
 
 
 def train_losses(cfg, mesh, batches, state=None):

@@ -20,9 +20,7 @@ from flax import nnx
 from bk_jax.models import build_model, default_model_config
 from bk_jax.sharding import make_mesh
 from bk_jax.train.cli import DEFAULT_CONFIG, load_config
-from bk_jax.train.schedule import learning_rate_schedule
-from bk_jax.train.state import create_sharded_train_state
-from bk_jax.train.step import jit_train_step, make_optimizer, make_train_step
+from bk_jax.train.step import build_sharded_step
 
 
 def mamba2_headdim(d_model: int) -> int:
@@ -84,19 +82,15 @@ def _flops(compiled) -> float | None:
 def bench_one(cfg, n: int, tokens_per_step: int, repeats: int) -> dict:
   """Times the trainer's own jitted step (B = max(1, tokens_per_step // n)): 1 warm-up + `repeats`.
 
-  The step is `bk_jax.train.step.make_train_step` with configs/base.py's optimizer (clipping,
-  AdamW, the learning-rate schedule) and the monitors folded in, jitted by `jit_train_step` on a
+  The step is `bk_jax.train.step.build_sharded_step` with configs/base.py's optimizer
+  (clipping, AdamW, the learning-rate schedule) and the monitors folded in, jitted on a
   one-device mesh with the state donated: what `scripts/train.py` runs per batch.
   """
   config = load_config(DEFAULT_CONFIG)
   config.model = cfg
-  mesh = make_mesh(config.mesh, jax.devices()[:1])
-  tx = make_optimizer(config.train)
-  graphdef, state, _, _ = create_sharded_train_state(lambda: build_model(cfg), tx, mesh)
+  state, step_fn, _ = build_sharded_step(config, make_mesh(config.mesh, jax.devices()[:1]),
+                                         repeats + 1)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  step_fn = jit_train_step(
-      make_train_step(graphdef, tx, learning_rate_schedule(config.train, repeats + 1), config),
-      state, mesh)
   batch = max(1, tokens_per_step // n)
   tokens = jax.random.randint(jax.random.key(0), (batch, n + 1), 0, cfg.vocab_size, jnp.int32)
   data = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],

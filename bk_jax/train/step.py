@@ -10,10 +10,12 @@ import ml_collections
 import optax
 from flax import nnx
 
+from bk_jax.models import build_model
 from bk_jax.models.kinds import reduce_aux
 from bk_jax.sharding import batch_sharding, constrain, jit_sharded, replicated, state_shardings
 from bk_jax.train import monitors as mon_lib
-from bk_jax.train.state import TrainState
+from bk_jax.train.schedule import learning_rate_schedule
+from bk_jax.train.state import TrainState, create_sharded_train_state
 
 
 def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -161,3 +163,25 @@ def jit_train_step(train_step, state: TrainState, mesh) -> Callable:
   s_sh = state_shardings(state, mesh)
   return jit_sharded(train_step, mesh, in_shardings=(s_sh, batch_sharding(mesh)),
                      out_shardings=(s_sh, replicated(mesh)), donate_argnums=0)
+
+
+def build_sharded_step(config: ml_collections.ConfigDict, mesh, total_steps: int):
+  """The trainer's fresh state and jitted step for `config` on `mesh`.
+
+  The same optimizer, schedule, monitors and shardings as the training loop, for the callers
+  that time or check one step outside it (the throughput benchmark, the sharding checks).
+
+  Args:
+    config: a full run config (model, train, debug sections).
+    mesh: the device mesh (`bk_jax.sharding.make_mesh`).
+    total_steps: the learning-rate schedule's length.
+
+  Returns:
+    (state, step, abstract): the sharded TrainState, the jitted `step(state, batch)` (state
+    donated) and the abstract state (the checkpoint-restore target on this mesh).
+  """
+  tx = make_optimizer(config.train)
+  graphdef, state, _, abstract = create_sharded_train_state(
+      lambda: build_model(config.model, rngs=nnx.Rngs(config.seed)), tx, mesh)
+  step = make_train_step(graphdef, tx, learning_rate_schedule(config.train, total_steps), config)
+  return state, jit_train_step(step, state, mesh), abstract
