@@ -157,16 +157,19 @@ REDUCTIONS = {
     "scripts/quality_anchor.py": _quality_anchor,
     "scripts/generate.py": _generate,
     "scripts/plan_memory.py": _plan_memory,
+    # every stage of the GPU suite and every row of the comparison run in their own slow tests
+    # (test_reports_gpu_suite.py, test_reports_compare.py); here each command runs one of them
     "scripts/benchmark.py": lambda args: Reduced(
         ("scripts/benchmark.py", *args, "--quick", "--kinds", "resnet_bk")
-        if "--suite" not in args else ("scripts/benchmark.py", *args, "--quick"), slow=True),
+        if "--suite" not in args else ("scripts/benchmark.py", *args, "--quick", "--stages",
+                                       "models:resnet_bk"), slow=True),
     "scripts/induction_anchor.py": _quick("induction_anchor", "--kinds", "resnet_bk"),
     "scripts/compare_stability.py": _quick("compare_stability", "--seeds", "0", "--lengths", "16",
                                            "--kinds", "resnet_bk"),
     "scripts/ablations.py": _quick("ablations"),
     "scripts/compare_models.py": lambda args: Reduced(
-        ("scripts/compare_models.py", "--quick", *[a for a in args if a not in ("--quick",)]),
-        slow=True),
+        ("scripts/compare_models.py", "--quick", *[a for a in args if a not in ("--quick",)],
+         *(() if "--rows" in args else ("--rows", "resnet_bk"))), slow=True),
     "scripts/bench_ops.py": _quick("bench_ops", "--methods", "scan"),
     "scripts/bench_chunkwise.py": _quick("bench_chunkwise"),
     "scripts/bench_data.py": lambda args: Reduced(
