@@ -101,17 +101,12 @@ def random_batches(n_batches, batch, seq_len, vocab, seed=0):
   return out
 
 
-def build_trainer_parts(cfg, mesh):
-  from bk_jax.train.step import build_sharded_step
-
-  return build_sharded_step(cfg, mesh, 20)
-
-
 def train_losses(cfg, mesh, batches, state=None):
   """Runs the jitted, sharded train step over `batches`; returns (losses, state)."""
   from bk_jax.sharding import shard_batch
+  from bk_jax.train.step import build_sharded_step
 
-  state0, step, _ = build_trainer_parts(cfg, mesh)
+  state0, step, _ = build_sharded_step(cfg, mesh, 20)
   state = state0 if state is None else state
   losses = []
   for b in batches:
@@ -360,12 +355,13 @@ def check_restore(ckpt_dir, mesh_spec):
 
   from bk_jax.sharding import make_mesh
   from bk_jax.train.checkpoint import Checkpoints
+  from bk_jax.train.step import build_sharded_step
 
   shape = tuple(int(x) for x in mesh_spec.split(","))
   cfg = tiny_config(mesh=shape)
   mesh = make_mesh(cfg.mesh)
   batches = random_batches(4, batch=8, seq_len=64, vocab=64, seed=1)
-  _, _, abstract = build_trainer_parts(cfg, mesh)
+  _, _, abstract = build_sharded_step(cfg, mesh, 20)
   ck = Checkpoints(ckpt_dir, keep=2)
   state, meta = ck.restore(2, abstract, None)
   ck.close()
