@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import hashlib
 import os
 import re
 import shlex
@@ -351,11 +352,20 @@ def _run(reduced: Reduced, w) -> subprocess.CompletedProcess:
                         text=True, timeout=1200)
 
 
+#: scripts that train into a save_dir
+TRAINERS = ("scripts/train.py", "scripts/train_long_context.py")
+
+
 @pytest.mark.parametrize("cmd, reduced", _unique())
 def test_readme_command_runs(cmd, reduced, workspace):
   if reduced.needs and not os.path.isdir(workspace / reduced.needs):
     made = _run(reduce(MAKES[reduced.needs]), workspace)
     assert made.returncode == 0, f"making {reduced.needs}:\n{made.stderr[-3000:]}"
+  if reduced.argv[0] in TRAINERS and not reduced.needs:
+    # its own run directory: a run another command left in the same save_dir (runs/default) is
+    # not this command's to continue, whatever order the workers ran them in
+    digest = hashlib.sha1(" ".join(reduced.argv).encode()).hexdigest()[:12]
+    reduced = dataclasses.replace(reduced, argv=(*reduced.argv, f"--config.save_dir=runs/{digest}"))
   r = _run(reduced, workspace)
   assert r.returncode == reduced.rc, (
       f"README: {cmd}\nran: python {shlex.join(reduced.argv)}\nexit {r.returncode}\n"

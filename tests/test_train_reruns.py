@@ -108,6 +108,29 @@ def test_an_extension_continues_data_and_state_exactly(corpus, tmp_path):
                              [h["loss"] for h in run(ref)["metrics_history"]], rtol=0, atol=1e-6)
 
 
+def test_a_finished_run_rerun_with_a_new_length_trains_it(corpus, tmp_path, capsys):
+  """The last checkpoint of a finished run holds no data position (nothing was left to read); a
+  rerun that appends a length restores it as it is (not as damaged) and reads the new length's
+  data from its start. With a constant rate after warm-up it equals a run planned with both
+  lengths from the start."""
+  def config(name, lengths):
+    c = tiny_config(str(tmp_path / name), *corpus, lengths=lengths, steps=4)
+    c.checkpoint.every_steps = 100  # the only periodic save is the one at the end of the plan
+    c.train.min_lr_ratio = 1.0
+    c.logging.console = False
+    return c
+
+  first = run(config("run", (16,)))
+  res = run(config("run", (16, 32)))
+  assert "damaged" not in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "run" / "damaged")
+  assert res["status"] == {"16": "trained", "32": "trained"} and res["total_steps"] == 8
+  hist, ref = res["metrics_history"], run(config("ref", (16, 32)))["metrics_history"]
+  assert [h["loss"] for h in hist[:4]] == [h["loss"] for h in first["metrics_history"]]
+  assert [h["seq_len"] for h in hist] == [16] * 4 + [32] * 4
+  np.testing.assert_allclose([h["loss"] for h in hist], [h["loss"] for h in ref], rtol=0, atol=1e-6)
+
+
 def test_a_rerun_that_changes_finished_lengths_is_one_line(corpus, tmp_path):
   cfg = tiny_config(str(tmp_path / "run"), *corpus, lengths=(16, 32), steps=4)
   cfg.logging.console = False
@@ -150,7 +173,9 @@ def test_step_timer_measures_finished_work_not_dispatch():
 
 
 def test_first_interval_step_time_agrees_with_the_others(corpus, tmp_path):
+  # steps of ~0.1 s, so that the other test worker's load moves each interval's time little
   cfg = tiny_config(str(tmp_path / "run"), *corpus, lengths=(128,), steps=24, batch_size=8)
+  cfg.model.d_model, cfg.model.n_layers, cfg.model.d_ff = 128, 2, 256
   cfg.train.log_interval = 4
   cfg.logging.console = False
   res = run(cfg)
@@ -158,8 +183,9 @@ def test_first_interval_step_time_agrees_with_the_others(corpus, tmp_path):
   times = [h["step_time"] for h in hist]
   assert len(times) == 6
   rest = statistics.median(times[1:])
-  # the first interval used to count dispatch only (x0.1) or compilation (x4.5)
-  assert 0.5 * rest < times[0] < 2.0 * rest, times
+  # the failures this guards against: the first interval counting dispatch only (x0.1) or the
+  # compilation (x4.5); the window between them leaves room for a loaded machine's noise
+  assert 0.3 * rest < times[0] < 3.0 * rest, times
   compile_s = [h.get("perf/compile_s") for h in hist]
   assert compile_s[0] > 0 and compile_s[1:] == [None] * 5
   assert res["length_summary"]["128"]["compile_s"] == compile_s[0]

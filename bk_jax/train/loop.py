@@ -169,7 +169,11 @@ class Trainer:
                         f"another save_dir or the run's original settings")
     index = meta["position"][0]
     self.iterator = self._make_iterator(index) if index < len(self.plans) else None
-    self.state, meta = self.ckpt.restore(step, self.abstract, self.iterator)
+    # A run past the end of its own plan saved no data position (nothing was left to read): a
+    # rerun that appends lengths reads the next one from its start.
+    saved_lengths = len(meta.get("plan") or self.plans)  # checkpoints that predate the plan field
+    self.state, meta = self.ckpt.restore(step, self.abstract,
+                                         self.iterator if index < saved_lengths else None)
     self.run_state = RunState.from_json(meta)
     if kept["recoveries"] or kept["retries"]:  # a recovery in this process: its record stays
       for k, v in kept.items():
