@@ -220,6 +220,8 @@ def test_mimetic_init_ties_queries_to_keys_and_keeps_long_memories():
     (dict(bk_init="seed"), "bk_init"),  # the RNG seed is `seed`; the default init is short_memory
     (dict(bk_mixer="green", bk_key_dim=2, bk_mix_method="fast"), "bk_mix_method"),
     (dict(bk_mixer="ward_selective"), "needs bk_key_dim > 0"),
+    (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_delta_min_init=0.0), "bk_delta_min_init"),
+    (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_delta_min_init=0.5), "bk_delta_min_init"),
     (dict(bk_mixer="green", bk_key_dim=2, bk_ward_decay=False), "bk_ward_decay"),
     (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_ward_decay=False, selective_shift=True),
      "no resolvent"),

@@ -137,3 +137,15 @@ def test_gradients_match_finite_differences_in_float64():
       fd = (loss(*step(eps)) - loss(*step(-eps))) / (2 * eps)
       ad = sum(jnp.vdot(g, d) for g, d in zip(grads, direction))
       np.testing.assert_allclose(float(fd), float(ad), rtol=1e-7)
+
+
+@pytest.mark.parametrize("delta_min", [1e-3, 1e-5])
+def test_initial_steps_span_bk_delta_min_init_to_the_largest(delta_min):
+  """At init (input-dependent part ~0) the heads' steps Delta_h = softplus(bias_h) spread
+  geometrically from model.bk_delta_min_init to DELTA_MAX_INIT: the slowest head's time scale."""
+  from bk_jax.models.bk_mixers import DELTA_MAX_INIT
+
+  blk = build_model(tiny_config("resnet_bk", **KW, n_heads=4, bk_delta_min_init=delta_min)).blocks[0]
+  delta = np.asarray(jax.nn.softplus(blk.delta_bias[...]))
+  np.testing.assert_allclose(delta, np.geomspace(delta_min, DELTA_MAX_INIT, 4), rtol=1e-6)
+

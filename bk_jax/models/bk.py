@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bk_jax.models.bk_mixers import (CONV_WIDTH, DELTA_INIT, V_SCALE_LONG_MEMORY, causal_conv,
+from bk_jax.models.bk_mixers import (CONV_WIDTH, DELTA_MAX_INIT, V_SCALE_LONG_MEMORY, causal_conv,
                                      diag_features, green_mix, initial_eta, inv_softplus,
                                      selective_mix, value_features)
 from bk_jax.models.config import resolve_mix_method
@@ -184,7 +184,7 @@ class BKBlock(nnx.Module):
     n_feat = 2 * h
     if self.mixer == "ward_selective":
       self.w_delta = dense(d, h, ("embed", "heads"), **kw)
-      self.delta_bias = param(inv_softplus(np.geomspace(*DELTA_INIT, h)))
+      self.delta_bias = param(inv_softplus(np.geomspace(cfg.bk_delta_min_init, DELTA_MAX_INIT, h)))
       self.a_log = param(np.zeros(h))  # A_h = 1
       if self.resolvent:
         self.ward_scale_raw = param(np.full(h, inv_softplus(1.0)))  # s_h = 1

@@ -32,9 +32,10 @@ from bk_jax.ops.chunkwise import chunkwise
 from bk_jax.ops.resolvent_kernels import resolve_method
 
 CONV_WIDTH = 4  # as Mamba's d_conv
-#: "ward_selective": Delta's per-head bias spreads Delta over this range at init (Mamba's dt init),
-#: memories of 1 / (Delta A) = 10 ... 1000 tokens at A = 1
-DELTA_INIT = (1e-3, 1e-1)
+#: "ward_selective": Delta's per-head bias spreads Delta geometrically from model.bk_delta_min_init
+#: (1e-3 by default, Mamba's dt init) up to this at init: memories of 1 / (Delta A) = 10 ... 1000
+#: tokens at A = 1
+DELTA_MAX_INIT = 1e-1
 #: bk_init "long_memory" / "mimetic": fan-in variance scale of W_v (std ~0.01)
 V_SCALE_LONG_MEMORY = 1e-4
 

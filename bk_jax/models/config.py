@@ -60,6 +60,9 @@ def default_model_config() -> ml_collections.ConfigDict:
   # "ward_selective": True adds s_h * (BK's Ward log-decay) to the decay rate A_h; False is the
   # scalar-decay control without any resolvent (what BK adds to recall and to text)
   c.bk_ward_decay = True
+  # "ward_selective": the smallest step Delta_h at init (the heads' steps spread geometrically from
+  # it to 0.1): the slowest head forgets over ~1 / (bk_delta_min_init * A_h) tokens at init
+  c.bk_delta_min_init = 1e-3
   # keyed "green*" and "ward_selective" mixers: "chunkwise" (the state once per chunk, by matmuls; ops/chunkwise.py,
   # DESIGN §2.11) | "recurrent" (the state at every token, by the resolvent method's value scan:
   # the reference form) | "auto" (chunkwise)

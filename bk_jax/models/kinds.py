@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bk_jax.models import bk
+from bk_jax.models.bk_mixers import DELTA_MAX_INIT
 from bk_jax.models.config import (ATTENTIONS, BK_INITS, BK_MIX_METHODS, BK_MIXERS, DTYPES,
                                   MAMBA_SCAN_METHODS, REMAT_POLICIES, RESOLVENT_METHODS, ROUTERS,
                                   resolve_mix_method)
@@ -184,6 +185,8 @@ def _check_resnet_bk(cfg: Any) -> None:
        "bk_mixer='ward_selective' needs bk_key_dim > 0 (its state is keyed)")
   need(cfg.bk_ward_decay or cfg.bk_mixer == "ward_selective",
        "bk_ward_decay=False (the scalar-decay control) needs bk_mixer='ward_selective'")
+  need(0 < cfg.bk_delta_min_init <= DELTA_MAX_INIT,
+       f"bk_delta_min_init must be in (0, {DELTA_MAX_INIT}], got {cfg.bk_delta_min_init}")
   need(cfg.bk_ward_decay or not (cfg.selective_shift or cfg.selective_coupling or cfg.prime_bump),
        "bk_ward_decay=False has no resolvent: selective_shift, selective_coupling and prime_bump "
        "do not apply")
