@@ -139,13 +139,17 @@ def test_gradients_match_finite_differences_in_float64():
       np.testing.assert_allclose(float(fd), float(ad), rtol=1e-7)
 
 
-@pytest.mark.parametrize("delta_min", [1e-3, 1e-5])
-def test_initial_steps_span_bk_delta_min_init_to_the_largest(delta_min):
+@pytest.mark.parametrize("delta_min,rate_max", [(1e-3, 1.0), (1e-5, 16.0)])
+def test_initial_steps_and_rates_span_their_configured_ranges(delta_min, rate_max):
   """At init (input-dependent part ~0) the heads' steps Delta_h = softplus(bias_h) spread
-  geometrically from model.bk_delta_min_init to DELTA_MAX_INIT: the slowest head's time scale."""
+  geometrically from model.bk_delta_min_init to DELTA_MAX_INIT, and the rates A_h from 1 to
+  model.bk_rate_max_init in the same order (all 1 by default)."""
   from bk_jax.models.bk_mixers import DELTA_MAX_INIT
 
-  blk = build_model(tiny_config("resnet_bk", **KW, n_heads=4, bk_delta_min_init=delta_min)).blocks[0]
+  blk = build_model(tiny_config("resnet_bk", **KW, n_heads=4, bk_delta_min_init=delta_min,
+                                bk_rate_max_init=rate_max)).blocks[0]
   delta = np.asarray(jax.nn.softplus(blk.delta_bias[...]))
   np.testing.assert_allclose(delta, np.geomspace(delta_min, DELTA_MAX_INIT, 4), rtol=1e-6)
+  np.testing.assert_allclose(np.exp(np.asarray(blk.a_log[...])), np.geomspace(1.0, rate_max, 4),
+                             rtol=1e-6)
 

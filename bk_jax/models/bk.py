@@ -185,7 +185,9 @@ class BKBlock(nnx.Module):
     if self.mixer == "ward_selective":
       self.w_delta = dense(d, h, ("embed", "heads"), **kw)
       self.delta_bias = param(inv_softplus(np.geomspace(cfg.bk_delta_min_init, DELTA_MAX_INIT, h)))
-      self.a_log = param(np.zeros(h))  # A_h = 1
+      # A_h spread geometrically over [1, bk_rate_max_init] in the order of the steps: at 1 (the
+      # default) every head has A_h = 1; Mamba-2 draws A from [1, 16]
+      self.a_log = param(np.log(np.geomspace(1.0, cfg.bk_rate_max_init, h)))
       if self.resolvent:
         self.ward_scale_raw = param(np.full(h, inv_softplus(1.0)))  # s_h = 1
     if self.valued:

@@ -63,6 +63,9 @@ def default_model_config() -> ml_collections.ConfigDict:
   # "ward_selective": the smallest step Delta_h at init (the heads' steps spread geometrically from
   # it to 0.1): the slowest head forgets over ~1 / (bk_delta_min_init * A_h) tokens at init
   c.bk_delta_min_init = 1e-3
+  # "ward_selective": the decay rates A_h at init spread geometrically from 1 to this over the heads,
+  # in the order of the steps (so the time scales 1 / (Delta_h A_h) spread wider); 1 = A_h = 1
+  c.bk_rate_max_init = 1.0
   # keyed "green*" and "ward_selective" mixers: "chunkwise" (the state once per chunk, by matmuls; ops/chunkwise.py,
   # DESIGN §2.11) | "recurrent" (the state at every token, by the resolvent method's value scan:
   # the reference form) | "auto" (chunkwise)

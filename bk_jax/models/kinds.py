@@ -187,6 +187,7 @@ def _check_resnet_bk(cfg: Any) -> None:
        "bk_ward_decay=False (the scalar-decay control) needs bk_mixer='ward_selective'")
   need(0 < cfg.bk_delta_min_init <= DELTA_MAX_INIT,
        f"bk_delta_min_init must be in (0, {DELTA_MAX_INIT}], got {cfg.bk_delta_min_init}")
+  need(cfg.bk_rate_max_init >= 1, f"bk_rate_max_init must be >= 1, got {cfg.bk_rate_max_init}")
   need(cfg.bk_ward_decay or not (cfg.selective_shift or cfg.selective_coupling or cfg.prime_bump),
        "bk_ward_decay=False has no resolvent: selective_shift, selective_coupling and prime_bump "
        "do not apply")
