@@ -224,6 +224,8 @@ def test_mimetic_init_ties_queries_to_keys_and_keeps_long_memories():
     (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_delta_min_init=0.5), "bk_delta_min_init"),
     (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_rate_max_init=0.5), "bk_rate_max_init"),
     (dict(bk_mixer="green", bk_key_dim=2, bk_ward_decay=False), "bk_ward_decay"),
+    (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_write="delta"), "bk_write"),
+    (dict(bk_mixer="green", bk_key_dim=2, bk_write="step"), "needs bk_mixer='ward_selective'"),
     (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_ward_decay=False, selective_shift=True),
      "no resolvent"),
 ])

@@ -42,8 +42,9 @@ def test_ward_identity_and_the_bk_log_decay_against_dense_inverses(per_position)
 
 
 def _numpy_mixer(blk, uc, v, hopping, z, eta):
-  """S_j = a_j S_{j-1} + (1 - a_j) k_j x_j^T, o_i = q_i^T S_i, token by token in float64, with
-  lam_bk from the Ward ratio of dense inverses (independent of the mixer's log1p form)."""
+  """S_j = a_j S_{j-1} + w_j k_j x_j^T, o_i = q_i^T S_i, token by token in float64, with
+  lam_bk from the Ward ratio of dense inverses (independent of the mixer's log1p form) and
+  w_j = 1 - a_j ("complement") or Delta_j ("step")."""
   f64 = lambda a: np.asarray(a, np.float64)
   b, n, h = uc.shape[0], uc.shape[1], blk.n_heads
   heads = lambda w, k: (f64(uc) @ f64(w.kernel[...])).reshape(b, n, h, k)
@@ -58,10 +59,11 @@ def _numpy_mixer(blk, uc, v, hopping, z, eta):
     lam_bk[:, 1:] = -np.log1p(-ratio[:, 1:])
     lam = lam + sp(f64(blk.ward_scale_raw[...])) * lam_bk
   a = np.exp(-delta * lam)
+  w = delta if blk.write_form == "step" else 1 - a
   s = np.zeros((b, h, blk.key_dim, blk.head_dim))
   out = np.zeros((b, n, h, blk.head_dim))
   for i in range(n):
-    s = a[:, i, :, None, None] * s + (1 - a[:, i, :, None, None]) * (
+    s = a[:, i, :, None, None] * s + w[:, i, :, None, None] * (
         k[:, i, :, :, None] * x[:, i, :, None, :])
     out[:, i] = np.einsum("bhn,bhnd->bhd", q[:, i], s)
   return out
@@ -69,8 +71,10 @@ def _numpy_mixer(blk, uc, v, hopping, z, eta):
 
 @pytest.mark.parametrize("mix_method", ["chunkwise", "recurrent"])
 @pytest.mark.parametrize("extra", [dict(), dict(selective_shift=True, selective_coupling=True),
-                                   dict(bk_ward_decay=False)], ids=["per_head", "per_position",
-                                                                    "control"])
+                                   dict(bk_ward_decay=False), dict(bk_write="step"),
+                                   dict(bk_write="step", bk_ward_decay=False)],
+                         ids=["per_head", "per_position", "control", "step_write",
+                              "step_write_control"])
 def test_mixer_matches_a_numpy_loop(mix_method, extra):
   blk = build_model(tiny_config("resnet_bk", bk_mix_method=mix_method, **KW, **extra)).blocks[0]
   if extra.get("selective_shift"):  # make the per-position operator really vary

@@ -143,6 +143,7 @@ class BKBlock(nnx.Module):
     self.key_dim = int(cfg.bk_key_dim) if self.valued else 0
     self.state_dim = self.head_dim * max(self.key_dim, 1)  # k (x) x when keyed, else x
     self.mix_method = resolve_mix_method(cfg.bk_mix_method)
+    self.write_form = cfg.bk_write
     self.semiseparable_rank = cfg.semiseparable_rank if cfg.use_semiseparable else 0
     self.use_conv, self.use_gate = bool(cfg.bk_conv), bool(cfg.bk_gate)
     self.sel_shift, self.sel_coupling = bool(cfg.selective_shift), bool(cfg.selective_coupling)
@@ -322,7 +323,8 @@ class BKBlock(nnx.Module):
     if self.mixer == "ward_selective":
       return selective_mix(v, inputs["q"], inputs["k"], inputs["x"], inputs["delta"],
                            inputs["rate"], inputs["ward_scale"], hopping=hopping, z=z, eta=eta,
-                           carry=res, method=self.method, mix_method=self.mix_method)
+                           carry=res, method=self.method, mix_method=self.mix_method,
+                           write_form=self.write_form)
     return green_mix(v, inputs["vals"], inputs["q"], inputs["k"], hopping=hopping, z=z, carry=res,
                      method=self.method, mix_method=self.mix_method, modulus=self.modulus)
 

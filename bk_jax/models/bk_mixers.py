@@ -149,8 +149,9 @@ def _chunkwise_green(v, q, k, vals, *, hopping, z, carry, method, modulus):
 
 
 def selective_mix(v, q, k, x, delta, rate, ward_scale, *, hopping, z, eta,
-                  carry: resolvent.GreenCarry, method: str, mix_method: str):
-  """The "ward_selective" mixer (DESIGN §2.12): S_j = a_j S_{j-1} + (1 - a_j) k_j x_j^T.
+                  carry: resolvent.GreenCarry, method: str, mix_method: str,
+                  write_form: str = "complement"):
+  """The "ward_selective" mixer (DESIGN §2.12): S_j = a_j S_{j-1} + w_j k_j x_j^T.
 
   Args:
     v: (B, N, H) potentials, or None for the scalar-decay control (no resolvent).
@@ -159,6 +160,8 @@ def selective_mix(v, q, k, x, delta, rate, ward_scale, *, hopping, z, eta,
     hopping, z, eta: the operator, per head (H,) or per position (B, N, H); None for the control.
     carry: GreenCarry(g_last (B, H), state (B, H, n * d_head) key-major) of the last chunk.
     method: the resolvent method; mix_method: "chunkwise" | "recurrent".
+    write_form: the write weight w_j: "complement" (1 - a_j: S is a convex combination of the
+      writes) or "step" (Delta_j, Mamba-2's write Delta_j B_j x_j).
 
   Returns:
     (o (B, N, H, d_head) real, new GreenCarry).
@@ -178,7 +181,10 @@ def selective_mix(v, q, k, x, delta, rate, ward_scale, *, hopping, z, eta,
     lam_bk = jnp.where(fresh, 0.0, jnp.log1p(eta.astype(delta.dtype) / x_prev))
     lam = lam + ward_scale * lam_bk
   log_a = -delta * lam  # <= 0: |a_j| <= 1
-  write = jnp.where(fresh, 1.0, -jnp.expm1(log_a))  # 1 - a_j without cancellation at small steps
+  if write_form == "step":
+    write = delta  # a_0 of a fresh sequence multiplies the empty state: no special case
+  else:
+    write = jnp.where(fresh, 1.0, -jnp.expm1(log_a))  # 1 - a_j, no cancellation at small steps
   state = carry.y.reshape(*carry.y.shape[:-1], k.shape[-1], x.shape[-1])
   if mix_method == "chunkwise":
     o, state = chunkwise(q, k, x, log_a, write, state)

@@ -19,6 +19,7 @@ ATTENTIONS = ("auto", "xla", "cudnn", "blockwise")  # transformer.py: resolve_at
 BK_MIXERS = ("diag", "green", "green_modulus", "ward_selective")
 BK_INITS = ("short_memory", "long_memory", "mimetic")
 BK_MIX_METHODS = ("auto", "chunkwise", "recurrent")
+BK_WRITES = ("complement", "step")  # "ward_selective": w_j = 1 - a_j | Delta_j
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -66,6 +67,9 @@ def default_model_config() -> ml_collections.ConfigDict:
   # "ward_selective": the decay rates A_h at init spread geometrically from 1 to this over the heads,
   # in the order of the steps (so the time scales 1 / (Delta_h A_h) spread wider); 1 = A_h = 1
   c.bk_rate_max_init = 1.0
+  # "ward_selective": the write weight w_j of S_j = a_j S_{j-1} + w_j k_j x_j^T: "complement"
+  # (1 - a_j: S is a convex combination of the writes) | "step" (Delta_j: Mamba-2's write)
+  c.bk_write = "complement"
   # keyed "green*" and "ward_selective" mixers: "chunkwise" (the state once per chunk, by matmuls; ops/chunkwise.py,
   # DESIGN §2.11) | "recurrent" (the state at every token, by the resolvent method's value scan:
   # the reference form) | "auto" (chunkwise)
