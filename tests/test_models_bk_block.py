@@ -1,11 +1,15 @@
-"""The default ResNet-BK block, bit for bit: outputs, streaming carries and gradients.
+"""The default ResNet-BK block against a stored reference: outputs, streaming carries, gradients.
 
 `tests/data/bk_block_reference.npz` holds, for four configurations of the default ("diag") block,
 its parameters at init, outputs over two streamed chunks, final carry, aux figures and the
 gradients of a fixed functional with respect to every parameter and the input, as `_run` below
 computes them. It was written by the block's first implementation (one class per mixer family at
-the time), so any change to the block's code that moves a single bit of the default block's
-numerics fails here. Regenerate it only for an intended change of those numerics.
+the time). Parameters at init must match bit for bit. Everything computed from them must match to
+float32 rounding: XLA's CPU backend picks its instructions (vector width, fused multiply-adds) for
+the host processor, so the same program gives results that differ in the last bits from one
+processor model to another (up to ~15 eps of an array's largest entry between the machine that
+wrote the file and another x86-64 host). A change to what the block computes moves them by
+orders of magnitude more. Regenerate the file only for an intended change of those numerics.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from bk_jax.models import bk
 from bk_jax.models.config import default_model_config
 
 REFERENCE = pathlib.Path(__file__).parent / "data" / "bk_block_reference.npz"
+#: Tolerance of the computed arrays, relative to each array's largest entry: 64 float32 eps.
+ROUNDING = 64 * float(np.finfo(np.float32).eps)
 CASES = {
     "default": {},
     "semiseparable": {"use_semiseparable": True, "semiseparable_rank": 2},
@@ -61,10 +67,13 @@ def _run(name: str, overrides: dict) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_default_block_is_bit_identical_to_its_reference(case):
+def test_default_block_matches_its_reference(case):
   ref = np.load(REFERENCE)
   want = {k: ref[k] for k in ref.files if k.startswith(case + ":")}
   got = _run(case, CASES[case])
   assert sorted(got) == sorted(want)  # the same parameters, carries and aux figures
   for k, v in want.items():
-    np.testing.assert_array_equal(got[k], v, err_msg=k)
+    if ":param/" in k or k.split(":")[1] in ("x", "w"):
+      np.testing.assert_array_equal(got[k], v, err_msg=k)  # init and inputs: bit for bit
+    else:  # computed: float32 rounding of the host's instruction choice (module docstring)
+      np.testing.assert_allclose(got[k], v, rtol=0, atol=ROUNDING * np.max(np.abs(v)), err_msg=k)
