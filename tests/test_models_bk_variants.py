@@ -127,7 +127,7 @@ def test_chunkwise_and_recurrent_keyed_mixers_agree_with_gradients(mixer):
   def loss_and_grads(model):
     graphdef, params = nnx.split(model, nnx.Param)
     loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(t) ** 2)
-    return jax.value_and_grad(loss)(params)
+    return jax.jit(jax.value_and_grad(loss))(params)
 
   (l_c, g_c), (l_r, g_r) = map(loss_and_grads, models.values())
   np.testing.assert_allclose(float(l_c), float(l_r), rtol=1e-5)

@@ -127,13 +127,14 @@ def test_gradients_match_finite_differences_in_float64():
       uc = np.random.default_rng(2).normal(size=(2, 13, blk.d_model))
       args = tuple(jnp.asarray(a) for a in (uc, v, t, z.real, z.imag))
 
+      @jax.jit
       def loss(uc, v, t, e, eta):
         o, _ = blk.mix(v, blk.mixer_inputs(uc, uc), blk.init_carry(2).res, t,
                        jax.lax.complex(e, eta), eta)
         assert o.dtype == jnp.float64
         return jnp.sum(jnp.tanh(o) ** 2)
 
-      grads = jax.grad(loss, argnums=tuple(range(5)))(*args)
+      grads = jax.jit(jax.grad(loss, argnums=tuple(range(5))))(*args)
       rng = np.random.default_rng(3)
       direction = [jnp.asarray(rng.normal(size=a.shape)) for a in args]
       step = lambda e: [a + e * d for a, d in zip(args, direction)]

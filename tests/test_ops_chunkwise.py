@@ -7,6 +7,8 @@ the resolvent itself (c = -t g, w = g).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -146,17 +148,18 @@ def test_gradients_match_autodiff_of_the_recurrence(x64, rotating):
 def test_gradients_match_finite_differences(x64):
   q, k, v, c, w, s0 = map(jnp.asarray, inputs(np.random.default_rng(5), shape=(1, 9, 2), n=3,
                                                 d=2, tiny=False))
-  f = lambda q, k, v, lc, w, s0: chunkwise_local(q, k, v, lc, w, s0, chunk=4)[0]
+  f = jax.jit(lambda q, k, v, lc, w, s0: chunkwise_local(q, k, v, lc, w, s0, chunk=4)[0])
   check_grads(f, (q, k, v, jnp.log(c), w, s0), order=1, modes=("rev",), eps=1e-6)
 
 
 def test_carry_chaining_equals_one_call(x64):
   q, k, v, c, w, s0 = inputs(np.random.default_rng(6), shape=(2, 50, 3))
   lc = np.log(c)
-  full, last = chunkwise_local(q, k, v, lc, w, s0, chunk=8)
+  local = jax.jit(functools.partial(chunkwise_local, chunk=8))  # eager dispatch is slower
+  full, last = local(q, k, v, lc, w, s0)
   s, outs = s0, []
   for a, b in ((0, 7), (7, 8), (8, 33), (33, 50)):
-    o, s = chunkwise_local(q[:, a:b], k[:, a:b], v[:, a:b], lc[:, a:b], w[:, a:b], s, chunk=8)
+    o, s = local(q[:, a:b], k[:, a:b], v[:, a:b], lc[:, a:b], w[:, a:b], s)
     outs.append(o)
   assert rel(np.concatenate(outs, axis=1), np.asarray(full)) <= 1e-13
   assert rel(s, np.asarray(last)) <= 1e-13

@@ -3,6 +3,8 @@
 References are dense float64 inverses of (per-position) Jacobi prefix matrices.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,9 +40,10 @@ def test_every_row_entry_matches_dense(method, t_pos, z_pos):
   v, _, t, z = problem(rng, (2,), n, heads, 1, t_pos, z_pos)
   x = np.broadcast_to(np.eye(n)[None, :, None, :], (2, n, heads, n))
   with jax.enable_x64(True):
-    y, carry = resolvent.causal_green(jnp.asarray(v), jnp.asarray(x), hopping=t, z=z,
-                                      method=method, chunk_size=4)
-    g, _ = resolvent.causal_diag(jnp.asarray(v), hopping=t, z=z, method=method, chunk_size=4)
+    kw = dict(hopping=t, z=z, method=method, chunk_size=4)  # jit: eager dispatch is slower
+    y, carry = jax.jit(functools.partial(resolvent.causal_green, **kw))(jnp.asarray(v),
+                                                                         jnp.asarray(x))
+    g, _ = jax.jit(functools.partial(resolvent.causal_diag, **kw))(jnp.asarray(v))
   assert y.dtype == jnp.complex128 and y.shape == (2, n, heads, n)
   rows = np.moveaxis(ref.prefix_rows(v, t, z), -1, -2)  # (2, i, h, j)
   np.testing.assert_allclose(y, rows, rtol=1e-11, atol=1e-15)
@@ -56,8 +59,8 @@ def test_random_values_match_dense(method, complex_x, batch, n):
   rng = np.random.default_rng(n + 3 * complex_x)
   v, x, t, z = problem(rng, batch, n, 3, 4, True, True, complex_x)
   with jax.enable_x64(True):
-    y, _ = resolvent.causal_green(jnp.asarray(v), jnp.asarray(x), hopping=t, z=z, method=method,
-                                  chunk_size=4)
+    y, _ = jax.jit(functools.partial(resolvent.causal_green, hopping=t, z=z, method=method,
+                                     chunk_size=4))(jnp.asarray(v), jnp.asarray(x))
   np.testing.assert_allclose(y, ref.causal_green(v, t, z, x), rtol=1e-11, atol=1e-13)
 
 
@@ -66,8 +69,8 @@ def test_float32_matches_dense(method):
   rng = np.random.default_rng(21)
   v, x, t, z = problem(rng, (2,), 24, 3, 5, True, False)
   v, x, t, z = v.astype(np.float32), x.astype(np.float32), t.astype(np.float32), z.astype(np.complex64)
-  y, carry = resolvent.causal_green(jnp.asarray(v), jnp.asarray(x), hopping=t, z=z, method=method,
-                                    chunk_size=5)
+  y, carry = jax.jit(functools.partial(resolvent.causal_green, hopping=t, z=z, method=method,
+                                       chunk_size=5))(jnp.asarray(v), jnp.asarray(x))
   assert y.dtype == jnp.complex64 and carry.g.dtype == jnp.complex64
   expected = ref.causal_green(v, t, z, x)
   assert np.max(np.abs(np.asarray(y) - expected)) <= 2e-5 * np.max(np.abs(expected))

@@ -1,5 +1,7 @@
 """bk_jax.ops.resolvent against dense inverses, finite differences and its own invariants."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,9 +32,9 @@ SHAPES = [((), 1, 1), ((), 2, 3), ((), 3, 2), ((2,), 17, 4), ((2, 3), 9, 2), ((1
 def test_causal_matches_dense_complex64(method, batch, n, heads):
   rng = np.random.default_rng(hash((batch, n, heads)) % 2**32)
   v, t, z = random_problem(rng, batch, n, heads)
-  g, carry = resolvent.causal_diag(
-      jnp.asarray(v, jnp.float32), hopping=t, z=z.astype(np.complex64), method=method, chunk_size=4
-  )
+  g, carry = jax.jit(functools.partial(  # one compile: eager dispatch of the scans is slower
+      resolvent.causal_diag, hopping=t, z=z.astype(np.complex64), method=method, chunk_size=4))(
+          jnp.asarray(v, jnp.float32))
   assert g.dtype == jnp.complex64
   expected = ref.causal_diag(v.astype(np.float32), t.astype(np.float32), z.astype(np.complex64))
   assert rel_err(g, expected) <= 1e-5
@@ -45,7 +47,8 @@ def test_causal_matches_dense_complex128(method, batch, n, heads):
   rng = np.random.default_rng(1 + hash((batch, n, heads)) % 2**32)
   v, t, z = random_problem(rng, batch, n, heads)
   with jax.enable_x64(True):
-    g, _ = resolvent.causal_diag(jnp.asarray(v), hopping=t, z=z, method=method, chunk_size=4)
+    g, _ = jax.jit(functools.partial(resolvent.causal_diag, hopping=t, z=z, method=method,
+                                     chunk_size=4))(jnp.asarray(v))
     assert g.dtype == jnp.complex128
     assert rel_err(g, ref.causal_diag(v, t, z)) <= 1e-12
 
@@ -74,8 +77,8 @@ def test_gradients_match_finite_differences(method):
   v, t, z = random_problem(rng, (2,), 10, 3)
   w = rng.normal(size=(10, 3)) + 1j * rng.normal(size=(10, 3))
   with jax.enable_x64(True):
-    loss = _loss(method, jnp.asarray(w))
-    gv, gt, gz = jax.grad(loss, argnums=(0, 1, 2))(jnp.asarray(v), jnp.asarray(t), jnp.asarray(z))
+    loss = jax.jit(_loss(method, jnp.asarray(w)))
+    gv, gt, gz = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(jnp.asarray(v), jnp.asarray(t), jnp.asarray(z))
     eps = 1e-6
 
     def fd(perturb):
@@ -106,7 +109,7 @@ def test_gradient_matches_dense_analytic(method):
       g, _ = resolvent.causal_diag(v_, hopping=t, z=z, method=method, chunk_size=5)
       return jnp.sum(jnp.real(jnp.asarray(w) * g))
 
-    got = jax.grad(loss)(jnp.asarray(v))
+    got = jax.jit(jax.grad(loss))(jnp.asarray(v))
   np.testing.assert_allclose(got, ref.causal_diag_grad_v(v, t, z, w), rtol=1e-10, atol=1e-12)
 
 
@@ -129,7 +132,8 @@ def test_carry_chaining_equals_one_call(method):
   rng = np.random.default_rng(7)
   v, t, z = random_problem(rng, (3,), 257, 4)
   with jax.enable_x64(True):
-    full, full_carry = resolvent.causal_diag(jnp.asarray(v), hopping=t, z=z, method=method)
+    full, full_carry = jax.jit(lambda v_: resolvent.causal_diag(v_, hopping=t, z=z,
+                                                                method=method))(jnp.asarray(v))
     # One compile per piece length (eager dispatch of the associative scan is much slower).
     step = jax.jit(lambda v_, c: resolvent.causal_diag(v_, hopping=t, z=z, carry=c, method=method, chunk_size=16))
     for cuts in ([1, 2, 200], np.sort(rng.choice(np.arange(3, 257), size=3, replace=False))):
@@ -186,8 +190,8 @@ def test_bounds_hold_for_adversarial_inputs(method):
   v[::11, 0] = 0.0  # resonant stretch on the free spectrum
   t = np.array([1.0, 0.2, 3.0])
   z = np.array([-2.0 + 1e-3j, -1.0 + 0.5j, 0.0 + 1.0j], np.complex64)
-  g, _ = resolvent.causal_diag(jnp.asarray(v, jnp.float32), hopping=t, z=z, method=method)
-  g = np.asarray(g)
+  diag = jax.jit(lambda v_: resolvent.causal_diag(v_, hopping=t, z=z, method=method)[0])
+  g = np.asarray(diag(jnp.asarray(v, jnp.float32)))
   assert np.all(np.isfinite(g))
   eta = z.imag.astype(np.float64)
   # The bound is exact; allow only float32 rounding of the final division.

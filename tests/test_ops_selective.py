@@ -115,8 +115,9 @@ def test_first_bond_ignored_without_carry(method):
     f = lambda t_: resolvent.causal_diag(jnp.asarray(v), hopping=t_, z=z, method=method, chunk_size=4)[0]
     t2 = t.copy()
     t2[:, 0] *= 7.0
+    f = jax.jit(f)
     np.testing.assert_allclose(f(jnp.asarray(t2)), f(jnp.asarray(t)), rtol=1e-14, atol=0)
-    gt = jax.grad(lambda t_: jnp.sum(jnp.abs(f(t_)) ** 2))(jnp.asarray(t))
+    gt = jax.jit(jax.grad(lambda t_: jnp.sum(jnp.abs(f(t_)) ** 2)))(jnp.asarray(t))
     assert np.all(np.asarray(gt)[:, 0] == 0.0)
     assert np.all(np.asarray(gt)[:, 1:] != 0.0)
 
@@ -202,10 +203,12 @@ def test_methods_agree_per_position():
   rng = np.random.default_rng(17)
   v, t, z = selective_problem(rng, (2,), 4096, 3)
   with jax.enable_x64(True):
-    exact = np.asarray(resolvent.causal_diag(jnp.asarray(v), hopping=t, z=z, method="scan")[0])
-  for method in METHODS:
-    g, _ = resolvent.causal_diag(jnp.asarray(v, jnp.float32), hopping=t.astype(np.float32),
-                                 z=z.astype(np.complex64), method=method)
+    exact = np.asarray(jax.jit(functools.partial(resolvent.causal_diag, hopping=t, z=z,
+                                                 method="scan"))(jnp.asarray(v))[0])
+  for method in METHODS:  # jit: eager dispatch of the scans is slower
+    g, _ = jax.jit(functools.partial(resolvent.causal_diag, hopping=t.astype(np.float32),
+                                     z=z.astype(np.complex64), method=method))(
+                                         jnp.asarray(v, jnp.float32))
     assert rel_err(g, exact) <= 1e-5, method
 
 

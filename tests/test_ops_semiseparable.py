@@ -1,5 +1,7 @@
 """bk_jax.ops.semiseparable: exact causal Woodbury vs dense inverses of T + U diag(s) U^T."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,12 +53,13 @@ def test_carry_chaining_equals_one_call():
   rng = np.random.default_rng(2)
   v, u, s, t, z = problem(rng, (2,), 50, 2, 3)
   with jax.enable_x64(True):
-    full, full_carry = semiseparable.causal_diag(jnp.asarray(v), jnp.asarray(u), jnp.asarray(s), hopping=t, z=z)
+    full, full_carry = jax.jit(functools.partial(semiseparable.causal_diag, hopping=t, z=z))(
+        jnp.asarray(v), jnp.asarray(u), jnp.asarray(s))
+    piece = jax.jit(functools.partial(semiseparable.causal_diag, hopping=t, z=z, chunk_size=4))
     pieces, carry = [], None
     for lo, hi in [(0, 7), (7, 8), (8, 33), (33, 50)]:
-      o, carry = semiseparable.causal_diag(
-          jnp.asarray(v[:, lo:hi]), jnp.asarray(u[:, lo:hi]), jnp.asarray(s), hopping=t, z=z, carry=carry, chunk_size=4
-      )
+      o, carry = piece(jnp.asarray(v[:, lo:hi]), jnp.asarray(u[:, lo:hi]), jnp.asarray(s),
+                       carry=carry)
       pieces.append(np.asarray(o))
   np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, rtol=1e-12)
   for a, b in zip(carry, full_carry):
@@ -69,12 +72,13 @@ def test_gradients_match_finite_differences():
   w = rng.normal(size=(12, 2)) + 1j * rng.normal(size=(12, 2))
   with jax.enable_x64(True):
 
+    @jax.jit  # one compile for the ~20 evaluations (eager dispatch is slower)
     def loss(v_, u_, s_, t_, z_):
       o, _ = semiseparable.causal_diag(v_, u_, s_, hopping=t_, z=z_, chunk_size=5)
       return jnp.sum(jnp.real(jnp.asarray(w) * o))
 
     args = [jnp.asarray(a) for a in (v, u, s, t, z)]
-    grads = jax.grad(loss, argnums=(0, 1, 2, 3, 4))(*args)
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))(*args)
     eps = 1e-6
     for arg_i, idx in [(0, (3, 1)), (0, (11, 0)), (1, (5, 1, 0)), (1, (0, 0, 1)), (2, (1, 1)), (3, (0,)), (4, (1,))]:
       e = np.zeros(args[arg_i].shape, args[arg_i].dtype)
