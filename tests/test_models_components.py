@@ -63,10 +63,11 @@ def test_blockwise_attention_matches_dense(window):
   q, k, v = (jax.random.normal(kk, (2, 19, 2, 8)) for kk in ks)
   pos = jnp.arange(19, dtype=jnp.int32)
   kp = pos.at[3].set(-1) if window is None else pos  # an empty cache slot is ignored
-  out = blockwise_attention(q, k, v, pos, kp, window=window, block=4)
-  np.testing.assert_allclose(out, _dense_attention(q, k, v, pos, kp, window), atol=1e-5)
-  g = jax.grad(lambda q: blockwise_attention(q, k, v, pos, kp, window=window, block=4).sum())(q)
-  g_ref = jax.grad(lambda q: _dense_attention(q, k, v, pos, kp, window).sum())(q)
+  blockwise = jax.jit(lambda q: blockwise_attention(q, k, v, pos, kp, window=window, block=4))
+  dense = jax.jit(lambda q: _dense_attention(q, k, v, pos, kp, window))
+  np.testing.assert_allclose(blockwise(q), dense(q), atol=1e-5)
+  g = jax.jit(jax.grad(lambda q: blockwise(q).sum()))(q)
+  g_ref = jax.jit(jax.grad(lambda q: dense(q).sum()))(q)
   np.testing.assert_allclose(g, g_ref, atol=1e-4)
 
 

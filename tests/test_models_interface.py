@@ -83,14 +83,15 @@ def test_streaming_random_chunks_equal_full(variant):
   model = make(variant)
   n = 21
   t = tokens(n=n)
-  full = model(t)
+  full = nnx.jit(lambda m, t: m(t))(model, t)
   rng = np.random.default_rng(sum(map(ord, variant)))
   cuts = np.sort(rng.choice(np.arange(1, n), size=2, replace=False))
   cache = model.init_cache(2)
   shapes = jax.tree.map(jnp.shape, cache)
   outs = []
+  step = nnx.jit(lambda m, t, c: m(t, cache=c))  # one compile per chunk length
   for lo, hi in zip([0, *cuts], [*cuts, n]):
-    out, cache = model(t[:, lo:hi], cache=cache)
+    out, cache = step(model, t[:, lo:hi], cache)
     outs.append(out)
     assert jax.tree.map(jnp.shape, cache) == shapes  # fixed-size state
   np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=1e-5, rtol=0)
@@ -102,12 +103,13 @@ def test_transformer_stream_beyond_window_is_sliding_window():
   full attention for the first W positions."""
   model = build_model(tiny_config("transformer", **{"transformer.cache_window": 8}))
   t = tokens(n=20)
-  full = model(t)
+  full = nnx.jit(lambda m, t: m(t))(model, t)
   results = []
+  step = nnx.jit(lambda m, t, c: m(t, cache=c))  # one compile per chunk length
   for cuts in ([5], [11]):
     cache, outs = model.init_cache(2), []
     for lo, hi in zip([0, *cuts], [*cuts, 20]):
-      out, cache = model(t[:, lo:hi], cache=cache)
+      out, cache = step(model, t[:, lo:hi], cache)
       outs.append(out)
     results.append(np.concatenate(outs, 1))
   np.testing.assert_allclose(results[0], results[1], atol=1e-5, rtol=0)
@@ -203,10 +205,11 @@ def test_precision_upgrade_recomputes_with_x64(mixer):
   with jax.enable_x64(True):
     model = build_model(tiny_config("resnet_bk", use_birman_schwinger=True, **mixer))
     t = tokens(n=12)
-    base, _, aux0 = model.forward(t)
+    forward = nnx.jit(lambda m, t: m.forward(t))  # the threshold is static: one compile each
+    base, _, aux0 = forward(model, t)
     for block in model.blocks:
       block.precision_threshold = 1.0
-    upgraded, _, aux1 = model.forward(t)
+    upgraded, _, aux1 = forward(model, t)
   assert int(aux0["bk/precision_upgrades"]) == 0 and int(aux1["bk/precision_upgrades"]) == 2
   assert upgraded.dtype == jnp.float32
   np.testing.assert_allclose(upgraded, base, atol=1e-5, rtol=0)

@@ -83,7 +83,9 @@ def test_mixer_matches_a_numpy_loop(mix_method, extra):
   uc = jax.random.normal(jax.random.key(0), (2, 11, blk.d_model))
   v = jax.random.normal(jax.random.key(2), (2, 11, blk.n_heads)) if blk.resolvent else None
   hopping, z, eta = blk.operator(uc) if blk.resolvent else (None, None, None)
-  got, _ = blk.mix(v, blk.mixer_inputs(uc, uc), blk.init_carry(2).res, hopping, z, eta)
+  mix = jax.jit(lambda uc, v, hopping, z, eta: blk.mix(v, blk.mixer_inputs(uc, uc),
+                                                        blk.init_carry(2).res, hopping, z, eta))
+  got, _ = mix(uc, v, hopping, z, eta)
   want = _numpy_mixer(blk, uc, v, hopping, z, eta)
   assert got.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-5 * np.abs(want).max())
