@@ -31,7 +31,7 @@ def tiny_model(kind="resnet_bk", vocab=50):
 
 
 def full_loss(model, toks):
-  logits = model(jnp.asarray(toks[None, :-1]))
+  logits = nnx.jit(lambda m, t: m(t))(model, jnp.asarray(toks[None, :-1]))
   tl = jnp.take_along_axis(logits, jnp.asarray(toks[None, 1:, None]), axis=-1)[..., 0]
   return np.asarray(jax.nn.logsumexp(logits, -1) - tl, np.float64)[0]
 

@@ -173,14 +173,15 @@ def test_init_loss_and_gradients(variant):
 
 
 def test_aux_outputs():
+  forward = nnx.jit(lambda m, t, c=None: m.forward(t, cache=c))  # not eager: faster
   model = make("resnet_bk_semisep_bump_bs")
-  _, _, aux = model.forward(tokens())
+  _, _, aux = forward(model, tokens())
   for key in ("bk/schatten_s1", "bk/schatten_s2", "bk/condition_number"):
     assert np.isfinite(aux[key]) and aux[key] > 0, key
   assert aux["bk/precision_upgrades"] == 0  # x64 off: decisions are counted, never executed
   model = make("resnet_bk_moe_learned")
-  _, cache = model(tokens(), cache=model.init_cache(2))
-  logits, cache, aux = model.forward(tokens(), cache=cache)
+  _, cache, _ = forward(model, tokens(), model.init_cache(2))
+  logits, cache, aux = forward(model, tokens(), cache)
   assert aux["moe/expert_load"].shape == (4,)
   np.testing.assert_allclose(aux["moe/expert_load"].sum(), 1.0, atol=1e-5)
   assert 0 <= aux["moe/routing_entropy"] <= math.log(4) + 1e-6 and aux["aux_loss"] > 0

@@ -66,6 +66,7 @@ def test_compare_stability_quick(tmp_path, corpus):
     assert os.path.getsize(tmp_path / png) > 0
 
 
+@pytest.mark.slow  # the README-command tests run the script too (slow set)
 def test_quality_anchor_quick(tmp_path, corpus):
   # a block-variant row: the variant's overrides reach the trained model
   _script("quality_anchor").main(["--quick", "--kinds", "resnet_bk:green_keyed", "--data", corpus,

@@ -73,7 +73,7 @@ def test_storage_causes_are_read_from_oserrors_and_tensorstore_messages():
 
 
 # ------------------------------------------------------------------ injected at the write call
-@pytest.mark.parametrize("what", ["events", "results"])
+@pytest.mark.parametrize("what", [pytest.param("events", marks=pytest.mark.slow), "results"])
 def test_injected_full_disk_is_one_line_and_a_rerun_resumes(corpus, tmp_path, monkeypatch, reference, what):
   """Everywhere: OSError(ENOSPC) from the write call of the event file (from step 7 on) or of
   the results file."""
