@@ -85,6 +85,12 @@ def tiny_config(*, vocab=64, d_model=32, n_heads=4, d_ff=64, n_layers=2, mesh=(1
   m = c.model
   m.vocab_size, m.d_model, m.n_heads, m.d_ff, m.n_layers = vocab, d_model, n_heads, d_ff, n_layers
   c.train.lr, c.train.warmup_steps = 3e-3, 2
+  # Adam's first update is lr * g / (|g| + eps): with eps = 1e-8 a gradient entry of ~1e-8 turns
+  # float32 rounding of differently ordered (sharded) reductions into a visible update
+  # difference (seen: 1.2e-5 on one weight, with the losses equal to 1e-6; how large depends on
+  # the host processor's instruction choice); eps = 1e-6 keeps the update smooth in the
+  # gradient, so parameters compare the sharding, not that.
+  c.train.adam_eps = 1e-6
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor, c.mesh.sequence = mesh
   return c
 
@@ -298,11 +304,7 @@ def reduced_1b_config(mesh=(1, 1, 1, 1)):
   m.vocab_size = c.data.vocab_size // 8
   m.dtype = "float32"
   c.train.lr, c.train.warmup_steps = 3e-3, 2
-  # Adam's first update is lr * g / (|g| + eps): with eps = 1e-8 a gradient entry of ~1e-8 turns
-  # float32 rounding of differently ordered (sharded) reductions into a visible update
-  # difference (seen: 1.2e-5 on one weight of 1.3M, with the losses equal to 1e-6); eps = 1e-6
-  # keeps the update smooth in the gradient, so parameters compare the sharding, not that.
-  c.train.adam_eps = 1e-6
+  c.train.adam_eps = 1e-6  # as tiny_config: parameters compare the sharding, not Adam's eps
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor, c.mesh.sequence = mesh
   return c
 
