@@ -14,6 +14,10 @@ from flax import nnx
 from bk_jax.models import build_model, default_model_config
 
 V = 61  # small vocab keeps the tests fast
+# The model under jit (one compile per structure and shape; eager dispatch of the scans is slower):
+# logits, or (logits, cache) with a cache; and forward's (logits, cache, aux).
+_call = nnx.jit(lambda m, t, cache=None: m(t, cache=cache))
+_forward = nnx.jit(lambda m, t, cache=None: m.forward(t, cache=cache))
 
 
 def tiny_config(kind: str, **overrides):
@@ -83,15 +87,14 @@ def test_streaming_random_chunks_equal_full(variant):
   model = make(variant)
   n = 21
   t = tokens(n=n)
-  full = nnx.jit(lambda m, t: m(t))(model, t)
+  full = _call(model, t)
   rng = np.random.default_rng(sum(map(ord, variant)))
   cuts = np.sort(rng.choice(np.arange(1, n), size=2, replace=False))
   cache = model.init_cache(2)
   shapes = jax.tree.map(jnp.shape, cache)
   outs = []
-  step = nnx.jit(lambda m, t, c: m(t, cache=c))  # one compile per chunk length
   for lo, hi in zip([0, *cuts], [*cuts, n]):
-    out, cache = step(model, t[:, lo:hi], cache)
+    out, cache = _call(model, t[:, lo:hi], cache)
     outs.append(out)
     assert jax.tree.map(jnp.shape, cache) == shapes  # fixed-size state
   np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=1e-5, rtol=0)
@@ -103,13 +106,12 @@ def test_transformer_stream_beyond_window_is_sliding_window():
   full attention for the first W positions."""
   model = build_model(tiny_config("transformer", **{"transformer.cache_window": 8}))
   t = tokens(n=20)
-  full = nnx.jit(lambda m, t: m(t))(model, t)
+  full = _call(model, t)
   results = []
-  step = nnx.jit(lambda m, t, c: m(t, cache=c))  # one compile per chunk length
   for cuts in ([5], [11]):
     cache, outs = model.init_cache(2), []
     for lo, hi in zip([0, *cuts], [*cuts, 20]):
-      out, cache = step(model, t[:, lo:hi], cache)
+      out, cache = _call(model, t[:, lo:hi], cache)
       outs.append(out)
     results.append(np.concatenate(outs, 1))
   np.testing.assert_allclose(results[0], results[1], atol=1e-5, rtol=0)
@@ -173,15 +175,14 @@ def test_init_loss_and_gradients(variant):
 
 
 def test_aux_outputs():
-  forward = nnx.jit(lambda m, t, c=None: m.forward(t, cache=c))  # not eager: faster
   model = make("resnet_bk_semisep_bump_bs")
-  _, _, aux = forward(model, tokens())
+  _, _, aux = _forward(model, tokens())
   for key in ("bk/schatten_s1", "bk/schatten_s2", "bk/condition_number"):
     assert np.isfinite(aux[key]) and aux[key] > 0, key
   assert aux["bk/precision_upgrades"] == 0  # x64 off: decisions are counted, never executed
   model = make("resnet_bk_moe_learned")
-  _, cache, _ = forward(model, tokens(), model.init_cache(2))
-  logits, cache, aux = forward(model, tokens(), cache)
+  _, cache, _ = _forward(model, tokens(), model.init_cache(2))
+  logits, cache, aux = _forward(model, tokens(), cache)
   assert aux["moe/expert_load"].shape == (4,)
   np.testing.assert_allclose(aux["moe/expert_load"].sum(), 1.0, atol=1e-5)
   assert 0 <= aux["moe/routing_entropy"] <= math.log(4) + 1e-6 and aux["aux_loss"] > 0
@@ -206,11 +207,10 @@ def test_precision_upgrade_recomputes_with_x64(mixer):
   with jax.enable_x64(True):
     model = build_model(tiny_config("resnet_bk", use_birman_schwinger=True, **mixer))
     t = tokens(n=12)
-    forward = nnx.jit(lambda m, t: m.forward(t))  # the threshold is static: one compile each
-    base, _, aux0 = forward(model, t)
+    base, _, aux0 = _forward(model, t)  # the threshold is static: one compile each
     for block in model.blocks:
       block.precision_threshold = 1.0
-    upgraded, _, aux1 = forward(model, t)
+    upgraded, _, aux1 = _forward(model, t)
   assert int(aux0["bk/precision_upgrades"]) == 0 and int(aux1["bk/precision_upgrades"]) == 2
   assert upgraded.dtype == jnp.float32
   np.testing.assert_allclose(upgraded, base, atol=1e-5, rtol=0)

@@ -78,7 +78,8 @@ def test_gradients_match_finite_differences(method):
   w = rng.normal(size=(10, 3)) + 1j * rng.normal(size=(10, 3))
   with jax.enable_x64(True):
     loss = jax.jit(_loss(method, jnp.asarray(w)))
-    gv, gt, gz = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(jnp.asarray(v), jnp.asarray(t), jnp.asarray(z))
+    gv, gt, gz = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(jnp.asarray(v), jnp.asarray(t),
+                                                             jnp.asarray(z))
     eps = 1e-6
 
     def fd(perturb):

@@ -112,10 +112,10 @@ def test_first_bond_ignored_without_carry(method):
   rng = np.random.default_rng(13)
   v, t, z = selective_problem(rng, (2,), 11, 3)
   with jax.enable_x64(True):
-    f = lambda t_: resolvent.causal_diag(jnp.asarray(v), hopping=t_, z=z, method=method, chunk_size=4)[0]
+    f = jax.jit(lambda t_: resolvent.causal_diag(jnp.asarray(v), hopping=t_, z=z, method=method,
+                                                 chunk_size=4)[0])
     t2 = t.copy()
     t2[:, 0] *= 7.0
-    f = jax.jit(f)
     np.testing.assert_allclose(f(jnp.asarray(t2)), f(jnp.asarray(t)), rtol=1e-14, atol=0)
     gt = jax.jit(jax.grad(lambda t_: jnp.sum(jnp.abs(f(t_)) ** 2)))(jnp.asarray(t))
     assert np.all(np.asarray(gt)[:, 0] == 0.0)

@@ -149,8 +149,7 @@ def _chunkwise_green(v, q, k, vals, *, hopping, z, carry, method, modulus):
 
 
 def selective_mix(v, q, k, x, delta, rate, ward_scale, *, hopping, z, eta,
-                  carry: resolvent.GreenCarry, method: str, mix_method: str,
-                  write_form: str = "complement"):
+                  carry: resolvent.GreenCarry, method: str, mix_method: str, write_form: str):
   """The "ward_selective" mixer (DESIGN §2.12): S_j = a_j S_{j-1} + w_j k_j x_j^T.
 
   Args:
