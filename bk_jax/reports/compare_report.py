@@ -161,10 +161,18 @@ def markdown(payload: dict) -> str:
   mq = {m["row"]: _ok(m, "mqar") for m in ms if _ok(m, "mqar")}
   if mq:
     q0 = next(iter(mq.values()))
-    tr0 = _ok(next(m for m in ms if m["row"] in mq), "mqar_train") or {}
-    parts.append(f"MQAR accuracy (%) by length N and key-value pairs D (trained at N="
-                 f"{q0['train_len']}, D={q0['train_kv']}, {tr0.get('steps', '-')} steps, "
-                 f"~{tr0.get('params', '-')} parameters; '-': N < 4 D):\n\n" +
+    q = spec["mqar"]
+    # every row at the same width and depth (not matched parameters): its own size and steps
+    trained = [[m["row"], t.get("params"), t.get("steps"),
+                {True: "yes", False: "no"}.get(t.get("stopped_by_budget")),
+                t.get("final_train_loss")]
+               for m in ms if m["row"] in mq for t in [_ok(m, "mqar_train") or {}]]
+    parts.append(f"MQAR, every row at d_model {q['d_model']} and {q['n_layers']} layers, trained "
+                 f"at N={q0['train_len']} with D={q0['train_kv']} pairs, vocabulary {q['vocab']} "
+                 f"(chance: 1 in {q['vocab'] - q['vocab'] // 2} values), at most {q['steps']} "
+                 f"steps:\n\n" + md(["model", "params", "steps", "stopped by budget",
+                                     "final train loss"], trained))
+    parts.append("MQAR accuracy (%) by length N and key-value pairs D ('-': N < 4 D):\n\n" +
                  mqar.format_table({k: v["cells"] for k, v in mq.items()}))
   docs = payload["corpus"]["documents"]
   parts.append("Document lengths of the corpus (tokens):\n\n" + md(
