@@ -37,6 +37,8 @@ VARIANTS = {
                                      bk_mix_method="recurrent"),
     "ward_selective_control": dict(bk_mixer="ward_selective", bk_head_dim=4, bk_key_dim=3,
                                    bk_conv=True, bk_ward_decay=False),
+    "ward_selective_key_decay": dict(bk_mixer="ward_selective", bk_head_dim=4, bk_key_dim=3,
+                                     bk_conv=True, bk_decay="key"),
     # every mixer takes the block's other options: MoE (learned router), monitors, semiseparable
     "green_keyed_moe_monitors": dict(bk_mixer="green", bk_head_dim=4, bk_key_dim=3, use_moe=True,
                                      router="learned", use_birman_schwinger=True),
@@ -114,12 +116,13 @@ def test_keyed_green_mixer_matches_dense_float64(selective, mixer, mix_method):
   np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-5 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("mixer", ["green", "green_modulus", "ward_selective"])
-def test_chunkwise_and_recurrent_keyed_mixers_agree_with_gradients(mixer):
+@pytest.mark.parametrize("mixer,decay", [("green", "head"), ("green_modulus", "head"),
+                                         ("ward_selective", "head"), ("ward_selective", "key")])
+def test_chunkwise_and_recurrent_keyed_mixers_agree_with_gradients(mixer, decay):
   """The keyed block by the chunkwise kernel and by the per-token recurrence, same parameters:
   logits and every parameter gradient agree to float32 rounding (the same maths)."""
   kw = dict(bk_mixer=mixer, bk_head_dim=4, bk_key_dim=3, bk_conv=True, bk_gate=True,
-            selective_shift=True, selective_coupling=True, eta_min=1e-3)
+            selective_shift=True, selective_coupling=True, eta_min=1e-3, bk_decay=decay)
   models = {m: build_model(tiny_config("resnet_bk", bk_mix_method=m, **kw))
             for m in ("chunkwise", "recurrent")}
   t = tokens(n=40)
@@ -226,6 +229,8 @@ def test_mimetic_init_ties_queries_to_keys_and_keeps_long_memories():
     (dict(bk_mixer="green", bk_key_dim=2, bk_ward_decay=False), "bk_ward_decay"),
     (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_write="delta"), "bk_write"),
     (dict(bk_mixer="green", bk_key_dim=2, bk_write="step"), "needs bk_mixer='ward_selective'"),
+    (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_decay="state"), "bk_decay"),
+    (dict(bk_mixer="green", bk_key_dim=2, bk_decay="key"), "needs bk_mixer='ward_selective'"),
     (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_ward_decay=False, selective_shift=True),
      "no resolvent"),
 ])

@@ -43,27 +43,30 @@ def test_ward_identity_and_the_bk_log_decay_against_dense_inverses(per_position)
 
 def _numpy_mixer(blk, uc, v, hopping, z, eta):
   """S_j = a_j S_{j-1} + w_j k_j x_j^T, o_i = q_i^T S_i, token by token in float64, with
-  lam_bk from the Ward ratio of dense inverses (independent of the mixer's log1p form) and
-  w_j = 1 - a_j ("complement") or Delta_j ("step")."""
+  lam_bk from the Ward ratio of dense inverses (independent of the mixer's log1p form),
+  w_j = 1 - a_j ("complement") or Delta_j ("step"), and a rate per head or per key dimension
+  (then a_j is a vector over the rows of S)."""
   f64 = lambda a: np.asarray(a, np.float64)
   b, n, h = uc.shape[0], uc.shape[1], blk.n_heads
   heads = lambda w, k: (f64(uc) @ f64(w.kernel[...])).reshape(b, n, h, k)
   q, k, x = heads(blk.w_q, blk.key_dim), heads(blk.w_k, blk.key_dim), heads(blk.w_x, blk.head_dim)
   sp = lambda a: np.log1p(np.exp(a))
   delta = sp(f64(uc) @ f64(blk.w_delta.kernel[...]) + f64(blk.delta_bias[...]))
-  lam = np.broadcast_to(np.exp(f64(blk.a_log[...])), delta.shape).copy()
+  rate = np.exp(f64(blk.a_log[...]))
+  rate = rate if rate.ndim == 2 else rate[:, None]  # (H, n) or (H, 1)
+  lam = np.broadcast_to(rate, delta.shape + rate.shape[-1:]).copy()
   if blk.resolvent:
     g = ref.causal_diag_jacobi(f64(v), f64(hopping), np.asarray(z, np.complex128))
     ratio = np.broadcast_to(f64(eta), g.shape) * np.abs(g) ** 2 / np.imag(g)
     lam_bk = np.full_like(ratio, np.inf)  # ratio is 1 at the first token: a_0 = 0, write 1
     lam_bk[:, 1:] = -np.log1p(-ratio[:, 1:])
-    lam = lam + sp(f64(blk.ward_scale_raw[...])) * lam_bk
-  a = np.exp(-delta * lam)
-  w = delta if blk.write_form == "step" else 1 - a
+    lam = lam + (sp(f64(blk.ward_scale_raw[...])) * lam_bk)[..., None]
+  a = np.exp(-delta[..., None] * lam)  # (B, N, H, n) or (B, N, H, 1)
+  w = np.broadcast_to(delta[..., None], a.shape) if blk.write_form == "step" else 1 - a
   s = np.zeros((b, h, blk.key_dim, blk.head_dim))
   out = np.zeros((b, n, h, blk.head_dim))
   for i in range(n):
-    s = a[:, i, :, None, None] * s + w[:, i, :, None, None] * (
+    s = a[:, i, :, :, None] * s + w[:, i, :, :, None] * (
         k[:, i, :, :, None] * x[:, i, :, None, :])
     out[:, i] = np.einsum("bhn,bhnd->bhd", q[:, i], s)
   return out
@@ -72,9 +75,11 @@ def _numpy_mixer(blk, uc, v, hopping, z, eta):
 @pytest.mark.parametrize("mix_method", ["chunkwise", "recurrent"])
 @pytest.mark.parametrize("extra", [dict(), dict(selective_shift=True, selective_coupling=True),
                                    dict(bk_ward_decay=False), dict(bk_write="step"),
-                                   dict(bk_write="step", bk_ward_decay=False)],
+                                   dict(bk_write="step", bk_ward_decay=False),
+                                   dict(bk_decay="key"),
+                                   dict(bk_decay="key", bk_write="step", bk_ward_decay=False)],
                          ids=["per_head", "per_position", "control", "step_write",
-                              "step_write_control"])
+                              "step_write_control", "key_decay", "key_decay_step_control"])
 def test_mixer_matches_a_numpy_loop(mix_method, extra):
   blk = build_model(tiny_config("resnet_bk", bk_mix_method=mix_method, **KW, **extra)).blocks[0]
   if extra.get("selective_shift"):  # make the per-position operator really vary
@@ -158,5 +163,11 @@ def test_initial_steps_and_rates_span_their_configured_ranges(delta_min, rate_ma
   delta = np.asarray(jax.nn.softplus(blk.delta_bias[...]))
   np.testing.assert_allclose(delta, np.geomspace(delta_min, DELTA_MAX_INIT, 4), rtol=1e-6)
   np.testing.assert_allclose(np.exp(np.asarray(blk.a_log[...])), np.geomspace(1.0, rate_max, 4),
+                             rtol=1e-6)
+  # a rate per key dimension: A_{h,i} = (i + 1) A_h, Mamba-1's rates 1..n within each head
+  blk = build_model(tiny_config("resnet_bk", **KW, n_heads=4, bk_rate_max_init=rate_max,
+                                bk_decay="key")).blocks[0]
+  np.testing.assert_allclose(np.exp(np.asarray(blk.a_log[...])),
+                             np.geomspace(1.0, rate_max, 4)[:, None] * np.arange(1, 3)[None, :],
                              rtol=1e-6)
 

@@ -144,6 +144,7 @@ class BKBlock(nnx.Module):
     self.state_dim = self.head_dim * max(self.key_dim, 1)  # k (x) x when keyed, else x
     self.mix_method = resolve_mix_method(cfg.bk_mix_method)
     self.write_form = cfg.bk_write
+    self.decay_per_key = cfg.bk_decay == "key"
     self.semiseparable_rank = cfg.semiseparable_rank if cfg.use_semiseparable else 0
     self.use_conv, self.use_gate = bool(cfg.bk_conv), bool(cfg.bk_gate)
     self.sel_shift, self.sel_coupling = bool(cfg.selective_shift), bool(cfg.selective_coupling)
@@ -187,8 +188,12 @@ class BKBlock(nnx.Module):
       self.w_delta = dense(d, h, ("embed", "heads"), **kw)
       self.delta_bias = param(inv_softplus(np.geomspace(cfg.bk_delta_min_init, DELTA_MAX_INIT, h)))
       # A_h spread geometrically over [1, bk_rate_max_init] in the order of the steps: at 1 (the
-      # default) every head has A_h = 1; Mamba-2 draws A from [1, 16]
-      self.a_log = param(np.log(np.geomspace(1.0, cfg.bk_rate_max_init, h)))
+      # default) every head has A_h = 1; Mamba-2 draws A from [1, 16]. Per key dimension:
+      # A_{h,i} = (i + 1) A_h, Mamba-1's S4D-real rates 1..n, so one head holds n time scales
+      rates = np.geomspace(1.0, cfg.bk_rate_max_init, h)
+      if self.decay_per_key:
+        rates = rates[:, None] * np.arange(1, self.key_dim + 1)[None, :]
+      self.a_log = param(np.log(rates), ("heads", None) if self.decay_per_key else ("heads",))
       if self.resolvent:
         self.ward_scale_raw = param(np.full(h, inv_softplus(1.0)))  # s_h = 1
     if self.valued:
@@ -281,7 +286,8 @@ class BKBlock(nnx.Module):
     Returns:
       "diag": {"u_low": (B, N, H, r), "s": (H, r)} with use_semiseparable, else {};
       "green*": {"vals": (B, N, H, d_head)} and, keyed, "q", "k": (B, N, H, n);
-      "ward_selective": q, k, "x", "delta": (B, N, H), "rate": (H,), "ward_scale": (H,) or None.
+      "ward_selective": q, k, "x", "delta": (B, N, H), "rate": (H,) or, with bk_decay "key",
+      (H, n); "ward_scale": (H,) or None.
     """
     if self.semiseparable_rank:
       u_low = per_token(self.w_u, u).astype(jnp.float32)

@@ -155,7 +155,8 @@ def selective_mix(v, q, k, x, delta, rate, ward_scale, *, hopping, z, eta,
   Args:
     v: (B, N, H) potentials, or None for the scalar-decay control (no resolvent).
     q, k: (B, N, H, n); x: (B, N, H, d_head); delta: (B, N, H) steps Delta_j > 0.
-    rate: (H,) A_h > 0; ward_scale: (H,) s_h >= 0, or None for the control.
+    rate: (H,) A_h > 0, or (H, n) A_{h,i} > 0: a rate per key dimension (a diagonal decay);
+    ward_scale: (H,) s_h >= 0, or None for the control.
     hopping, z, eta: the operator, per head (H,) or per position (B, N, H); None for the control.
     carry: GreenCarry(g_last (B, H), state (B, H, n * d_head) key-major) of the last chunk.
     method: the resolvent method; mix_method: "chunkwise" | "recurrent".
@@ -165,6 +166,9 @@ def selective_mix(v, q, k, x, delta, rate, ward_scale, *, hopping, z, eta,
   Returns:
     (o (B, N, H, d_head) real, new GreenCarry).
   """
+  per_key = rate.ndim == 2
+  # per key dimension every per-token quantity gains a trailing key axis (B, N, H, n)
+  keyed = (lambda a: a[..., None]) if per_key else (lambda a: a)
   lam, g_last, fresh = rate, carry.g, False
   if v is not None:
     g, g_last = resolvent.causal_diag(v, hopping=hopping, z=z, carry=carry.g, method=method)
@@ -175,22 +179,40 @@ def selective_mix(v, q, k, x, delta, rate, ward_scale, *, hopping, z, eta,
     # x_j = 0 only where nothing was written yet (Im g_{-1} = 0 of a fresh sequence; S is empty
     # there): ratio is 1, a_j = 0 multiplies the empty state and the write 1 - a_j is exactly 1.
     # Any finite decay is exact there, so lam_bk is set to 0 and the write to 1 below.
-    fresh = im_prev <= 0
-    x_prev = jnp.square(hopping.astype(delta.dtype)) * jnp.where(fresh, 1.0, im_prev)
-    lam_bk = jnp.where(fresh, 0.0, jnp.log1p(eta.astype(delta.dtype) / x_prev))
-    lam = lam + ward_scale * lam_bk
-  log_a = -delta * lam  # <= 0: |a_j| <= 1
+    fresh = keyed(im_prev <= 0)
+    x_prev = jnp.square(hopping.astype(delta.dtype)) * jnp.where(im_prev <= 0, 1.0, im_prev)
+    lam_bk = jnp.where(im_prev <= 0, 0.0, jnp.log1p(eta.astype(delta.dtype) / x_prev))
+    lam = lam + keyed(ward_scale * lam_bk)
+  log_a = -keyed(delta) * lam  # <= 0: |a_j| <= 1; (B, N, H) or per key (B, N, H, n)
   if write_form == "step":
-    write = delta  # a_0 of a fresh sequence multiplies the empty state: no special case
+    # a_0 of a fresh sequence multiplies the empty state: no special case
+    write = jnp.broadcast_to(keyed(delta), log_a.shape)
   else:
     write = jnp.where(fresh, 1.0, -jnp.expm1(log_a))  # 1 - a_j, no cancellation at small steps
-  state = carry.y.reshape(*carry.y.shape[:-1], k.shape[-1], x.shape[-1])
+  n, d = k.shape[-1], x.shape[-1]
+  state = carry.y.reshape(*carry.y.shape[:-1], n, d)
+  if mix_method == "chunkwise" and per_key:
+    # S's row i decays by its own a_{j,i}: row i is a head of key dimension 1 (query q_i, key
+    # k_i, the head's values), and o sums the rows' reads: n heads per head, one kernel
+    lead = x.shape[:-2]
+    rows = lambda a: a.reshape(*lead, -1, 1)  # (B, N, H, n) -> (B, N, H n, 1)
+    xs = jnp.broadcast_to(x[..., None, :], (*x.shape[:-1], n, d)).reshape(*lead, -1, d)
+    o, state = chunkwise(rows(q), rows(k), xs, rows(log_a)[..., 0], rows(write)[..., 0],
+                         state.reshape(*state.shape[:-3], -1, 1, d))
+    o = o.reshape(*lead, -1, n, d).sum(axis=-2)
+    return o, resolvent.GreenCarry(g_last, state.reshape(carry.y.shape))
   if mix_method == "chunkwise":
     o, state = chunkwise(q, k, x, log_a, write, state)
     return o, resolvent.GreenCarry(g_last, state.reshape(carry.y.shape))
   # the reference form: the (n, d_head) state at every token
-  kx = ((write[..., None] * k)[..., :, None] * x[..., None, :]).reshape(*x.shape[:-1], -1)
-  s_all, y_last = value_scan(jnp.exp(log_a), kx, carry.y, method)
+  kx = ((write if per_key else write[..., None]) * k)[..., :, None] * x[..., None, :]
+  if per_key:  # every state entry its own decay: a scan of H n d heads of one value each
+    decay = jnp.broadcast_to(jnp.exp(log_a)[..., None], kx.shape).reshape(*x.shape[:-2], -1)
+    s_all, y_last = value_scan(decay, kx.reshape(*x.shape[:-2], -1, 1),
+                               carry.y.reshape(*carry.y.shape[:-2], -1, 1), method)
+    s_all = s_all.reshape(*x.shape[:-1], n * d)
+    return _read(q, s_all), resolvent.GreenCarry(g_last, y_last.reshape(carry.y.shape))
+  s_all, y_last = value_scan(jnp.exp(log_a), kx.reshape(*x.shape[:-1], -1), carry.y, method)
   return _read(q, s_all), resolvent.GreenCarry(g_last, y_last)
 
 

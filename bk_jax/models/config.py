@@ -20,6 +20,7 @@ BK_MIXERS = ("diag", "green", "green_modulus", "ward_selective")
 BK_INITS = ("short_memory", "long_memory", "mimetic")
 BK_MIX_METHODS = ("auto", "chunkwise", "recurrent")
 BK_WRITES = ("complement", "step")  # "ward_selective": w_j = 1 - a_j | Delta_j
+BK_DECAYS = ("head", "key")  # "ward_selective": a rate per head | per head and key dimension
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -70,6 +71,10 @@ def default_model_config() -> ml_collections.ConfigDict:
   # "ward_selective": the write weight w_j of S_j = a_j S_{j-1} + w_j k_j x_j^T: "complement"
   # (1 - a_j: S is a convex combination of the writes) | "step" (Delta_j: Mamba-2's write)
   c.bk_write = "complement"
+  # "ward_selective": the decay's rates: "head" (one rate A_h per head: a scalar decay, Mamba-2's)
+  # | "key" (a rate A_{h,i} per key dimension, A_{h,i} = (i + 1) A_h at init: a diagonal decay,
+  # Mamba-1's per-state rates; the chunkwise kernel then runs one head per key dimension)
+  c.bk_decay = "head"
   # keyed "green*" and "ward_selective" mixers: "chunkwise" (the state once per chunk, by matmuls; ops/chunkwise.py,
   # DESIGN §2.11) | "recurrent" (the state at every token, by the resolvent method's value scan:
   # the reference form) | "auto" (chunkwise)

@@ -25,9 +25,9 @@ from flax import nnx
 
 from bk_jax.models import bk
 from bk_jax.models.bk_mixers import DELTA_MAX_INIT
-from bk_jax.models.config import (ATTENTIONS, BK_INITS, BK_MIX_METHODS, BK_MIXERS, BK_WRITES,
-                                  DTYPES, MAMBA_SCAN_METHODS, REMAT_POLICIES, RESOLVENT_METHODS,
-                                  ROUTERS, resolve_mix_method)
+from bk_jax.models.config import (ATTENTIONS, BK_DECAYS, BK_INITS, BK_MIX_METHODS, BK_MIXERS,
+                                  BK_WRITES, DTYPES, MAMBA_SCAN_METHODS, REMAT_POLICIES,
+                                  RESOLVENT_METHODS, ROUTERS, resolve_mix_method)
 from bk_jax.models.mamba import MambaBlock
 from bk_jax.models.mamba2 import Mamba2Block
 from bk_jax.models.transformer import TransformerBlock, attention_implementation
@@ -191,6 +191,9 @@ def _check_resnet_bk(cfg: Any) -> None:
   need(cfg.bk_write in BK_WRITES, f"bk_write {cfg.bk_write!r} not in {BK_WRITES}")
   need(cfg.bk_write == "complement" or cfg.bk_mixer == "ward_selective",
        f"bk_write={cfg.bk_write!r} needs bk_mixer='ward_selective'")
+  need(cfg.bk_decay in BK_DECAYS, f"bk_decay {cfg.bk_decay!r} not in {BK_DECAYS}")
+  need(cfg.bk_decay == "head" or cfg.bk_mixer == "ward_selective",
+       f"bk_decay={cfg.bk_decay!r} needs bk_mixer='ward_selective'")
   need(cfg.bk_ward_decay or not (cfg.selective_shift or cfg.selective_coupling or cfg.prime_bump),
        "bk_ward_decay=False has no resolvent: selective_shift, selective_coupling and prime_bump "
        "do not apply")
