@@ -204,3 +204,17 @@ def test_checks_decide_the_targets():
   assert got["resnet_bk:green_keyed val loss <= 1.45 nats/char"]
   assert got["resnet_bk:green_keyed parameters <= 1M"]
   assert got["val loss resnet_bk:green_keyed <= mamba"]
+
+
+def test_mqar_rows_share_width_and_depth(tmp_path):
+  """MQAR compares recall at equal model dimension (Zoology's protocol): every row, of either
+  suite, has the suite's d_model and n_layers, whatever its parameter count (matching parameters
+  left the Transformer and the keyed block one layer at the GPU suite's width)."""
+  for suite in ("gpu", "cpu"):
+    spec = compare_models.suite_spec(suite)
+    for row in spec["rows"]:
+      c = compare_models.mqar_config(spec, str(tmp_path), row)
+      assert (c.model.d_model, c.model.n_layers) == (spec["mqar"]["d_model"],
+                                                     spec["mqar"]["n_layers"]), (suite, row)
+      assert (c.train.seq_len, c.data.synthetic.num_kv_pairs) == (spec["mqar"]["train_len"],
+                                                                  spec["mqar"]["train_kv"])
