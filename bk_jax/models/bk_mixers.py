@@ -12,7 +12,7 @@ the resolvent's diagonal (DESIGN §2.2) and c_u = -t_u g_u:
                      (DESIGN §2.11), or the (n, d_head) state at every token (reference form)
     "ward_selective" S_j = a_j S_{j-1} + (1 - a_j) k_j x_j^T, o_i = q_i^T S_i with
                      a_j = exp(-Delta_j (A_h + s_h lam_bk_j)), lam_bk BK's Ward log-decay
-                     (DESIGN §2.12)
+                     (DESIGN §2.12); with a rate per key dimension a_j is a vector over S's rows
 
 Each value scan takes the resolvent method's meaning from `bk_jax.ops.green` (one meaning of
 "scan", "associative" and "chunked" for every mixer).
@@ -168,7 +168,7 @@ def selective_mix(v, q, k, x, delta, rate, ward_scale, *, hopping, z, eta,
   """
   per_key = rate.ndim == 2
   # per key dimension every per-token quantity gains a trailing key axis (B, N, H, n)
-  keyed = (lambda a: a[..., None]) if per_key else (lambda a: a)
+  by_key = (lambda a: a[..., None]) if per_key else (lambda a: a)
   lam, g_last, fresh = rate, carry.g, False
   if v is not None:
     g, g_last = resolvent.causal_diag(v, hopping=hopping, z=z, carry=carry.g, method=method)
@@ -179,14 +179,14 @@ def selective_mix(v, q, k, x, delta, rate, ward_scale, *, hopping, z, eta,
     # x_j = 0 only where nothing was written yet (Im g_{-1} = 0 of a fresh sequence; S is empty
     # there): ratio is 1, a_j = 0 multiplies the empty state and the write 1 - a_j is exactly 1.
     # Any finite decay is exact there, so lam_bk is set to 0 and the write to 1 below.
-    fresh = keyed(im_prev <= 0)
+    fresh = by_key(im_prev <= 0)
     x_prev = jnp.square(hopping.astype(delta.dtype)) * jnp.where(im_prev <= 0, 1.0, im_prev)
     lam_bk = jnp.where(im_prev <= 0, 0.0, jnp.log1p(eta.astype(delta.dtype) / x_prev))
-    lam = lam + keyed(ward_scale * lam_bk)
-  log_a = -keyed(delta) * lam  # <= 0: |a_j| <= 1; (B, N, H) or per key (B, N, H, n)
+    lam = lam + by_key(ward_scale * lam_bk)
+  log_a = -by_key(delta) * lam  # <= 0: |a_j| <= 1; (B, N, H) or per key (B, N, H, n)
   if write_form == "step":
     # a_0 of a fresh sequence multiplies the empty state: no special case
-    write = jnp.broadcast_to(keyed(delta), log_a.shape)
+    write = jnp.broadcast_to(by_key(delta), log_a.shape)
   else:
     write = jnp.where(fresh, 1.0, -jnp.expm1(log_a))  # 1 - a_j, no cancellation at small steps
   n, d = k.shape[-1], x.shape[-1]
