@@ -179,9 +179,10 @@ def selective_mix(v, q, k, x, delta, rate, ward_scale, *, hopping, z, eta,
     # x_j = 0 only where nothing was written yet (Im g_{-1} = 0 of a fresh sequence; S is empty
     # there): ratio is 1, a_j = 0 multiplies the empty state and the write 1 - a_j is exactly 1.
     # Any finite decay is exact there, so lam_bk is set to 0 and the write to 1 below.
-    fresh = by_key(im_prev <= 0)
-    x_prev = jnp.square(hopping.astype(delta.dtype)) * jnp.where(im_prev <= 0, 1.0, im_prev)
-    lam_bk = jnp.where(im_prev <= 0, 0.0, jnp.log1p(eta.astype(delta.dtype) / x_prev))
+    empty = im_prev <= 0
+    fresh = by_key(empty)
+    x_prev = jnp.square(hopping.astype(delta.dtype)) * jnp.where(empty, 1.0, im_prev)
+    lam_bk = jnp.where(empty, 0.0, jnp.log1p(eta.astype(delta.dtype) / x_prev))
     lam = lam + by_key(ward_scale * lam_bk)
   log_a = -by_key(delta) * lam  # <= 0: |a_j| <= 1; (B, N, H) or per key (B, N, H, n)
   if write_form == "step":

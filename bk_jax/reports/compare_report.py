@@ -160,7 +160,6 @@ def markdown(payload: dict) -> str:
                  passkey.format_table({k: v["cells"] for k, v in pk.items()}))
   mq = {m["row"]: _ok(m, "mqar") for m in ms if _ok(m, "mqar")}
   if mq:
-    q0 = next(iter(mq.values()))
     q = spec["mqar"]
     # every row at the same width and depth (not matched parameters): its own size and steps
     trained = [[m["row"], t.get("params"), t.get("steps"),
@@ -168,7 +167,7 @@ def markdown(payload: dict) -> str:
                 t.get("final_train_loss")]
                for m in ms if m["row"] in mq for t in [_ok(m, "mqar_train") or {}]]
     parts.append(f"MQAR, every row at d_model {q['d_model']} and {q['n_layers']} layers, trained "
-                 f"at N={q0['train_len']} with D={q0['train_kv']} pairs, vocabulary {q['vocab']} "
+                 f"at N={q['train_len']} with D={q['train_kv']} pairs, vocabulary {q['vocab']} "
                  f"(chance: 1 in {q['vocab'] - q['vocab'] // 2} values), at most {q['steps']} "
                  f"steps:\n\n" + md(["model", "params", "steps", "stopped by budget",
                                      "final train loss"], trained))
