@@ -7,6 +7,7 @@ on equal tokens: validation loss, loss by position in long documents, passkey re
   python scripts/compare_models.py --suite gpu --rows resnet_bk:green_keyed,transformer \\
       --tokens 50000000 --budget-scale 3
   python scripts/compare_models.py --suite gpu --stages mqar --budget-scale 2   # rerun MQAR only
+  python scripts/compare_models.py --suite cpu --stages train,eval               # no MQAR
 
 Writes comparison.json (provenance-stamped), comparison.md, comparison.png, passkey.png and
 mqar.png under --out (default results/quality/compare_models/<suite>[_quick]/). Stages, sizes and what each
@@ -40,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
   ap.add_argument("--stages", default="",
                   help="comma-separated stage kinds to run: train, eval, mqar (default all); the "
                        "earlier run in --out (same suite and rows) gives the sizes and the other "
-                       "stages' rows")
+                       "stages' rows (required without train)")
   ap.add_argument("--out", default=None)
   return ap
 

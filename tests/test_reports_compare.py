@@ -92,6 +92,11 @@ def test_spent_budgets_skip_every_cell_and_the_report_says_so(tmp_path, monkeypa
                                stages=["eval"], log=lambda *_: None)
   with pytest.raises(ValueError, match="does not exist"):
     compare_models.run_compare(str(tmp_path / "new"), quick=True, stages=["eval"])
+  # with train, a new --out runs those stages alone
+  alone = compare_models.run_compare(str(tmp_path / "new"), quick=True, rows=["resnet_bk"],
+                                     budget_scale=0.0, stages=["train", "eval"],
+                                     log=lambda *_: None)
+  assert [s["stage"] for s in alone["stages"]] == ["train:resnet_bk", "eval:resnet_bk"]
   with pytest.raises(ValueError, match="unknown stage"):
     compare_models.run_compare(str(tmp_path / "new"), quick=True, stages=["plot"])
 

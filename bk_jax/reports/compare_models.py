@@ -384,7 +384,9 @@ def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list
     suite, quick, rows, tokens, budget_scale: see `suite_spec`.
     stages: stage kinds to run (`STAGE_KINDS`; default all). With some, the earlier run in `out`
       (same suite and rows) gives the sizes and the other stages' rows, and this call the
-      budgets: e.g. rerun the MQAR stages with more time without training again.
+      budgets: e.g. rerun the MQAR stages with more time without training again. A set with
+      "train" needs no earlier run: in a new `out` it runs those stages alone (e.g. train and
+      eval without MQAR).
     args: the command's arguments, recorded in the JSON.
     log: progress printer.
 
@@ -401,7 +403,8 @@ def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list
                      f"{', '.join(STAGE_KINDS)}")
   spec = suite_spec(suite, quick=quick, rows=rows, tokens=tokens, budget_scale=budget_scale)
   kept_stages, kept_rows = [], []
-  if len(kinds) < len(STAGE_KINDS):  # the earlier run's sizes, so its checkpoints fit
+  fresh = "train" in kinds and not os.path.isfile(os.path.join(out, "comparison.json"))
+  if len(kinds) < len(STAGE_KINDS) and not fresh:  # the earlier run's sizes: its checkpoints fit
     spec, kept_stages, kept_rows = _previous(out, spec, kinds)
   os.makedirs(out, exist_ok=True)
   t0 = time.perf_counter()
