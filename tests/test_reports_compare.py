@@ -93,10 +93,11 @@ def test_spent_budgets_skip_every_cell_and_the_report_says_so(tmp_path, monkeypa
   with pytest.raises(ValueError, match="does not exist"):
     compare_models.run_compare(str(tmp_path / "new"), quick=True, stages=["eval"])
   # with train, a new --out runs those stages alone
+  lines = []
   alone = compare_models.run_compare(str(tmp_path / "new"), quick=True, rows=["resnet_bk"],
-                                     budget_scale=0.0, stages=["train", "eval"],
-                                     log=lambda *_: None)
+                                     budget_scale=0.0, stages=["train", "eval"], log=lines.append)
   assert [s["stage"] for s in alone["stages"]] == ["train:resnet_bk", "eval:resnet_bk"]
+  assert "comparison.md" in lines[-1] and "png" in lines[-1] and "mqar" not in lines[-1]
   with pytest.raises(ValueError, match="unknown stage"):
     compare_models.run_compare(str(tmp_path / "new"), quick=True, stages=["plot"])
 

@@ -240,8 +240,9 @@ def figure(path: str, payload: dict) -> str:
 
 
 def write(out: str, *, spec: dict, corpus: dict, stages: list[dict], rows: list[dict],
-          total_s: float, args: dict) -> dict:
-  """Writes every file of the report; returns the JSON payload."""
+          total_s: float, args: dict) -> tuple[dict, list[str]]:
+  """Writes every file of the report; returns the JSON payload and the names of the files (a
+  heat map only where some row has its cells)."""
   from bk_jax.eval.plots import plot_heatmaps
   from bk_jax.runtime.provenance import machine
 
@@ -253,6 +254,7 @@ def write(out: str, *, spec: dict, corpus: dict, stages: list[dict], rows: list[
   with open(os.path.join(out, "comparison.md"), "w") as f:
     f.write(markdown(payload) + "\n")
   figure(os.path.join(out, "comparison.png"), payload)
+  files = ["comparison.json", "comparison.md", "comparison.png"]
   for cell, fname, x, y, xl, yl in (("passkey", "passkey.png", "length", "depth", "prompt length",
                                      "needle depth"),
                                     ("mqar", "mqar.png", "length", "kv_pairs", "sequence length N",
@@ -261,4 +263,5 @@ def write(out: str, *, spec: dict, corpus: dict, stages: list[dict], rows: list[
     if panels:
       plot_heatmaps(os.path.join(out, fname), panels, x=x, y=y, xlabel=xl, ylabel=yl,
                     title=f"{cell}: accuracy (%)")
-  return payload
+      files.append(fname)
+  return payload, files
