@@ -41,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
   ap.add_argument("--stages", default="",
                   help="comma-separated stage kinds to run: train, eval, mqar (default all); the "
                        "earlier run in --out (same suite and rows) gives the sizes and the other "
-                       "stages' rows (required without train)")
+                       "stages' rows (required for eval without train)")
   ap.add_argument("--out", default=None)
   return ap
 

@@ -92,12 +92,15 @@ def test_spent_budgets_skip_every_cell_and_the_report_says_so(tmp_path, monkeypa
                                stages=["eval"], log=lambda *_: None)
   with pytest.raises(ValueError, match="does not exist"):
     compare_models.run_compare(str(tmp_path / "new"), quick=True, stages=["eval"])
-  # with train, a new --out runs those stages alone
+  # in a new --out the chosen stages run alone (eval alone, above, needs checkpoints)
   lines = []
   alone = compare_models.run_compare(str(tmp_path / "new"), quick=True, rows=["resnet_bk"],
                                      budget_scale=0.0, stages=["train", "eval"], log=lines.append)
   assert [s["stage"] for s in alone["stages"]] == ["train:resnet_bk", "eval:resnet_bk"]
   assert "comparison.md" in lines[-1] and "png" in lines[-1] and "mqar" not in lines[-1]
+  mqar = compare_models.run_compare(str(tmp_path / "mqar"), quick=True, rows=["resnet_bk"],
+                                    budget_scale=0.0, stages=["mqar"], log=lambda *_: None)
+  assert [s["stage"] for s in mqar["stages"]] == ["mqar:resnet_bk"]
   with pytest.raises(ValueError, match="unknown stage"):
     compare_models.run_compare(str(tmp_path / "new"), quick=True, stages=["plot"])
 

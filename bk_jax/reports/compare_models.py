@@ -359,8 +359,8 @@ def _previous(out: str, spec: dict, kinds: list[str]) -> tuple[dict, list[dict],
 
   path = os.path.join(out, "comparison.json")
   if not os.path.isfile(path):
-    raise ValueError(f"--stages {','.join(kinds)} reruns stages of an earlier run, but {path} "
-                     f"does not exist")
+    raise ValueError(f"--stages {','.join(kinds)} evaluates the checkpoints of an earlier run, "
+                     f"but {path} does not exist")
   with open(path) as f:
     prev = json.load(f)
   key = lambda sp: (sp["suite"], sp["quick"], list(sp["rows"]))
@@ -384,9 +384,9 @@ def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list
     suite, quick, rows, tokens, budget_scale: see `suite_spec`.
     stages: stage kinds to run (`STAGE_KINDS`; default all). With some, the earlier run in `out`
       (same suite and rows) gives the sizes and the other stages' rows, and this call the
-      budgets: e.g. rerun the MQAR stages with more time without training again. A set with
-      "train" needs no earlier run: in a new `out` it runs those stages alone (e.g. train and
-      eval without MQAR).
+      budgets: e.g. rerun the MQAR stages with more time without training again. In a new
+      `out` the stages run alone (e.g. train and eval without MQAR, or MQAR only), except eval
+      without train, which needs an earlier run's checkpoints.
     args: the command's arguments, recorded in the JSON.
     log: progress printer.
 
@@ -403,7 +403,10 @@ def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list
                      f"{', '.join(STAGE_KINDS)}")
   spec = suite_spec(suite, quick=quick, rows=rows, tokens=tokens, budget_scale=budget_scale)
   kept_stages, kept_rows = [], []
-  fresh = "train" in kinds and not os.path.isfile(os.path.join(out, "comparison.json"))
+  # eval reads the train stage's checkpoints, MQAR trains its own model: only eval without
+  # train needs an earlier run; any other subset runs alone in a new `out`
+  fresh = (not os.path.isfile(os.path.join(out, "comparison.json"))
+           and ("train" in kinds or "eval" not in kinds))
   if len(kinds) < len(STAGE_KINDS) and not fresh:  # the earlier run's sizes: its checkpoints fit
     spec, kept_stages, kept_rows = _previous(out, spec, kinds)
   os.makedirs(out, exist_ok=True)
