@@ -11,6 +11,7 @@ from flax import nnx
 from bk_jax.models import build_model, validate_model_config
 from bk_jax.models.bk import BKBlock
 from bk_jax.models.bk_mixers import causal_conv, initial_eta
+from bk_jax.models.config import BK_BLOCKS, use_bk_block
 from bk_jax.ops import resolvent
 import dense_reference as ref
 from test_models_interface import V, tiny_config, tokens
@@ -237,6 +238,21 @@ def test_mimetic_init_ties_queries_to_keys_and_keeps_long_memories():
 def test_config_validation(bad, msg):
   with pytest.raises(ValueError, match=msg):
     validate_model_config(tiny_config("resnet_bk", **bad))
+
+
+@pytest.mark.parametrize("name", list(BK_BLOCKS))
+def test_named_blocks_set_their_options_and_build(name):
+  c = use_bk_block(tiny_config("mamba"), name)
+  assert c.kind == "resnet_bk"
+  assert all(c[k] == v for k, v in BK_BLOCKS[name].items())
+  validate_model_config(c)
+  logits = build_model(c)(tokens(2, 16))
+  assert logits.shape == (2, 16, V) and bool(jnp.isfinite(logits).all())
+
+
+def test_unknown_named_block_is_one_clear_error():
+  with pytest.raises(ValueError, match="unknown ResNet-BK block 'fast'; expected one of green_keyed"):
+    use_bk_block(tiny_config("resnet_bk"), "fast")
 
 
 @pytest.mark.slow

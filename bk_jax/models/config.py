@@ -130,6 +130,41 @@ def default_model_config() -> ml_collections.ConfigDict:
   return c
 
 
+#: Named ResNet-BK blocks: the block options of `default_model_config` that make each, applied
+#: by `use_bk_block` (configs/selective_*.py) and trained by the report rows "resnet_bk:NAME".
+#: The default block (the seed's, features eta * g) needs no name: no options.
+BK_BLOCKS = {
+    # the keyed Green's-function mixer (DESIGN §2.10): the lowest loss per token on text of every
+    # BK block, ahead of Mamba at equal tokens; does not learn induction heads at 256
+    "green_keyed": dict(bk_mixer="green", bk_key_dim=8, bk_conv=True, bk_gate=True,
+                        selective_shift=True, selective_coupling=True, eta_min=1e-3),
+    # the selective step on the resolvent (DESIGN §2.12): write apart from decay, the BK block
+    # that learns induction heads at 256 (2 seeds of 3); behind green_keyed and Mamba on text
+    "selective": dict(bk_mixer="ward_selective", bk_key_dim=8, bk_conv=True, bk_gate=True,
+                      eta_min=1e-3),
+}
+
+
+def use_bk_block(model: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Sets the options of the named block of `BK_BLOCKS` on a model config (in place).
+
+  Args:
+    model: a model ConfigDict (`default_model_config` and overrides); its kind becomes resnet_bk.
+    name: a key of `BK_BLOCKS`.
+
+  Returns:
+    `model`, for chaining.
+
+  Raises:
+    ValueError: an unknown name.
+  """
+  if name not in BK_BLOCKS:
+    raise ValueError(f"unknown ResNet-BK block {name!r}; expected one of {', '.join(BK_BLOCKS)}")
+  model.kind = "resnet_bk"
+  model.update(BK_BLOCKS[name])
+  return model
+
+
 def resolve_mix_method(method: str) -> str:
   """The keyed mixer's concrete form: "auto" is "chunkwise" (faster and smaller on the CPU at
   every measured shape, scripts/benchmark.py; the accelerator form by construction)."""

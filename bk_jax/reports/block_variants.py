@@ -3,6 +3,8 @@ scripts/ablations.py lists and describes them)."""
 
 from __future__ import annotations
 
+from bk_jax.models.config import BK_BLOCKS
+
 
 def variants(heads: list[int]) -> dict[str, dict]:
   """Every ablation variant: name -> ResNet-BK model overrides (scripts/ablations.py lists them).
@@ -26,8 +28,7 @@ def variants(heads: list[int]) -> dict[str, dict]:
             "green": green, "green_conv_gate": {**green, "bk_conv": True, "bk_gate": True},
             "green_all": {**green, "bk_conv": True, "bk_gate": True, "selective_shift": True,
                           "selective_coupling": True},
-            "green_keyed": {**green, "bk_key_dim": 8, "bk_conv": True, "bk_gate": True,
-                            "selective_shift": True, "selective_coupling": True, "eta_min": 1e-3}})
+            "green_keyed": dict(BK_BLOCKS["green_keyed"])})
   # the keyed block at about the default block's parameter count (d_model 64: 104,048 vs 105,888): half
   # the heads and a d_model-wide FFN pay for the key/query projections
   v["green_keyed_matched"] = {**v["green_keyed"], "n_heads": 8, "d_ff": 64}
@@ -38,8 +39,7 @@ def variants(heads: list[int]) -> dict[str, dict]:
   v["green_keyed_modulus_long"] = {**v["green_keyed_modulus"], "bk_init": "long_memory"}
   # the selective step on the resolvent (DESIGN §2.12): write apart from decay, so a token can be
   # skipped without forgetting; and its scalar-decay control without the BK term
-  v["selective"] = {"bk_mixer": "ward_selective", "bk_key_dim": 8, "bk_conv": True, "bk_gate": True,
-                    "eta_min": 1e-3}
+  v["selective"] = dict(BK_BLOCKS["selective"])
   v["selective_control"] = {**v["selective"], "bk_ward_decay": False}
   # both at about the default block's parameter count (d_model 64: 104,176 and 103,088 vs 105,888)
   v["selective_matched"] = {**v["selective"], "n_heads": 8, "d_ff": 104}
