@@ -5,7 +5,10 @@ with that block, 941,312 parameters, on the default corpus, batch 8, 3 epochs = 
 
   python scripts/train.py --config configs/selective_2k.py
 
-Cost: not measured yet.
+Cost, measured through the trainer for 6 steps on an idle 2-core CPU, 2026-12-04:
+  CPU: first step (with compilation) 8.5 s, then ~1.5 s per step (11,000 tokens/s), so ~50
+       minutes for the 1,992 steps; peak RSS 2.0 GB.
+  GPU: not measured.
 """
 from configs import seq2k
 
