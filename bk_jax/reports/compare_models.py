@@ -423,7 +423,7 @@ def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list
   order = [s for g in spec["groups"] for s in g]
   summary = sorted(kept_stages + summary, key=lambda s: order.index(s["stage"]))
   payload, files = compare_report.write(out, spec=spec, corpus=corpus, stages=summary,
-                                 rows=kept_rows + stage_rows, total_s=time.perf_counter() - t0,
-                                 args=args or {})
+                                        rows=kept_rows + stage_rows,
+                                        total_s=time.perf_counter() - t0, args=args or {})
   log(f"# wrote {', '.join(os.path.join(out, f) for f in files)} ({payload['total_s']:.0f} s)")
   return dict(payload, out=out)
