@@ -9,8 +9,8 @@ on equal tokens: validation loss, loss by position in long documents, passkey re
   python scripts/compare_models.py --suite gpu --stages mqar --budget-scale 2   # rerun MQAR only
   python scripts/compare_models.py --suite cpu --stages train,eval               # no MQAR
 
-Writes comparison.json (provenance-stamped), comparison.md, comparison.png, passkey.png and
-mqar.png under --out (default results/quality/compare_models/<suite>[_quick]/). Stages, sizes and what each
+Writes comparison.json (provenance-stamped), comparison.md, comparison.png, and passkey.png and
+mqar.png where some row has those cells, under --out (default results/quality/compare_models/<suite>[_quick]/). Stages, sizes and what each
 table means: docs/guides/comparison.md.
 """
 

@@ -404,10 +404,11 @@ def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list
   spec = suite_spec(suite, quick=quick, rows=rows, tokens=tokens, budget_scale=budget_scale)
   kept_stages, kept_rows = [], []
   # eval reads the train stage's checkpoints, MQAR trains its own model: only eval without
-  # train needs an earlier run; any other subset runs alone in a new `out`
-  fresh = (not os.path.isfile(os.path.join(out, "comparison.json"))
-           and ("train" in kinds or "eval" not in kinds))
-  if len(kinds) < len(STAGE_KINDS) and not fresh:  # the earlier run's sizes: its checkpoints fit
+  # train needs an earlier run (its sizes, so the checkpoints fit); any other subset runs alone
+  # in a new `out`, and in an earlier run's `out` keeps that run's other rows
+  earlier = os.path.isfile(os.path.join(out, "comparison.json"))
+  needs_checkpoints = "eval" in kinds and "train" not in kinds
+  if len(kinds) < len(STAGE_KINDS) and (earlier or needs_checkpoints):
     spec, kept_stages, kept_rows = _previous(out, spec, kinds)
   os.makedirs(out, exist_ok=True)
   t0 = time.perf_counter()
