@@ -356,6 +356,26 @@ class BKBlock(nnx.Module):
       return diag_features(y, eta)
     return value_features(y, None if self.mixer == "ward_selective" else eta)
 
+  def mix_args(self, x: jax.Array, carry: BKCarry, bias: jax.Array | None):
+    """The normed input, the arguments of `mix` and the new conv state of one chunk.
+
+    Args:
+      x: (B, N, d_model) residual stream; carry: the previous chunk's (`init_carry` for a fresh
+        sequence); bias: (N,) potential bias or None.
+
+    Returns:
+      (u, (v, inputs, res, hopping, z, eta), conv'): u the normed input; the mixer's arguments
+      as `mix` takes them (v, hopping, z, eta None for the control).
+    """
+    u = self.norm(x)
+    uc, new_conv, v = self.potentials(u, carry.conv)
+    hopping = z = eta = None
+    if self.resolvent:
+      if bias is not None:  # prime_bump: refused by validation for the control (no potentials)
+        v = v + bias[:, None]
+      hopping, z, eta = self.operator(uc)
+    return u, (v, self.mixer_inputs(u, uc), carry.res, hopping, z, eta), new_conv
+
   def __call__(self, x: jax.Array, carry: BKCarry | None, pos: jax.Array,
                bias: jax.Array | None):
     """One block over a chunk.
@@ -372,14 +392,8 @@ class BKBlock(nnx.Module):
     del pos
     if carry is None:
       carry = self.init_carry(x.shape[0])
-    u = self.norm(x)
-    uc, new_conv, v = self.potentials(u, carry.conv)
-    hopping = z = eta = None
-    if self.resolvent:
-      if bias is not None:  # prime_bump: refused by validation for the control (no potentials)
-        v = v + bias[:, None]
-      hopping, z, eta = self.operator(uc)
-    args = (v, self.mixer_inputs(u, uc), carry.res, hopping, z, eta)
+    u, args, new_conv = self.mix_args(x, carry, bias)
+    eta = args[-1]
     if self.monitors:
       y, res, aux = self._monitored_mix(*args)
     else:

@@ -148,6 +148,47 @@ def _chunkwise_green(v, q, k, vals, *, hopping, z, carry, method, modulus):
   return o, resolvent.GreenCarry(g_last, state.reshape(carry.y.shape))
 
 
+def selective_decay(v, delta, rate, ward_scale, *, hopping, z, eta, g_prev, method: str,
+                    write_form: str):
+  """The decay and the write of the "ward_selective" step: log a_j and w_j of
+  S_j = a_j S_{j-1} + w_j k_j x_j^T (DESIGN §2.12).
+
+  Args:
+    v, delta, rate, ward_scale, hopping, z, eta, method, write_form: as `selective_mix`.
+    g_prev: (B, H) the resolvent's g at the token before the chunk (zeros for a fresh sequence).
+
+  Returns:
+    (log_a, write, g_last): log a_j <= 0 and w_j, (B, N, H) or, with a rate per key dimension,
+    (B, N, H, n); g_last (B, H) the resolvent's g at the chunk's last token (g_prev for the
+    control).
+  """
+  per_key = rate.ndim == 2
+  # per key dimension every per-token quantity gains a trailing key axis (B, N, H, n)
+  by_key = (lambda a: a[..., None]) if per_key else (lambda a: a)
+  lam, g_last, fresh = rate, g_prev, False
+  if v is not None:
+    g, g_last = resolvent.causal_diag(v, hopping=hopping, z=z, carry=g_prev, method=method)
+    im_prev = jnp.imag(jnp.concatenate([g_prev[..., None, :].astype(g.dtype), g[..., :-1, :]],
+                                       axis=-2))
+    # Ward: Im g_j = |g_j|^2 (eta_j + x_j) with x_j = t_j^2 Im g_{j-1}, so the past's share of
+    # Im g_j is 1 - ratio_j = x_j / (eta_j + x_j) and lam_bk = -log of it = log1p(eta_j / x_j).
+    # x_j = 0 only where nothing was written yet (Im g_{-1} = 0 of a fresh sequence; S is empty
+    # there): ratio is 1, a_j = 0 multiplies the empty state and the write 1 - a_j is exactly 1.
+    # Any finite decay is exact there, so lam_bk is set to 0 and the write to 1 below.
+    empty = im_prev <= 0
+    fresh = by_key(empty)
+    x_prev = jnp.square(hopping.astype(delta.dtype)) * jnp.where(empty, 1.0, im_prev)
+    lam_bk = jnp.where(empty, 0.0, jnp.log1p(eta.astype(delta.dtype) / x_prev))
+    lam = lam + by_key(ward_scale * lam_bk)
+  log_a = -by_key(delta) * lam  # <= 0: |a_j| <= 1; (B, N, H) or per key (B, N, H, n)
+  if write_form == "step":
+    # a_0 of a fresh sequence multiplies the empty state: no special case
+    write = jnp.broadcast_to(by_key(delta), log_a.shape)
+  else:
+    write = jnp.where(fresh, 1.0, -jnp.expm1(log_a))  # 1 - a_j, no cancellation at small steps
+  return log_a, write, g_last
+
+
 def selective_mix(v, q, k, x, delta, rate, ward_scale, *, hopping, z, eta,
                   carry: resolvent.GreenCarry, method: str, mix_method: str, write_form: str):
   """The "ward_selective" mixer (DESIGN §2.12): S_j = a_j S_{j-1} + w_j k_j x_j^T.
@@ -166,30 +207,10 @@ def selective_mix(v, q, k, x, delta, rate, ward_scale, *, hopping, z, eta,
   Returns:
     (o (B, N, H, d_head) real, new GreenCarry).
   """
+  log_a, write, g_last = selective_decay(v, delta, rate, ward_scale, hopping=hopping, z=z,
+                                         eta=eta, g_prev=carry.g, method=method,
+                                         write_form=write_form)
   per_key = rate.ndim == 2
-  # per key dimension every per-token quantity gains a trailing key axis (B, N, H, n)
-  by_key = (lambda a: a[..., None]) if per_key else (lambda a: a)
-  lam, g_last, fresh = rate, carry.g, False
-  if v is not None:
-    g, g_last = resolvent.causal_diag(v, hopping=hopping, z=z, carry=carry.g, method=method)
-    im_prev = jnp.imag(jnp.concatenate([carry.g[..., None, :].astype(g.dtype), g[..., :-1, :]],
-                                       axis=-2))
-    # Ward: Im g_j = |g_j|^2 (eta_j + x_j) with x_j = t_j^2 Im g_{j-1}, so the past's share of
-    # Im g_j is 1 - ratio_j = x_j / (eta_j + x_j) and lam_bk = -log of it = log1p(eta_j / x_j).
-    # x_j = 0 only where nothing was written yet (Im g_{-1} = 0 of a fresh sequence; S is empty
-    # there): ratio is 1, a_j = 0 multiplies the empty state and the write 1 - a_j is exactly 1.
-    # Any finite decay is exact there, so lam_bk is set to 0 and the write to 1 below.
-    empty = im_prev <= 0
-    fresh = by_key(empty)
-    x_prev = jnp.square(hopping.astype(delta.dtype)) * jnp.where(empty, 1.0, im_prev)
-    lam_bk = jnp.where(empty, 0.0, jnp.log1p(eta.astype(delta.dtype) / x_prev))
-    lam = lam + by_key(ward_scale * lam_bk)
-  log_a = -by_key(delta) * lam  # <= 0: |a_j| <= 1; (B, N, H) or per key (B, N, H, n)
-  if write_form == "step":
-    # a_0 of a fresh sequence multiplies the empty state: no special case
-    write = jnp.broadcast_to(by_key(delta), log_a.shape)
-  else:
-    write = jnp.where(fresh, 1.0, -jnp.expm1(log_a))  # 1 - a_j, no cancellation at small steps
   n, d = k.shape[-1], x.shape[-1]
   state = carry.y.reshape(*carry.y.shape[:-1], n, d)
   if mix_method == "chunkwise" and per_key:

@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""What a trained selective ResNet-BK block keeps of an induction-heads answer until it is asked
+for: per test length, the accuracy and each layer's largest share of the answer's write left in
+the state at the read (bk_jax.eval.recall_memory), on the test sequences eval_extrapolation.py
+and induction_anchor.py score.
+
+    python scripts/induction_anchor.py --kinds resnet_bk:selective --out runs/induction ...
+    python scripts/recall_memory.py --checkpoint_dir runs/induction/runs/resnet_bk_selective \\
+        --max_log2 16 --samples 16
+
+Writes recall_memory.json (provenance-stamped) and recall_memory.md beside the checkpoint, or
+at --output. Errors: one line `recall_memory.py: error: ...`, exit status 2.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from bk_jax.runtime.errors import one_line_errors
+
+
+def main(argv=None) -> int:
+  with one_line_errors("recall_memory.py"):
+    p = argparse.ArgumentParser(prog="recall_memory.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint_dir", required=True, help="the run directory")
+    p.add_argument("--checkpoint", default=None, help="a checkpoint name (default: the latest)")
+    p.add_argument("--min_log2", type=int, default=6)
+    p.add_argument("--max_log2", type=int, default=16)
+    p.add_argument("--samples", type=int, default=16, help="test sequences per length")
+    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--output", default=None, help="the JSON path (default: in --checkpoint_dir)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+
+    from bk_jax.eval.loading import load_checkpoint
+    from bk_jax.eval.recall_memory import format_table, memory_table
+    from bk_jax.runtime.provenance import stamped
+
+    ck = load_checkpoint(args.checkpoint_dir, args.checkpoint)
+    lengths = [2 ** k for k in range(args.min_log2, args.max_log2 + 1)]
+    rows = memory_table(ck.model, ck.config.data.synthetic, lengths, samples=args.samples,
+                        batch_size=args.batch_size)
+    table = format_table(rows)
+    print(table)
+    path = args.output or os.path.join(os.path.abspath(args.checkpoint_dir), "recall_memory.json")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(stamped(dict(args=vars(args), checkpoint=ck.name, rows=rows)), f, indent=2)
+    with open(os.path.splitext(path)[0] + ".md", "w") as f:
+      f.write(f"# The answer's share at the read: {ck.name} of {args.checkpoint_dir}\n\n{table}")
+    print(f"Results saved: {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

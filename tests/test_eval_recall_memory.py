@@ -1,0 +1,107 @@
+"""The recall-memory probe (bk_jax.eval.recall_memory): the answer's share equals what the mixer
+reads of a single write, the probe's walk is the model's forward, and bad inputs are one error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from bk_jax.data import default_synthetic_config
+from bk_jax.eval.loading import EvalError
+from bk_jax.eval.recall_memory import answer_shares, format_table, layer_decays, memory_table
+from bk_jax.models import build_model
+from bk_jax.models.bk_mixers import selective_decay
+from test_models_interface import tiny_config
+
+KW = dict(bk_mixer="ward_selective", bk_head_dim=3, bk_key_dim=2)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("extra", [dict(), dict(bk_decay="key"), dict(bk_write="step"),
+                                   dict(bk_ward_decay=False)],
+                         ids=["per_head", "key_decay", "step_write", "control"])
+def test_share_is_what_the_mixer_reads_of_one_write(extra):
+  """Write a single value (x = 1 at position p + 1, 0 elsewhere, keys all 1) through the real
+  mixer (chunkwise kernel) and read it with a one-hot query: o at the read is the share."""
+  blk = build_model(tiny_config("resnet_bk", **KW, **extra)).blocks[0]
+  b, n, h, nk = 2, 37, blk.n_heads, blk.key_dim
+  uc = jax.random.normal(jax.random.key(0), (b, n, blk.d_model))
+  v = jax.random.normal(jax.random.key(2), (b, n, h)) if blk.resolvent else None
+  hopping, z, eta = blk.operator(uc) if blk.resolvent else (None, None, None)
+  inputs = blk.mixer_inputs(uc, uc)
+  res = blk.init_carry(b).res
+  log_a, write, _ = selective_decay(v, inputs["delta"], inputs["rate"], inputs["ward_scale"],
+                                    hopping=hopping, z=z, eta=eta, g_prev=res.g,
+                                    method=blk.method, write_form=blk.write_form)
+  write_pos, read = np.array([3, 20]), n - 1
+  got = answer_shares([(log_a, write)], write_pos, read)[:, 0]  # (B, heads)
+  x = np.zeros((b, n, h, blk.head_dim), np.float32)
+  x[np.arange(b), write_pos] = 1.0
+  k = jnp.ones((b, n, h, nk))
+  for i in range(nk):  # query key dimension i: the read of row i of S
+    q = jax.nn.one_hot(jnp.full((b, n, h), i), nk)
+    o, _ = blk.mix(v, dict(inputs, q=q, k=k, x=jnp.asarray(x)), res, hopping, z, eta)
+    seen = np.asarray(o)[:, read, :, 0]  # (B, H)
+    want = 10.0 ** (got.reshape(b, h, nk)[..., i] if extra.get("bk_decay") == "key" else got)
+    np.testing.assert_allclose(seen, want, rtol=1e-4, atol=1e-7)
+
+
+def _selective_model(**extra):
+  c = tiny_config("resnet_bk", **KW, **extra)
+  c.vocab_size = 16
+  return build_model(c, rngs=nnx.Rngs(5))
+
+
+def test_layer_decays_walk_is_the_models_forward():
+  model = _selective_model(prime_bump=True)
+  tokens = jax.random.randint(jax.random.key(1), (2, 50), 0, 16)
+  logits, per_layer = layer_decays(model, tokens)
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(model(tokens)), rtol=1e-5, atol=1e-5)
+  assert len(per_layer) == 2
+  for log_a, write in per_layer:
+    assert log_a.shape == write.shape == (2, 50, model.blocks[0].n_heads)
+    assert np.all(np.asarray(log_a) <= 0) and np.all(np.asarray(write) > 0)
+
+
+def test_memory_table_on_induction_sequences():
+  tc = default_synthetic_config()  # induction_heads, vocabulary 16
+  rows = memory_table(_selective_model(), tc, [64, 128], samples=4, batch_size=2, log=None)
+  assert [r["length"] for r in rows] == [64, 128] and all(r["samples"] == 4 for r in rows)
+  for r in rows:
+    assert 0.0 <= r["accuracy"] <= 1.0 and len(r["layers"]) == 2
+    for layer in r["layers"]:
+      # the complement write keeps a convex combination: no write holds more than all of it
+      assert layer["share_log10"] <= 1e-12 and layer["memory_tokens"] > 0
+  assert "| 128 | 4 |" in format_table(rows)
+
+
+def test_bad_models_and_tasks_are_one_error():
+  tc = default_synthetic_config()
+  plain = build_model(tiny_config("resnet_bk", vocab_size=16))
+  with pytest.raises(EvalError, match="ward_selective"):
+    memory_table(plain, tc, [64], log=None)
+  with pytest.raises(EvalError, match="scan_layers"):
+    memory_table(_selective_model(scan_layers=True), tc, [64], log=None)
+  mamba = build_model(tiny_config("mamba", vocab_size=16))
+  with pytest.raises(EvalError, match="kind mamba"):
+    memory_table(mamba, tc, [64], log=None)
+  tc.task = "mqar"
+  with pytest.raises(EvalError, match="induction_heads"):
+    memory_table(_selective_model(), tc, [64], log=None)
+
+
+def test_script_without_a_checkpoint_is_one_line(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "recall_memory.py"),
+                      "--checkpoint_dir", str(tmp_path / "none")],
+                     capture_output=True, text=True, env=env, timeout=300)
+  assert r.returncode == 2
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("recall_memory.py: error:"), r.stderr
