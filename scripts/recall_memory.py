@@ -33,14 +33,15 @@ def main(argv=None) -> int:
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
     from bk_jax.eval.loading import load_checkpoint
-    from bk_jax.eval.recall_memory import format_table, memory_table
+    from bk_jax.eval.recall_memory import format_positions, format_table, memory_table
     from bk_jax.runtime.provenance import stamped
 
     ck = load_checkpoint(args.checkpoint_dir, args.checkpoint)
     lengths = [2 ** k for k in range(args.min_log2, args.max_log2 + 1)]
     rows = memory_table(ck.model, ck.config.data.synthetic, lengths, samples=args.samples,
                         batch_size=args.batch_size)
-    table = format_table(rows)
+    table = (format_table(rows) + f"\nDecay by position at {rows[-1]['length']:,} tokens:\n\n"
+             + format_positions(rows[-1]))
     print(table)
     path = args.output or os.path.join(os.path.abspath(args.checkpoint_dir), "recall_memory.json")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

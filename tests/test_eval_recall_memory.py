@@ -15,7 +15,8 @@ from flax import nnx
 
 from bk_jax.data import default_synthetic_config
 from bk_jax.eval.loading import EvalError
-from bk_jax.eval.recall_memory import answer_shares, format_table, layer_decays, memory_table
+from bk_jax.eval.recall_memory import (answer_shares, format_positions, format_table, layer_decays,
+                                       memory_table)
 from bk_jax.models import build_model
 from bk_jax.models.bk_mixers import selective_decay
 from test_models_interface import tiny_config
@@ -65,9 +66,16 @@ def test_layer_decays_walk_is_the_models_forward():
   logits, per_layer = layer_decays(model, tokens)
   np.testing.assert_allclose(np.asarray(logits), np.asarray(model(tokens)), rtol=1e-5, atol=1e-5)
   assert len(per_layer) == 2
-  for log_a, write in per_layer:
-    assert log_a.shape == write.shape == (2, 50, model.blocks[0].n_heads)
+  for log_a, write, delta in per_layer:
+    assert log_a.shape == write.shape == delta.shape == (2, 50, model.blocks[0].n_heads)
     assert np.all(np.asarray(log_a) <= 0) and np.all(np.asarray(write) > 0)
+    assert np.all(np.asarray(delta) > 0)
+  # the control's decay is the step times the head's rate: -log a_j = Delta_j A_h
+  control = _selective_model(bk_ward_decay=False)
+  _, per_layer = layer_decays(control, tokens)
+  for (log_a, _, delta), blk in zip(per_layer, control.blocks):
+    np.testing.assert_allclose(-np.asarray(log_a), np.asarray(delta) * np.exp(blk.a_log[...]),
+                               rtol=1e-6)
 
 
 def test_memory_table_on_induction_sequences():
@@ -78,8 +86,12 @@ def test_memory_table_on_induction_sequences():
     assert 0.0 <= r["accuracy"] <= 1.0 and len(r["layers"]) == 2
     for layer in r["layers"]:
       # the complement write keeps a convex combination: no write holds more than all of it
-      assert layer["share_log10"] <= 1e-12 and layer["memory_tokens"] > 0
+      assert layer["share_log10"] <= 1e-12
+      spans = [(b["start"], b["end"]) for b in layer["by_position"]]
+      assert spans == ([(0, 64)] if r["length"] == 64 else [(0, 64), (64, 128)])
+      assert all(b["rate"] > 0 and b["step"] > 0 for b in layer["by_position"])
   assert "| 128 | 4 |" in format_table(rows)
+  assert "| 64-128 |" in format_positions(rows[-1])
 
 
 def test_bad_models_and_tasks_are_one_error():

@@ -58,8 +58,8 @@ def layer_decays(model: nnx.Module, tokens: jax.Array) -> tuple[jax.Array, list[
     tokens: int32 (B, N).
 
   Returns:
-    (logits (B, N, vocab), [(log_a, write)] per layer), log_a and write (B, N, H), or
-    (B, N, H, n) with a rate per key dimension.
+    (logits (B, N, vocab), [(log_a, write, delta)] per layer): log_a and write (B, N, H), or
+    (B, N, H, n) with a rate per key dimension; delta the steps Delta_j (B, N, H).
   """
   n = tokens.shape[1]
   bias = None
@@ -74,7 +74,7 @@ def layer_decays(model: nnx.Module, tokens: jax.Array) -> tuple[jax.Array, list[
     log_a, write, _ = selective_decay(v, inputs["delta"], inputs["rate"], inputs["ward_scale"],
                                       hopping=hopping, z=z, eta=eta, g_prev=res.g,
                                       method=block.method, write_form=block.write_form)
-    per_layer.append((log_a, write))
+    per_layer.append((log_a, write, inputs["delta"]))
     x, _, _ = block(x, carry, pos, bias)
   logits = model.head(model.final_norm(x).astype(model.logits_dtype)).astype(jnp.float32)
   return logits, per_layer
@@ -84,7 +84,7 @@ def answer_shares(per_layer: list[tuple], write_pos: np.ndarray, read_pos: int) 
   """log10 of the answer's share at the read, per sample, layer and head.
 
   Args:
-    per_layer: `layer_decays`'s [(log_a, write)], B sequences.
+    per_layer: `layer_decays`'s [(log_a, write, ...)], B sequences.
     write_pos: (B,) the position of the write (the answer's, p + 1).
     read_pos: the position of the read (n - 1); > every write_pos.
 
@@ -93,7 +93,7 @@ def answer_shares(per_layer: list[tuple], write_pos: np.ndarray, read_pos: int) 
     dimension every (head, key dimension) pair is a head.
   """
   out = []
-  for log_a, write in per_layer:
+  for log_a, write, *_ in per_layer:
     la = np.asarray(log_a, np.float64)
     w = np.asarray(write, np.float64)
     la, w = la.reshape(*la.shape[:2], -1), w.reshape(*w.shape[:2], -1)  # (B, N, heads)
@@ -103,6 +103,25 @@ def answer_shares(per_layer: list[tuple], write_pos: np.ndarray, read_pos: int) 
     kept = c[rows, read_pos] - c[rows, write_pos]
     out.append((kept + np.log(w[rows, write_pos])) / math.log(10.0))
   return np.stack(out, axis=1)
+
+
+def _edges(length: int) -> np.ndarray:
+  """Position buckets [0, 64), [64, 128), [128, 256), ... up to `length`."""
+  inner = [e for e in (2 ** k for k in range(6, 64)) if e < length]
+  return np.array([0, *inner, length])
+
+
+def _rates_by_position(log_a, delta, length: int) -> np.ndarray:
+  """(B, heads, buckets, 2): per sequence the median decay rate -log a_j and step Delta_j in each
+  position bucket; with a rate per key dimension every (head, key dimension) is a head."""
+  la = -np.asarray(log_a, np.float64)
+  la = la.reshape(*la.shape[:2], -1)  # (B, N, heads)
+  d = np.asarray(delta, np.float64)
+  d = np.repeat(d, la.shape[-1] // d.shape[-1], axis=-1)  # a head's step for its key dimensions
+  edges = _edges(length)
+  cols = [np.stack([np.median(x[:, a:b], axis=1) for x in (la, d)], axis=-1)
+          for a, b in zip(edges[:-1], edges[1:])]
+  return np.stack(cols, axis=2)
 
 
 def memory_row(model: nnx.Module, task_cfg: ml_collections.ConfigDict, length: int, *,
@@ -118,7 +137,8 @@ def memory_row(model: nnx.Module, task_cfg: ml_collections.ConfigDict, length: i
   Returns:
     {length, samples, accuracy, layers: [{best_head, share_log10 (median of the best head),
     share_log10_correct / _wrong (medians over the samples answered right / wrong),
-    memory_tokens (1 / the best head's median decay rate -log a_j: its time scale in tokens)}]}.
+    by_position: the best head's median decay rate -log a_j ("rate"; 1 / rate is its memory in
+    tokens) and step Delta_j ("step") in position buckets [0, 64), [64, 128), ... [2^k, n)}]}.
   """
   from bk_jax.data import make_synthetic_batch
   from bk_jax.data.synthetic import task_vocab_size
@@ -134,18 +154,19 @@ def memory_row(model: nnx.Module, task_cfg: ml_collections.ConfigDict, length: i
     shares.append(answer_shares(per_layer, write_pos, length - 1))
     pred = np.argmax(np.asarray(logits[:, length - 1]), axis=-1)
     correct.append(pred == np.asarray(batch["targets"])[:, length - 1])
-    # the median per-token decay rate -log a_j over the sequence, per sample, layer and head
-    memory.append(np.stack([np.median(-np.asarray(la, np.float64).reshape(*la.shape[:2], -1),
-                                      axis=1) for la, _ in per_layer], axis=1))
+    memory.append(np.stack([_rates_by_position(la, d, length) for la, _, d in per_layer], axis=1))
   shares, correct, memory = np.concatenate(shares), np.concatenate(correct), np.concatenate(memory)
+  edges = _edges(length)
   layers = []
   for layer in range(shares.shape[1]):
     med = np.median(shares[:, layer], axis=0)
     h = int(np.argmax(med))
     pick = lambda m: float(np.median(shares[m, layer, h])) if m.any() else None
+    rates = np.median(memory[:, layer, h], axis=0)  # (buckets, 2): over the samples
+    by_position = [dict(start=int(a), end=int(b), rate=float(r), step=float(d))
+                   for a, b, (r, d) in zip(edges[:-1], edges[1:], rates)]
     layers.append(dict(best_head=h, share_log10=float(med[h]), share_log10_correct=pick(correct),
-                       share_log10_wrong=pick(~correct),
-                       memory_tokens=float(1.0 / np.median(memory[:, layer, h]))))
+                       share_log10_wrong=pick(~correct), by_position=by_position))
   return dict(length=int(length), samples=int(shares.shape[0]),
               accuracy=float(np.mean(correct)), layers=layers)
 
@@ -193,4 +214,15 @@ def format_table(rows: list[dict]) -> str:
         f"{fmt(x['share_log10'])} ({fmt(x['share_log10_correct'])} / "
         f"{fmt(x['share_log10_wrong'])}), head {x['best_head']}" for x in r["layers"]]
     lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def format_positions(row: dict) -> str:
+  """Markdown: at one length, each layer's best head's decay rate and step by position bucket."""
+  lines = ["| layer, head | positions | decay rate -log a | memory 1/rate (tokens) | step Delta |",
+           "|---|---|---|---|---|"]
+  for i, layer in enumerate(row["layers"]):
+    for b in layer["by_position"]:
+      lines.append(f"| {i}, {layer['best_head']} | {b['start']}-{b['end']} | {b['rate']:.3g} | "
+                   f"{1.0 / b['rate']:,.0f} | {b['step']:.3g} |")
   return "\n".join(lines) + "\n"
