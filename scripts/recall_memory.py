@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""What a trained selective ResNet-BK block keeps of an induction-heads answer until it is asked
-for: per test length, the accuracy and each layer's largest share of the answer's write left in
-the state at the read (bk_jax.eval.recall_memory), on the test sequences eval_extrapolation.py
-and induction_anchor.py score.
+"""What a trained recurrent model (a selective ResNet-BK block or Mamba) keeps of an
+induction-heads answer until it is asked for: per test length, the accuracy and, per layer, the
+state unit that holds most of the answer at the read and how much of the write it kept (its
+retention), then that unit's decay rate by position (bk_jax.eval.recall_memory); on the test
+sequences eval_extrapolation.py and induction_anchor.py score.
 
-    python scripts/induction_anchor.py --kinds resnet_bk:selective --out runs/induction ...
+    python scripts/induction_anchor.py --kinds resnet_bk:selective,mamba --out runs/induction ...
     python scripts/recall_memory.py --checkpoint_dir runs/induction/runs/resnet_bk_selective \\
         --max_log2 16 --samples 16
 

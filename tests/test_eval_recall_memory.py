@@ -1,5 +1,6 @@
-"""The recall-memory probe (bk_jax.eval.recall_memory): the answer's share equals what the mixer
-reads of a single write, the probe's walk is the model's forward, and bad inputs are one error."""
+"""The recall-memory probe (bk_jax.eval.recall_memory): a unit's hold of a write equals what the
+real mixer or scan reads of that single write, the probe's walk is the model's forward, and bad
+inputs are one error."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from flax import nnx
 
 from bk_jax.data import default_synthetic_config
 from bk_jax.eval.loading import EvalError
-from bk_jax.eval.recall_memory import (answer_shares, format_positions, format_table, layer_decays,
+from bk_jax.eval.recall_memory import (format_positions, format_table, layer_decays, layer_units,
                                        memory_table)
 from bk_jax.models import build_model
 from bk_jax.models.bk_mixers import selective_decay
@@ -42,7 +43,8 @@ def test_share_is_what_the_mixer_reads_of_one_write(extra):
                                     hopping=hopping, z=z, eta=eta, g_prev=res.g,
                                     method=blk.method, write_form=blk.write_form)
   write_pos, read = np.array([3, 20]), n - 1
-  got = answer_shares([(log_a, write)], write_pos, read)[:, 0]  # (B, heads)
+  units = layer_units((log_a, write, inputs["delta"]), write_pos, read)
+  got = units["score"]  # (B, heads): log10 of the share
   x = np.zeros((b, n, h, blk.head_dim), np.float32)
   x[np.arange(b), write_pos] = 1.0
   k = jnp.ones((b, n, h, nk))
@@ -52,6 +54,35 @@ def test_share_is_what_the_mixer_reads_of_one_write(extra):
     seen = np.asarray(o)[:, read, :, 0]  # (B, H)
     want = 10.0 ** (got.reshape(b, h, nk)[..., i] if extra.get("bk_decay") == "key" else got)
     np.testing.assert_allclose(seen, want, rtol=1e-4, atol=1e-7)
+
+
+def test_mamba_contribution_is_what_the_scan_reads_of_one_write():
+  """Mamba: one write (x = 0 except at the write), read through state s alone (C one-hot): the
+  scan's output at the read, times the model's C_{read,s}, is the unit's contribution C R dt B x."""
+  from bk_jax.models.mamba import selective_scan
+
+  blk = build_model(tiny_config("mamba")).blocks[0]
+  b, n = 2, 29
+  x = jax.random.normal(jax.random.key(0), (b, n, 32))
+  xc, _, dt, a, bb, cc, _ = blk.scan_inputs(x, blk.init_carry(b).conv)
+  write_pos, read = np.array([2, 15]), n - 1
+  units = layer_units((dt, a, bb, cc, xc), write_pos, read)
+  d, st = a.shape
+  one = np.zeros(xc.shape, np.float32)
+  one[np.arange(b), write_pos] = np.asarray(xc)[np.arange(b), write_pos]
+  for s_ in (0, st - 1):
+    c1 = jax.nn.one_hot(jnp.full(cc.shape[:2], s_), st)
+    y, _ = selective_scan(jnp.asarray(one), dt, a, bb, c1, blk.init_carry(b).ssm, chunk=8,
+                          method="sequential")
+    seen = np.abs(np.asarray(y)[:, read] * np.asarray(cc)[:, read, s_, None])  # (B, D)
+    want = 10.0 ** units["score"].reshape(b, d, st)[..., s_]
+    np.testing.assert_allclose(seen, want, rtol=1e-4, atol=1e-9)
+    # the retention alone: exp(A_cs * sum of dt after the write)
+    a64, dt64 = np.asarray(a, np.float64), np.asarray(dt, np.float64)
+    kept = np.exp(a64[None, :, s_] * np.stack(
+        [dt64[i, write_pos[i] + 1:read + 1].sum(axis=0) for i in range(b)]))
+    np.testing.assert_allclose(10.0 ** units["retention"].reshape(b, d, st)[..., s_], kept,
+                               rtol=1e-5)
 
 
 def _selective_model(**extra):
@@ -80,13 +111,18 @@ def test_layer_decays_walk_is_the_models_forward():
 
 def test_memory_table_on_induction_sequences():
   tc = default_synthetic_config()  # induction_heads, vocabulary 16
+  mamba = build_model(tiny_config("mamba", vocab_size=16), rngs=nnx.Rngs(5))
+  rows = memory_table(mamba, tc, [64, 128], samples=4, batch_size=2, log=None)
+  assert [len(r["layers"]) for r in rows] == [2, 2]
+  assert all(x["carrier"].startswith("channel ") and x["retention_log10"] <= 0
+             for r in rows for x in r["layers"])
   rows = memory_table(_selective_model(), tc, [64, 128], samples=4, batch_size=2, log=None)
   assert [r["length"] for r in rows] == [64, 128] and all(r["samples"] == 4 for r in rows)
   for r in rows:
     assert 0.0 <= r["accuracy"] <= 1.0 and len(r["layers"]) == 2
     for layer in r["layers"]:
       # the complement write keeps a convex combination: no write holds more than all of it
-      assert layer["share_log10"] <= 1e-12
+      assert layer["score_log10"] <= 1e-12 and layer["retention_log10"] <= 1e-12
       spans = [(b["start"], b["end"]) for b in layer["by_position"]]
       assert spans == ([(0, 64)] if r["length"] == 64 else [(0, 64), (64, 128)])
       assert all(b["rate"] > 0 and b["step"] > 0 for b in layer["by_position"])
@@ -101,9 +137,9 @@ def test_bad_models_and_tasks_are_one_error():
     memory_table(plain, tc, [64], log=None)
   with pytest.raises(EvalError, match="scan_layers"):
     memory_table(_selective_model(scan_layers=True), tc, [64], log=None)
-  mamba = build_model(tiny_config("mamba", vocab_size=16))
-  with pytest.raises(EvalError, match="kind mamba"):
-    memory_table(mamba, tc, [64], log=None)
+  attention = build_model(tiny_config("transformer", vocab_size=16))
+  with pytest.raises(EvalError, match="kind transformer"):
+    memory_table(attention, tc, [64], log=None)
   tc.task = "mqar"
   with pytest.raises(EvalError, match="induction_heads"):
     memory_table(_selective_model(), tc, [64], log=None)

@@ -1,23 +1,33 @@
-"""What a trained selective block keeps of an induction-heads answer until it is asked for.
+"""What a trained recurrent model keeps of an induction-heads answer until it is asked for.
 
 In an induction-heads sequence (bk_jax.data.synthetic) the trigger first occurs at position p,
 the answer follows at p + 1 and the trigger comes again at the last position n - 1, where the
-model must name the answer. A "ward_selective" block (DESIGN §2.12) can only hold the answer in
-its state S_j = a_j S_{j-1} + w_j k_j x_j^T, written at p + 1 (where its key, through the conv,
-still sees the trigger) and read at n - 1. Of that write the state keeps, at the read,
+model must name the answer. A recurrent layer holds the answer in its state from the write at
+p + 1 (whose key, through the conv, still sees the trigger) to the read at n - 1:
 
-    share = w_{p+1} * prod_{j=p+2}^{n-1} a_j        (per head; per key dimension with bk_decay "key")
+  * "ward_selective" ResNet-BK (DESIGN §2.12): S_j = a_j S_{j-1} + w_j k_j x_j^T per head (per
+    head and key dimension with bk_decay "key");
+  * Mamba: h_j = exp(dt_j A) h_{j-1} + dt_j B_j x_j per channel c and state s, a_j = exp(dt_j A).
 
-With the complement write (w = 1 - a) S is a convex combination of its writes, so the shares of
-all writes in a head sum to at most 1 and `share` is the answer's weight in what the head reads.
-Measured against the test length this separates two failures: a share that falls with the
-length means the block forgot the answer (its steps Delta_j on filler tokens are not small
-enough); accuracy that falls while the share holds means the answer is kept but drowned by the
-other writes it is mixed with.
+Each unit u of the state (a head, a head's key dimension, a Mamba (channel, state) pair) keeps of
+the write at p + 1 the retention
+
+    R_u = prod_{j=p+2}^{n-1} a_{j,u}
+
+A layer's carrier is the unit that holds most of the answer at the read, chosen by the median
+over the samples at each length: the largest share w_{p+1} R_u for the selective block (with the
+complement write S is a convex combination of its writes, so the share is the answer's weight in
+what the head reads), the largest contribution |C_{n-1,s} R_u dt_{p+1,c} B_{p+1,s} x_{p+1,c}| to
+the read for Mamba. The carrier's retention against the test length separates two failures: a
+retention that falls with the length means the layer forgot the answer; accuracy that falls while
+the retention holds means the answer is kept but drowned by the other writes. Its decay rate
+-log a_j by position (1 / rate: its memory in tokens) says where it forgets. (The write at p + 1
+is the answer's own token; the conv also hands the answer to the next three positions' writes,
+which this probe does not follow.)
 
 `memory_table` measures it on the induction test sequences that `extrapolation_table` scores (the
-same samples), with one full forward per batch (not streamed: the decays are those of the full
-forward, which equals the streamed one).
+same samples), with one full forward per batch (not streamed: the full forward equals the
+streamed one).
 """
 
 from __future__ import annotations
@@ -35,74 +45,56 @@ from bk_jax.eval.loading import EvalError
 from bk_jax.models.bk import prime_bump_potential
 from bk_jax.models.bk_mixers import selective_decay
 
+LOG10 = math.log(10.0)
 
-def check_selective(model: nnx.Module) -> None:
-  """Raises EvalError unless `model` is a ResNet-BK model of "ward_selective" blocks, unstacked."""
-  if getattr(model, "kind", None) != "resnet_bk":
-    raise EvalError(f"the recall-memory probe reads ResNet-BK selective blocks; got kind "
-                    f"{getattr(model, 'kind', type(model).__name__)}")
+
+def check_model(model: nnx.Module) -> None:
+  """Raises EvalError unless `model` is Mamba or ResNet-BK of "ward_selective" blocks, unstacked."""
+  kind = getattr(model, "kind", type(model).__name__)
+  if kind not in ("resnet_bk", "mamba"):
+    raise EvalError(f"the recall-memory probe reads Mamba or selective ResNet-BK blocks; got "
+                    f"kind {kind}")
   if model.scan_layers:
     raise EvalError("the recall-memory probe walks the blocks one by one: the checkpoint's model "
                     "has model.scan_layers = True")
-  mixers = sorted({b.mixer for b in model.blocks})
+  mixers = sorted({b.mixer for b in model.blocks}) if kind == "resnet_bk" else ["ward_selective"]
   if mixers != ["ward_selective"]:
     raise EvalError(f"the recall-memory probe needs model.bk_mixer = 'ward_selective'; the "
                     f"checkpoint's blocks use {', '.join(mixers)}")
 
 
 def layer_decays(model: nnx.Module, tokens: jax.Array) -> tuple[jax.Array, list[tuple]]:
-  """Logits and every block's log-decay and write over a fresh sequence (one full forward).
+  """Logits and every layer's decays and writes over a fresh sequence (one full forward).
 
   Args:
-    model: a LanguageModel of "ward_selective" blocks (`check_selective`).
-    tokens: int32 (B, N).
+    model: a model `check_model` accepts; tokens: int32 (B, N).
 
   Returns:
-    (logits (B, N, vocab), [(log_a, write, delta)] per layer): log_a and write (B, N, H), or
-    (B, N, H, n) with a rate per key dimension; delta the steps Delta_j (B, N, H).
+    (logits (B, N, vocab), one tuple per layer): selective (log_a, write, delta), log_a and the
+    write w_j (B, N, H) or (B, N, H, n) with a rate per key dimension, delta the steps (B, N, H);
+    Mamba (dt (B, N, D), a = -exp(A_log) (D, S), b (B, N, S), c (B, N, S), xc (B, N, D)).
   """
-  n = tokens.shape[1]
+  n, batch = tokens.shape[1], tokens.shape[0]
+  pos = jnp.zeros((), jnp.int32)
   bias = None
   if model.prime_bump_scale is not None:
     bias = prime_bump_potential(jnp.arange(n, dtype=jnp.int32), model.prime_bump_scale)
   x = model.embed(tokens)
-  pos = jnp.zeros((), jnp.int32)
   per_layer = []
   for block in model.blocks:
-    carry = block.init_carry(tokens.shape[0])
-    _, (v, inputs, res, hopping, z, eta), _ = block.mix_args(x, carry, bias)
-    log_a, write, _ = selective_decay(v, inputs["delta"], inputs["rate"], inputs["ward_scale"],
-                                      hopping=hopping, z=z, eta=eta, g_prev=res.g,
-                                      method=block.method, write_form=block.write_form)
-    per_layer.append((log_a, write, inputs["delta"]))
+    carry = block.init_carry(batch)
+    if model.kind == "mamba":
+      xc, _, dt, a, b, c, _ = block.scan_inputs(x, carry.conv)
+      per_layer.append((dt, a, b, c, xc))
+    else:
+      _, (v, inputs, res, hopping, z, eta), _ = block.mix_args(x, carry, bias)
+      log_a, write, _ = selective_decay(v, inputs["delta"], inputs["rate"], inputs["ward_scale"],
+                                        hopping=hopping, z=z, eta=eta, g_prev=res.g,
+                                        method=block.method, write_form=block.write_form)
+      per_layer.append((log_a, write, inputs["delta"]))
     x, _, _ = block(x, carry, pos, bias)
   logits = model.head(model.final_norm(x).astype(model.logits_dtype)).astype(jnp.float32)
   return logits, per_layer
-
-
-def answer_shares(per_layer: list[tuple], write_pos: np.ndarray, read_pos: int) -> np.ndarray:
-  """log10 of the answer's share at the read, per sample, layer and head.
-
-  Args:
-    per_layer: `layer_decays`'s [(log_a, write, ...)], B sequences.
-    write_pos: (B,) the position of the write (the answer's, p + 1).
-    read_pos: the position of the read (n - 1); > every write_pos.
-
-  Returns:
-    (B, layers, heads) float64 log10(w_{p+1} prod_{j=p+2}^{read} a_j); with a rate per key
-    dimension every (head, key dimension) pair is a head.
-  """
-  out = []
-  for log_a, write, *_ in per_layer:
-    la = np.asarray(log_a, np.float64)
-    w = np.asarray(write, np.float64)
-    la, w = la.reshape(*la.shape[:2], -1), w.reshape(*w.shape[:2], -1)  # (B, N, heads)
-    # sum_{j=p+2}^{read} log a_j = C[read] - C[p + 1], C the cumulative sum over positions
-    c = np.cumsum(la, axis=1)
-    rows = np.arange(la.shape[0])
-    kept = c[rows, read_pos] - c[rows, write_pos]
-    out.append((kept + np.log(w[rows, write_pos])) / math.log(10.0))
-  return np.stack(out, axis=1)
 
 
 def _edges(length: int) -> np.ndarray:
@@ -111,22 +103,57 @@ def _edges(length: int) -> np.ndarray:
   return np.array([0, *inner, length])
 
 
-def _rates_by_position(log_a, delta, length: int) -> np.ndarray:
-  """(B, heads, buckets, 2): per sequence the median decay rate -log a_j and step Delta_j in each
-  position bucket; with a rate per key dimension every (head, key dimension) is a head."""
-  la = -np.asarray(log_a, np.float64)
-  la = la.reshape(*la.shape[:2], -1)  # (B, N, heads)
-  d = np.asarray(delta, np.float64)
-  d = np.repeat(d, la.shape[-1] // d.shape[-1], axis=-1)  # a head's step for its key dimensions
+def _bucket_medians(a: np.ndarray, length: int) -> np.ndarray:
+  """(B, N, U) -> (B, U, buckets): the median over each position bucket."""
   edges = _edges(length)
-  cols = [np.stack([np.median(x[:, a:b], axis=1) for x in (la, d)], axis=-1)
-          for a, b in zip(edges[:-1], edges[1:])]
-  return np.stack(cols, axis=2)
+  return np.stack([np.median(a[:, s:e], axis=1) for s, e in zip(edges[:-1], edges[1:])], axis=-1)
+
+
+def layer_units(arrays: tuple, write_pos: np.ndarray, read_pos: int) -> dict:
+  """Every unit's hold of the write at `write_pos` at the read `read_pos`, for B sequences.
+
+  Args:
+    arrays: one layer's tuple from `layer_decays`.
+    write_pos: (B,) the write's position (the answer's, p + 1); read_pos: the read's, > write_pos.
+
+  Returns:
+    {"score": (B, U) log10 of the share (selective) or of |contribution to the read| (Mamba),
+     "retention": (B, U) log10 R_u, "rate", "step": (B, U, buckets) the medians of -log a_j and of
+     the step Delta_j / dt_j by position bucket, "names": U unit names}.
+  """
+  rows = np.arange(write_pos.shape[0])
+  length = read_pos + 1
+  f64 = lambda a: np.asarray(a, np.float64)
+  if len(arrays) == 3:  # selective
+    log_a, write, delta = map(f64, arrays)
+    heads, keys = log_a.shape[2], (log_a.shape[3] if log_a.ndim == 4 else 0)
+    la = log_a.reshape(*log_a.shape[:2], -1)  # (B, N, U)
+    # sum_{j=p+2}^{read} log a_j = C[read] - C[p + 1], C the cumulative sum over positions
+    cum = np.cumsum(la, axis=1)
+    retention = (cum[rows, read_pos] - cum[rows, write_pos]) / LOG10
+    score = retention + np.log10(write.reshape(la.shape)[rows, write_pos])
+    step = np.repeat(delta, max(keys, 1), axis=-1)  # a head's step for its key dimensions
+    names = ([f"head {h}, key {i}" for h in range(heads) for i in range(keys)] if keys
+             else [f"head {h}" for h in range(heads)])
+    return dict(score=score, retention=retention, rate=_bucket_medians(-la, length),
+                step=_bucket_medians(step, length), names=names)
+  dt, a, b, c, xc = map(f64, arrays)  # Mamba: the unit (channel, state) decays by exp(dt_c A_cs)
+  channels, states = a.shape
+  cum = np.cumsum(dt, axis=1)  # (B, N, D)
+  retention = (a[None] * (cum[rows, read_pos] - cum[rows, write_pos])[:, :, None]) / LOG10
+  write = (dt[rows, write_pos] * xc[rows, write_pos])[:, :, None] * b[rows, write_pos][:, None, :]
+  score = retention + np.log10(np.abs(c[rows, read_pos][:, None, :] * write))  # (B, D, S)
+  dt_med = _bucket_medians(dt, length)  # (B, D, buckets): the rate is dt |A_cs|, so its median too
+  rate = dt_med[:, :, None, :] * np.abs(a)[None, :, :, None]
+  flat = lambda u: u.reshape(u.shape[0], channels * states, *u.shape[3:])
+  return dict(score=flat(score), retention=flat(retention), rate=flat(rate),
+              step=flat(np.broadcast_to(dt_med[:, :, None, :], rate.shape)),
+              names=[f"channel {ch}, state {s}" for ch in range(channels) for s in range(states)])
 
 
 def memory_row(model: nnx.Module, task_cfg: ml_collections.ConfigDict, length: int, *,
                samples: int, batch_size: int, seed: int, decays: Callable | None = None) -> dict:
-  """The answer's share and the accuracy at one test length.
+  """The carriers' hold of the answer, and the accuracy, at one test length.
 
   Args:
     model: see `layer_decays`; task_cfg: config.data.synthetic of the induction_heads task.
@@ -135,39 +162,41 @@ def memory_row(model: nnx.Module, task_cfg: ml_collections.ConfigDict, length: i
     decays: a jitted `layer_decays` (made here when None).
 
   Returns:
-    {length, samples, accuracy, layers: [{best_head, share_log10 (median of the best head),
-    share_log10_correct / _wrong (medians over the samples answered right / wrong),
-    by_position: the best head's median decay rate -log a_j ("rate"; 1 / rate is its memory in
-    tokens) and step Delta_j ("step") in position buckets [0, 64), [64, 128), ... [2^k, n)}]}.
+    {length, samples, accuracy, layers: [{carrier (its name), score_log10, retention_log10
+    (medians over the samples), retention_log10_correct / _wrong (over those answered right /
+    wrong; None where there are none), by_position: [{start, end, rate, step}] the carrier's
+    median decay rate -log a_j and step in position buckets [0, 64), [64, 128), ... [2^k, n)}]}.
   """
   from bk_jax.data import make_synthetic_batch
   from bk_jax.data.synthetic import task_vocab_size
 
   decays = decays or nnx.jit(layer_decays)
   trig = task_vocab_size(task_cfg) - 1
-  shares, correct, memory = [], [], []
+  units, correct = [], []
   for i in range(max(1, math.ceil(samples / batch_size))):
     batch = make_synthetic_batch(task_cfg, int(length), batch_size, seed=seed, index=i)
     tokens = np.asarray(batch["inputs"])
     logits, per_layer = decays(model, jnp.asarray(tokens))
     write_pos = np.argmax(tokens == trig, axis=1) + 1  # the trigger's first occurrence, + 1
-    shares.append(answer_shares(per_layer, write_pos, length - 1))
+    units.append([layer_units(arrays, write_pos, length - 1) for arrays in per_layer])
     pred = np.argmax(np.asarray(logits[:, length - 1]), axis=-1)
     correct.append(pred == np.asarray(batch["targets"])[:, length - 1])
-    memory.append(np.stack([_rates_by_position(la, d, length) for la, _, d in per_layer], axis=1))
-  shares, correct, memory = np.concatenate(shares), np.concatenate(correct), np.concatenate(memory)
-  edges = _edges(length)
-  layers = []
-  for layer in range(shares.shape[1]):
-    med = np.median(shares[:, layer], axis=0)
-    h = int(np.argmax(med))
-    pick = lambda m: float(np.median(shares[m, layer, h])) if m.any() else None
-    rates = np.median(memory[:, layer, h], axis=0)  # (buckets, 2): over the samples
-    by_position = [dict(start=int(a), end=int(b), rate=float(r), step=float(d))
-                   for a, b, (r, d) in zip(edges[:-1], edges[1:], rates)]
-    layers.append(dict(best_head=h, share_log10=float(med[h]), share_log10_correct=pick(correct),
-                       share_log10_wrong=pick(~correct), by_position=by_position))
-  return dict(length=int(length), samples=int(shares.shape[0]),
+  correct = np.concatenate(correct)
+  edges, layers = _edges(length), []
+  for layer in range(len(units[0])):
+    cat = lambda key: np.concatenate([u[layer][key] for u in units])
+    score, retention, rate, step = cat("score"), cat("retention"), cat("rate"), cat("step")
+    u = int(np.argmax(np.median(score, axis=0)))
+    pick = lambda m: float(np.median(retention[m, u])) if m.any() else None
+    by_position = [dict(start=int(s), end=int(e), rate=float(r), step=float(d))
+                   for s, e, r, d in zip(edges[:-1], edges[1:], np.median(rate[:, u], axis=0),
+                                         np.median(step[:, u], axis=0))]
+    layers.append(dict(carrier=units[0][layer]["names"][u],
+                       score_log10=float(np.median(score[:, u])),
+                       retention_log10=float(np.median(retention[:, u])),
+                       retention_log10_correct=pick(correct), retention_log10_wrong=pick(~correct),
+                       by_position=by_position))
+  return dict(length=int(length), samples=int(correct.shape[0]),
               accuracy=float(np.mean(correct)), layers=layers)
 
 
@@ -177,11 +206,12 @@ def memory_table(model: nnx.Module, task_cfg: ml_collections.ConfigDict, lengths
   """`memory_row` at every length, on the samples `extrapolation_table` scores for `split`.
 
   Raises:
-    EvalError: not a selective model, not the induction task, or a length under the task's.
+    EvalError: a model `check_model` refuses, not the induction task, or a length under the
+      task's.
   """
   from bk_jax.data.synthetic import min_seq_len, synthetic_seed
 
-  check_selective(model)
+  check_model(model)
   if task_cfg.task != "induction_heads":
     raise EvalError(f"the recall-memory probe reads induction_heads sequences; the config's task "
                     f"is {task_cfg.task}")
@@ -195,34 +225,34 @@ def memory_table(model: nnx.Module, task_cfg: ml_collections.ConfigDict, lengths
                      decays=decays)
     rows.append(row)
     if log is not None:
-      shares = ", ".join(f"layer {i}: head {r['best_head']} 10^{r['share_log10']:.2f}"
-                         for i, r in enumerate(row["layers"]))
-      log(f"N={n:>8}: accuracy {100 * row['accuracy']:5.1f}%; the answer's share at the read "
-          f"({shares})")
+      held = ", ".join(f"layer {i} ({r['carrier']}) 10^{r['retention_log10']:.2f}"
+                       for i, r in enumerate(row["layers"]))
+      log(f"N={n:>8}: accuracy {100 * row['accuracy']:5.1f}%; the answer's retention at the "
+          f"read: {held}")
   return rows
 
 
 def format_table(rows: list[dict]) -> str:
-  """Markdown: per length the accuracy and, per layer, the best head's log10 share."""
+  """Markdown: per length the accuracy and each layer's carrier and its log10 retention."""
   layers = len(rows[0]["layers"]) if rows else 0
   head = ["length", "samples", "accuracy (%)"] + [
-      f"layer {i}: log10 share (right / wrong)" for i in range(layers)]
+      f"layer {i}: log10 retention (right / wrong), carrier" for i in range(layers)]
   fmt = lambda v: "" if v is None else f"{v:.2f}"
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
     cells = [f"{r['length']:,}", str(r["samples"]), f"{100 * r['accuracy']:.1f}"] + [
-        f"{fmt(x['share_log10'])} ({fmt(x['share_log10_correct'])} / "
-        f"{fmt(x['share_log10_wrong'])}), head {x['best_head']}" for x in r["layers"]]
+        f"{fmt(x['retention_log10'])} ({fmt(x['retention_log10_correct'])} / "
+        f"{fmt(x['retention_log10_wrong'])}), {x['carrier']}" for x in r["layers"]]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
 def format_positions(row: dict) -> str:
-  """Markdown: at one length, each layer's best head's decay rate and step by position bucket."""
-  lines = ["| layer, head | positions | decay rate -log a | memory 1/rate (tokens) | step Delta |",
+  """Markdown: at one length, each layer's carrier's decay rate and step by position bucket."""
+  lines = ["| layer, carrier | positions | decay rate -log a | memory 1/rate (tokens) | step |",
            "|---|---|---|---|---|"]
   for i, layer in enumerate(row["layers"]):
     for b in layer["by_position"]:
-      lines.append(f"| {i}, {layer['best_head']} | {b['start']}-{b['end']} | {b['rate']:.3g} | "
+      lines.append(f"| {i}, {layer['carrier']} | {b['start']}-{b['end']} | {b['rate']:.3g} | "
                    f"{1.0 / b['rate']:,.0f} | {b['step']:.3g} |")
   return "\n".join(lines) + "\n"

@@ -129,23 +129,18 @@ class MambaBlock(nnx.Module):
     return MambaCarry(conv=jnp.zeros((batch_size, self.d_conv - 1, self.d_inner), self.dtype),
                       ssm=jnp.zeros((batch_size, self.d_inner, self.d_state), jnp.float32))
 
-  def __call__(self, x: jax.Array, carry: MambaCarry | None, pos: jax.Array,
-               bias: jax.Array | None) -> tuple[jax.Array, MambaCarry, dict[str, jax.Array]]:
-    """One block over a chunk.
+  def scan_inputs(self, x: jax.Array, conv_state: jax.Array):
+    """The selective scan's inputs for one chunk.
 
     Args:
-      x: (B, N, d_model) residual stream.
-      carry: streaming state from the previous chunk, or None for a fresh sequence.
-      pos: absolute position of x[:, 0] (unused: the SSM carries position implicitly).
-      bias: unused (the prime-bump bias is a ResNet-BK feature).
+      x: (B, N, d_model) residual stream; conv_state: (B, d_conv - 1, d_inner) the previous
+        chunk's last conv inputs (zeros for a fresh sequence).
 
     Returns:
-      (x + block(x), new carry, {"aux_loss": 0}).
+      (xc, z, dt, a, b, c, conv'): the conv'd input xc (B, N, D) and the gate's z (B, N, D),
+      the steps dt (B, N, D) float32, a = -exp(A_log) (D, S), b and c (B, N, S), the new conv
+      state.
     """
-    del pos, bias
-    if carry is None:
-      carry = self.init_carry(x.shape[0])
-    conv_state, h0 = carry
     xi, z = jnp.split(self.in_proj(self.norm(x)), 2, axis=-1)
     xpad = jnp.concatenate([conv_state.astype(xi.dtype), xi], axis=1)  # (B, k-1+N, D)
     n = xi.shape[1]
@@ -164,8 +159,28 @@ class MambaBlock(nnx.Module):
                      preferred_element_type=jnp.float32) + f32(self.dt_proj.bias[...])
     dt = jax.nn.softplus(dt_pre)
     a = -jnp.exp(f32(self.a_log[...]))
-    y, h_last = selective_scan(f32(xc), dt, a, f32(b), f32(c), h0, chunk=self.chunk,
+    return xc, z, dt, a, b, c, new_conv_state
+
+  def __call__(self, x: jax.Array, carry: MambaCarry | None, pos: jax.Array,
+               bias: jax.Array | None) -> tuple[jax.Array, MambaCarry, dict[str, jax.Array]]:
+    """One block over a chunk.
+
+    Args:
+      x: (B, N, d_model) residual stream.
+      carry: streaming state from the previous chunk, or None for a fresh sequence.
+      pos: absolute position of x[:, 0] (unused: the SSM carries position implicitly).
+      bias: unused (the prime-bump bias is a ResNet-BK feature).
+
+    Returns:
+      (x + block(x), new carry, {"aux_loss": 0}).
+    """
+    del pos, bias
+    if carry is None:
+      carry = self.init_carry(x.shape[0])
+    xc, z, dt, a, b, c, new_conv_state = self.scan_inputs(x, carry.conv)
+    f32 = lambda t: t.astype(jnp.float32)
+    y, h_last = selective_scan(f32(xc), dt, a, f32(b), f32(c), carry.ssm, chunk=self.chunk,
                                method=self.scan_method)
-    y = (y + f32(xc) * f32(self.d_skip[...])).astype(xi.dtype) * jax.nn.silu(z)
+    y = (y + f32(xc) * f32(self.d_skip[...])).astype(z.dtype) * jax.nn.silu(z)
     return (x + self.out_proj(y), MambaCarry(conv=new_conv_state, ssm=h_last),
             {"aux_loss": jnp.zeros((), jnp.float32)})
