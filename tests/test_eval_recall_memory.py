@@ -26,7 +26,8 @@ KW = dict(bk_mixer="ward_selective", bk_head_dim=3, bk_key_dim=2)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("extra", [dict(), dict(bk_decay="key"), dict(bk_write="step"),
+@pytest.mark.parametrize("extra", [dict(), dict(bk_decay="key"),
+                                   pytest.param(dict(bk_write="step"), marks=pytest.mark.slow),
                                    dict(bk_ward_decay=False)],
                          ids=["per_head", "key_decay", "step_write", "control"])
 def test_share_is_what_the_mixer_reads_of_one_write(extra):
