@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     with open(path, "w") as f:
       json.dump(stamped(dict(args=vars(args), checkpoint=ck.name, rows=rows)), f, indent=2)
     with open(os.path.splitext(path)[0] + ".md", "w") as f:
-      f.write(f"# The answer's share at the read: {ck.name} of {args.checkpoint_dir}\n\n{table}")
+      f.write(f"# What holds the induction answer: {ck.name} of {args.checkpoint_dir}\n\n{table}")
     print(f"Results saved: {path}")
   return 0
 
