@@ -8,6 +8,7 @@ on equal tokens: validation loss, loss by position in long documents, passkey re
       --tokens 50000000 --budget-scale 3
   python scripts/compare_models.py --suite gpu --stages mqar --budget-scale 2   # rerun MQAR only
   python scripts/compare_models.py --suite cpu --stages train,eval               # no MQAR
+  python scripts/compare_models.py --suite cpu --rows mamba --stages train,eval  # add a row
 
 Writes comparison.json (provenance-stamped), comparison.md, comparison.png, and passkey.png and
 mqar.png where some row has those cells, under --out (default results/quality/compare_models/<suite>[_quick]/). Stages, sizes and what each
@@ -39,9 +40,10 @@ def parser() -> argparse.ArgumentParser:
   ap.add_argument("--budget-scale", type=float, default=1.0,
                   help="multiply every stage's time budget")
   ap.add_argument("--stages", default="",
-                  help="comma-separated stage kinds to run: train, eval, mqar (default all); the "
-                       "earlier run in --out (same suite and rows) gives the sizes and the other "
-                       "stages' rows (required for eval without train)")
+                  help="comma-separated stage kinds to run: train, eval, mqar (default all); in "
+                       "an earlier run's --out (same suite, --quick, --tokens) they replace that "
+                       "run's stages of these rows and new rows join it (eval without train "
+                       "needs that run's checkpoints)")
   ap.add_argument("--out", default=None)
   return ap
 

@@ -87,9 +87,22 @@ def test_spent_budgets_skip_every_cell_and_the_report_says_so(tmp_path, monkeypa
   assert [s["stage"] for s in again["stages"]] == [s["stage"] for s in out["stages"]]
   assert ([r["cell"] for r in again["rows"]] ==
           ["train", "val", "position", "passkey", "mqar_train", "mqar"])
-  with pytest.raises(ValueError, match="holds suite gpu with rows resnet_bk"):
+  with pytest.raises(ValueError, match="has none of transformer"):
     compare_models.run_compare(str(tmp_path / "o"), quick=True, rows=["transformer"],
                                stages=["eval"], log=lambda *_: None)
+  with pytest.raises(ValueError, match=r"at other sizes \(train\)"):
+    compare_models.run_compare(str(tmp_path / "o"), quick=True, rows=["transformer"], tokens=999,
+                               stages=["train"], log=lambda *_: None)
+  # a new row joins the earlier run; without --rows a call reruns the earlier run's rows
+  more = compare_models.run_compare(str(tmp_path / "o"), quick=True, rows=["transformer"],
+                                    budget_scale=0.0, stages=["train"], log=lambda *_: None)
+  assert more["spec"]["rows"] == ["resnet_bk", "transformer"]
+  assert [s["stage"] for s in more["stages"]] == [
+      "train:resnet_bk", "train:transformer", "eval:resnet_bk", "mqar:resnet_bk"]
+  assert [(r["row"], r["cell"]) for r in more["rows"]][-1] == ("transformer", "train")
+  again = compare_models.run_compare(str(tmp_path / "o"), quick=True, budget_scale=0.0,
+                                     stages=["mqar"], log=lambda *_: None)
+  assert [s["stage"] for s in again["stages"]][-2:] == ["mqar:resnet_bk", "mqar:transformer"]
   with pytest.raises(ValueError, match="does not exist"):
     compare_models.run_compare(str(tmp_path / "new"), quick=True, stages=["eval"])
   # in a new --out the chosen stages run alone (eval alone, above, needs checkpoints)

@@ -149,12 +149,16 @@ def suite_spec(suite: str, *, quick: bool = False, rows: list[str] | None = None
   b = spec.pop("budgets")
   budgets = {f"train:{r}": b["train"].get(r, b["train_default"]) for r in rows}
   budgets.update({f"{s}:{r}": b[s] for s in ("eval", "mqar") for r in rows})
-  groups = [[f"train:{r}"] for r in rows]
-  later = [f"{s}:{r}" for s in ("eval", "mqar") for r in rows]
-  groups += [later] if spec["side_by_side"] else [[s] for s in later]
   spec.update(suite=suite, quick=quick, rows=rows, best_bk=f"resnet_bk:{BEST_BK}",
-              groups=groups, budgets={k: v * budget_scale for k, v in budgets.items()})
+              groups=_groups(rows, spec["side_by_side"]),
+              budgets={k: v * budget_scale for k, v in budgets.items()})
   return spec
+
+
+def _groups(rows: list[str], side_by_side: bool) -> list[list[str]]:
+  """The stage order: each training alone, then the evaluations and MQAR (side by side or not)."""
+  later = [f"{s}:{r}" for s in ("eval", "mqar") for r in rows]
+  return [[f"train:{r}"] for r in rows] + ([later] if side_by_side else [[s] for s in later])
 
 
 # ------------------------------------------------------------------ configs of a row
@@ -348,30 +352,51 @@ def corpus_report(spec: dict) -> dict:
 STAGE_KINDS = ("train", "eval", "mqar")
 
 
-def _previous(out: str, spec: dict, kinds: list[str]) -> tuple[dict, list[dict], list[dict]]:
-  """The earlier run in `out`: its spec (with `spec`'s budgets), and the stage summaries and rows
-  of the stages not in `kinds`.
+#: the spec's entries that say what a call runs; the others are the sizes every row shares
+_CALL_KEYS = ("rows", "groups", "budgets")
 
-  Raises:
-    ValueError: no comparison.json in `out`, or one of another suite or other rows.
-  """
+
+def _load_earlier(out: str) -> dict | None:
+  """The comparison.json of an earlier run in `out`, or None."""
   import json
 
   path = os.path.join(out, "comparison.json")
   if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _earlier(out: str, spec: dict, kinds: list[str]) -> tuple[dict, list[dict], list[dict]]:
+  """The earlier run in `out` with this call's rows added: the spec of every row (the earlier
+  run's, then this call's new ones; this call's budgets for its stages), and the earlier stage
+  summaries and rows that this call does not run again (other stage kinds, or other rows).
+
+  Raises:
+    ValueError: no comparison.json in `out`, one at other sizes (suite, --quick, --tokens), or
+      eval without train of a row the earlier run did not train.
+  """
+  path = os.path.join(out, "comparison.json")
+  prev = _load_earlier(out)
+  if prev is None:
     raise ValueError(f"--stages {','.join(kinds)} evaluates the checkpoints of an earlier run, "
                      f"but {path} does not exist")
-  with open(path) as f:
-    prev = json.load(f)
-  key = lambda sp: (sp["suite"], sp["quick"], list(sp["rows"]))
-  if key(prev["spec"]) != key(spec):
-    raise ValueError(f"{path} holds suite {prev['spec']['suite']} with rows "
-                     f"{','.join(prev['spec']['rows'])}; rerun stages with the same --suite, "
-                     f"--quick and --rows, or give another --out")
-  keep = lambda name: name.partition(":")[0] not in kinds
-  return (dict(prev["spec"], budgets=spec["budgets"]),
-          [s for s in prev["stages"] if keep(s["stage"])],
-          [r for r in prev["rows"] if keep(r["stage"])])
+  sizes = lambda sp: {k: v for k, v in sp.items() if k not in _CALL_KEYS}
+  if sizes(prev["spec"]) != sizes(spec):
+    differ = sorted(k for k in sizes(spec) if prev["spec"].get(k) != spec[k])
+    raise ValueError(f"{path} holds a run of suite {prev['spec']['suite']} at other sizes "
+                     f"({', '.join(differ)}); add rows with the same --suite, --quick and "
+                     f"--tokens, or give another --out")
+  new = [r for r in spec["rows"] if r not in prev["spec"]["rows"]]
+  if new and "eval" in kinds and "train" not in kinds:
+    raise ValueError(f"--stages {','.join(kinds)} evaluates the checkpoints of an earlier run, "
+                     f"and {path} has none of {', '.join(new)}")
+  rows = prev["spec"]["rows"] + new
+  rerun = lambda name: (name.partition(":")[0] in kinds and name.partition(":")[2] in spec["rows"])
+  merged = dict(prev["spec"], rows=rows, groups=_groups(rows, spec["side_by_side"]),
+                budgets=dict(prev["spec"]["budgets"], **spec["budgets"]))
+  return (merged, [s for s in prev["stages"] if not rerun(s["stage"])],
+          [r for r in prev["rows"] if not rerun(r["stage"])])
 
 
 def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list[str] | None = None,
@@ -381,12 +406,14 @@ def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list
 
   Args:
     out: results directory (created).
-    suite, quick, rows, tokens, budget_scale: see `suite_spec`.
-    stages: stage kinds to run (`STAGE_KINDS`; default all). With some, the earlier run in `out`
-      (same suite and rows) gives the sizes and the other stages' rows, and this call the
-      budgets: e.g. rerun the MQAR stages with more time without training again. In a new
-      `out` the stages run alone (e.g. train and eval without MQAR, or MQAR only), except eval
-      without train, which needs an earlier run's checkpoints.
+    suite, quick, tokens, budget_scale: see `suite_spec`.
+    rows: see `suite_spec`; None in an earlier run's `out`: that run's rows.
+    stages: stage kinds to run (`STAGE_KINDS`; default all). In a new `out` they run alone
+      (e.g. train and eval without MQAR, or MQAR only), except eval without train, which needs
+      an earlier run's checkpoints. In an earlier run's `out` (same suite, --quick and
+      --tokens) this call's stages of this call's rows replace that run's, and its new rows
+      join it: e.g. rerun the MQAR stages with more time without training again, or add a row
+      to a comparison trained one row at a time. The report covers every row.
     args: the command's arguments, recorded in the JSON.
     log: progress printer.
 
@@ -394,22 +421,24 @@ def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list
     The JSON payload (plus "out").
 
   Raises:
-    ValueError: an unknown stage kind, or --stages without a matching earlier run in `out`.
+    ValueError: an unknown stage kind, an earlier run in `out` at other sizes, or eval without
+      train of a row no earlier run in `out` trained.
   """
   kinds = list(stages or STAGE_KINDS)
   bad = [k for k in kinds if k not in STAGE_KINDS]
   if bad:
     raise ValueError(f"unknown stage(s) {', '.join(bad)}; expected some of "
                      f"{', '.join(STAGE_KINDS)}")
+  earlier = _load_earlier(out)
+  if rows is None and earlier is not None:  # no --rows: the earlier run's
+    rows = earlier["spec"]["rows"]
   spec = suite_spec(suite, quick=quick, rows=rows, tokens=tokens, budget_scale=budget_scale)
-  kept_stages, kept_rows = [], []
+  report_spec, kept_stages, kept_rows = spec, [], []
   # eval reads the train stage's checkpoints, MQAR trains its own model: only eval without
-  # train needs an earlier run (its sizes, so the checkpoints fit); any other subset runs alone
-  # in a new `out`, and in an earlier run's `out` keeps that run's other rows
-  earlier = os.path.isfile(os.path.join(out, "comparison.json"))
-  needs_checkpoints = "eval" in kinds and "train" not in kinds
-  if len(kinds) < len(STAGE_KINDS) and (earlier or needs_checkpoints):
-    spec, kept_stages, kept_rows = _previous(out, spec, kinds)
+  # train needs an earlier run; any other call runs alone in a new `out`, and in an earlier
+  # run's `out` (at the same sizes) adds its rows and stages to that run's others
+  if earlier is not None or ("eval" in kinds and "train" not in kinds):
+    report_spec, kept_stages, kept_rows = _earlier(out, spec, kinds)
   os.makedirs(out, exist_ok=True)
   t0 = time.perf_counter()
   corpus = corpus_report(spec)
@@ -421,9 +450,9 @@ def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list
   summary, stage_rows = run_stages(groups, module=__name__, spec=spec, out=out,
                                    grace_s=spec["grace_s"], in_process=quick, env_extra=env,
                                    log=log, row_line=compare_report.row_line)
-  order = [s for g in spec["groups"] for s in g]
+  order = [s for g in report_spec["groups"] for s in g]
   summary = sorted(kept_stages + summary, key=lambda s: order.index(s["stage"]))
-  payload, files = compare_report.write(out, spec=spec, corpus=corpus, stages=summary,
+  payload, files = compare_report.write(out, spec=report_spec, corpus=corpus, stages=summary,
                                         rows=kept_rows + stage_rows,
                                         total_s=time.perf_counter() - t0, args=args or {})
   log(f"# wrote {', '.join(os.path.join(out, f) for f in files)} ({payload['total_s']:.0f} s)")
