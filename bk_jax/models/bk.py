@@ -393,7 +393,7 @@ class BKBlock(nnx.Module):
     if carry is None:
       carry = self.init_carry(x.shape[0])
     u, args, new_conv = self.mix_args(x, carry, bias)
-    eta = args[-1]
+    eta = args[-1]  # the features read it too
     if self.monitors:
       y, res, aux = self._monitored_mix(*args)
     else:
