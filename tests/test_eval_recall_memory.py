@@ -16,8 +16,8 @@ from flax import nnx
 
 from bk_jax.data import default_synthetic_config
 from bk_jax.eval.loading import EvalError
-from bk_jax.eval.recall_memory import (format_positions, format_table, layer_decays, layer_units,
-                                       memory_table)
+from bk_jax.eval.recall_memory import (MambaDecays, SelectiveDecays, format_positions, format_table,
+                                       layer_decays, layer_units, memory_table)
 from bk_jax.models import build_model
 from bk_jax.models.bk_mixers import selective_decay
 from test_models_interface import tiny_config
@@ -44,7 +44,7 @@ def test_share_is_what_the_mixer_reads_of_one_write(extra):
                                     hopping=hopping, z=z, eta=eta, g_prev=res.g,
                                     method=blk.method, write_form=blk.write_form)
   write_pos, read = np.array([3, 20]), n - 1
-  units = layer_units((log_a, write, inputs["delta"]), write_pos, read)
+  units = layer_units(SelectiveDecays(log_a, write, inputs["delta"]), write_pos, read)
   got = units["score"]  # (B, heads): log10 of the share
   x = np.zeros((b, n, h, blk.head_dim), np.float32)
   x[np.arange(b), write_pos] = 1.0
@@ -67,7 +67,7 @@ def test_mamba_contribution_is_what_the_scan_reads_of_one_write():
   x = jax.random.normal(jax.random.key(0), (b, n, 32))
   xc, _, dt, a, bb, cc, _ = blk.scan_inputs(x, blk.init_carry(b).conv)
   write_pos, read = np.array([2, 15]), n - 1
-  units = layer_units((dt, a, bb, cc, xc), write_pos, read)
+  units = layer_units(MambaDecays(dt, a, bb, cc, xc), write_pos, read)
   d, st = a.shape
   one = np.zeros(xc.shape, np.float32)
   one[np.arange(b), write_pos] = np.asarray(xc)[np.arange(b), write_pos]

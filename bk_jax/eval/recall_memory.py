@@ -33,7 +33,7 @@ streamed one).
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +46,22 @@ from bk_jax.models.bk import prime_bump_potential
 from bk_jax.models.bk_mixers import selective_decay
 
 LOG10 = math.log(10.0)
+
+
+class SelectiveDecays(NamedTuple):
+  """One "ward_selective" layer over a sequence: S_j = a_j S_{j-1} + w_j k_j x_j^T."""
+  log_a: jax.Array  # (B, N, H), or (B, N, H, n) with a rate per key dimension
+  write: jax.Array  # w_j, the shape of log_a
+  delta: jax.Array  # (B, N, H) the steps Delta_j
+
+
+class MambaDecays(NamedTuple):
+  """One Mamba layer over a sequence: h_j = exp(dt_j A) h_{j-1} + dt_j B_j x_j, read by C_j."""
+  dt: jax.Array  # (B, N, D) steps
+  a: jax.Array  # (D, S) A = -exp(A_log)
+  b: jax.Array  # (B, N, S)
+  c: jax.Array  # (B, N, S)
+  xc: jax.Array  # (B, N, D) the conv'd input x
 
 
 def check_model(model: nnx.Module) -> None:
@@ -70,9 +86,7 @@ def layer_decays(model: nnx.Module, tokens: jax.Array) -> tuple[jax.Array, list[
     model: a model `check_model` accepts; tokens: int32 (B, N).
 
   Returns:
-    (logits (B, N, vocab), one tuple per layer): selective (log_a, write, delta), log_a and the
-    write w_j (B, N, H) or (B, N, H, n) with a rate per key dimension, delta the steps (B, N, H);
-    Mamba (dt (B, N, D), a = -exp(A_log) (D, S), b (B, N, S), c (B, N, S), xc (B, N, D)).
+    (logits (B, N, vocab), a `SelectiveDecays` or `MambaDecays` per layer).
   """
   n, batch = tokens.shape[1], tokens.shape[0]
   pos = jnp.zeros((), jnp.int32)
@@ -85,13 +99,13 @@ def layer_decays(model: nnx.Module, tokens: jax.Array) -> tuple[jax.Array, list[
     carry = block.init_carry(batch)
     if model.kind == "mamba":
       xc, _, dt, a, b, c, _ = block.scan_inputs(x, carry.conv)
-      per_layer.append((dt, a, b, c, xc))
+      per_layer.append(MambaDecays(dt, a, b, c, xc))
     else:
       _, (v, inputs, res, hopping, z, eta), _ = block.mix_args(x, carry, bias)
       log_a, write, _ = selective_decay(v, inputs["delta"], inputs["rate"], inputs["ward_scale"],
                                         hopping=hopping, z=z, eta=eta, g_prev=res.g,
                                         method=block.method, write_form=block.write_form)
-      per_layer.append((log_a, write, inputs["delta"]))
+      per_layer.append(SelectiveDecays(log_a, write, inputs["delta"]))
     x, _, _ = block(x, carry, pos, bias)
   logits = model.head(model.final_norm(x).astype(model.logits_dtype)).astype(jnp.float32)
   return logits, per_layer
@@ -109,11 +123,12 @@ def _bucket_medians(a: np.ndarray, length: int) -> np.ndarray:
   return np.stack([np.median(a[:, s:e], axis=1) for s, e in zip(edges[:-1], edges[1:])], axis=-1)
 
 
-def layer_units(arrays: tuple, write_pos: np.ndarray, read_pos: int) -> dict:
+def layer_units(arrays: SelectiveDecays | MambaDecays, write_pos: np.ndarray,
+                read_pos: int) -> dict:
   """Every unit's hold of the write at `write_pos` at the read `read_pos`, for B sequences.
 
   Args:
-    arrays: one layer's tuple from `layer_decays`.
+    arrays: one layer's decays from `layer_decays`.
     write_pos: (B,) the write's position (the answer's, p + 1); read_pos: the read's, > write_pos.
 
   Returns:
@@ -124,7 +139,7 @@ def layer_units(arrays: tuple, write_pos: np.ndarray, read_pos: int) -> dict:
   rows = np.arange(write_pos.shape[0])
   length = read_pos + 1
   f64 = lambda a: np.asarray(a, np.float64)
-  if len(arrays) == 3:  # selective
+  if isinstance(arrays, SelectiveDecays):
     log_a, write, delta = map(f64, arrays)
     heads, keys = log_a.shape[2], (log_a.shape[3] if log_a.ndim == 4 else 0)
     la = log_a.reshape(*log_a.shape[:2], -1)  # (B, N, U)
