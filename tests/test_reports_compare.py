@@ -103,6 +103,16 @@ def test_spent_budgets_skip_every_cell_and_the_report_says_so(tmp_path, monkeypa
   again = compare_models.run_compare(str(tmp_path / "o"), quick=True, budget_scale=0.0,
                                      stages=["mqar"], log=lambda *_: None)
   assert [s["stage"] for s in again["stages"]][-2:] == ["mqar:resnet_bk", "mqar:transformer"]
+  # another corpus (the identity, not the path, decides) is one error
+  other = tmp_path / "other"
+  other.mkdir()
+  prev = json.loads((tmp_path / "o" / "comparison.json").read_text())
+  prev["corpus"]["identity"]["sha256"] = "0" * 64
+  prev["spec"]["data"]["path"] = "/elsewhere/the/same/file"
+  (other / "comparison.json").write_text(json.dumps(prev))
+  with pytest.raises(ValueError, match="another corpus"):
+    compare_models.run_compare(str(other), quick=True, budget_scale=0.0, stages=["mqar"],
+                               log=lambda *_: None)
   with pytest.raises(ValueError, match="does not exist"):
     compare_models.run_compare(str(tmp_path / "new"), quick=True, stages=["eval"])
   # in a new --out the chosen stages run alone (eval alone, above, needs checkpoints)

@@ -381,7 +381,9 @@ def _earlier(out: str, spec: dict, kinds: list[str]) -> tuple[dict, list[dict], 
   if prev is None:
     raise ValueError(f"--stages {','.join(kinds)} evaluates the checkpoints of an earlier run, "
                      f"but {path} does not exist")
-  sizes = lambda sp: {k: v for k, v in sp.items() if k not in _CALL_KEYS}
+  # the corpus's path may differ between checkouts: its identity is checked in run_compare
+  sizes = lambda sp: {k: (dict(v, path=None) if k == "data" else v) for k, v in sp.items()
+                      if k not in _CALL_KEYS}
   if sizes(prev["spec"]) != sizes(spec):
     differ = sorted(k for k in sizes(spec) if prev["spec"].get(k) != spec[k])
     raise ValueError(f"{path} holds a run of suite {prev['spec']['suite']} at other sizes "
@@ -442,6 +444,10 @@ def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list
   os.makedirs(out, exist_ok=True)
   t0 = time.perf_counter()
   corpus = corpus_report(spec)
+  if earlier is not None and earlier["corpus"]["identity"]["sha256"] != corpus["identity"]["sha256"]:
+    raise ValueError(f"{os.path.join(out, 'comparison.json')} holds a run on another corpus "
+                     f"(sha256 {earlier['corpus']['identity']['sha256'][:16]}, here "
+                     f"{corpus['identity']['sha256'][:16]}); give another --out")
   log(f"# corpus {spec['data']['dataset']}: {corpus['identity']['source_files']:,} files, "
       f"{corpus['identity']['source_bytes']:,} bytes, sha256 {corpus['identity']['sha256'][:16]}")
   env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"} if spec["side_by_side"] else None
