@@ -147,6 +147,13 @@ def _quick(name, *extra):
   return lambda args: Reduced((f"scripts/{name}.py", *args, "--quick", *extra), slow=True)
 
 
+def _induction_anchor(args):
+  # the default block, except for the selective block alone (the model recall_memory.py reads)
+  kinds = args[args.index("--kinds") + 1] if "--kinds" in args else ""
+  keep = () if kinds == "resnet_bk:selective" else ("--kinds", "resnet_bk")
+  return Reduced(("scripts/induction_anchor.py", *args, "--quick", *keep), slow=True)
+
+
 #: script (or `-m module`) -> reduction of its README arguments
 REDUCTIONS = {
     "scripts/train.py": _train,
@@ -164,7 +171,10 @@ REDUCTIONS = {
         ("scripts/benchmark.py", *args, "--quick", "--kinds", "resnet_bk")
         if "--suite" not in args else ("scripts/benchmark.py", *args, "--quick", "--stages",
                                        "models:resnet_bk"), slow=True),
-    "scripts/induction_anchor.py": _quick("induction_anchor", "--kinds", "resnet_bk"),
+    "scripts/induction_anchor.py": _induction_anchor,
+    "scripts/recall_memory.py": lambda args: Reduced(
+        ("scripts/recall_memory.py", *args, "--max_log2", "7", "--samples", "4"), slow=True,
+        needs=args[args.index("--checkpoint_dir") + 1]),
     "scripts/compare_stability.py": _quick("compare_stability", "--seeds", "0", "--lengths", "16",
                                            "--kinds", "resnet_bk"),
     "scripts/ablations.py": _quick("ablations"),
@@ -192,7 +202,9 @@ REDUCTIONS = {
 MAKES = {"runs/quickstart": "python scripts/train.py --config configs/quickstart.py",
          "runs/seq32k": "python scripts/train.py --config configs/seq32k.py",
          "runs/multi_length": "python scripts/train.py --config configs/multi_length.py",
-         "runs/default": "python scripts/train_long_context.py --seq_len 8192 --epochs 5"}
+         "runs/default": "python scripts/train_long_context.py --seq_len 8192 --epochs 5",
+         "runs/induction/runs/resnet_bk_selective":
+             "python scripts/induction_anchor.py --kinds resnet_bk:selective --out runs/induction"}
 
 
 def readme_commands(text: str, name: str = "README.md") -> list[tuple[str, str]]:
