@@ -42,7 +42,6 @@ import numpy as np
 from flax import nnx
 
 from bk_jax.eval.loading import EvalError
-from bk_jax.models.bk import prime_bump_potential
 from bk_jax.models.bk_mixers import selective_decay
 
 LOG10 = math.log(10.0)
@@ -88,11 +87,9 @@ def layer_decays(model: nnx.Module, tokens: jax.Array) -> tuple[jax.Array, list[
   Returns:
     (logits (B, N, vocab), a `SelectiveDecays` or `MambaDecays` per layer).
   """
-  n, batch = tokens.shape[1], tokens.shape[0]
+  batch, n = tokens.shape
   pos = jnp.zeros((), jnp.int32)
-  bias = None
-  if model.prime_bump_scale is not None:
-    bias = prime_bump_potential(jnp.arange(n, dtype=jnp.int32), model.prime_bump_scale)
+  bias = model.position_bias(pos, n)
   x = model.embed(tokens)
   per_layer = []
   for block in model.blocks:
@@ -107,8 +104,7 @@ def layer_decays(model: nnx.Module, tokens: jax.Array) -> tuple[jax.Array, list[
                                         method=block.method, write_form=block.write_form)
       per_layer.append(SelectiveDecays(log_a, write, inputs["delta"]))
     x, _, _ = block(x, carry, pos, bias)
-  logits = model.head(model.final_norm(x).astype(model.logits_dtype)).astype(jnp.float32)
-  return logits, per_layer
+  return model.logits(x), per_layer
 
 
 def _edges(length: int) -> np.ndarray:

@@ -159,6 +159,17 @@ class LanguageModel(nnx.Module):
     out = self.forward(tokens, cache)
     return out.logits if cache is None else (out.logits, out.cache)
 
+  def position_bias(self, pos: jax.Array, n: int) -> jax.Array | None:
+    """The (N,) prime-bump potential bias of positions pos ... pos + n - 1, or None without it."""
+    if self.prime_bump_scale is None:
+      return None
+    return prime_bump_potential(pos + jnp.arange(n, dtype=jnp.int32), self.prime_bump_scale)
+
+  def logits(self, x: jax.Array) -> jax.Array:
+    """float32 (B, N, vocab) next-token logits of the last block's output x (B, N, d_model)."""
+    return constrain(self.head(self.final_norm(x).astype(self.logits_dtype)).astype(jnp.float32),
+                     _BLV)
+
   def forward(self, tokens: jax.Array, cache: ModelCache | None = None) -> ModelOutput:
     """Next-token logits, the new streaming state and the aux figures, as one `ModelOutput`.
 
@@ -175,13 +186,9 @@ class LanguageModel(nnx.Module):
       raise ValueError(f"tokens must be (batch, length); got shape {tokens.shape}")
     n = tokens.shape[1]
     pos = jnp.zeros((), jnp.int32) if cache is None else cache.pos
-    bias = None
-    if self.prime_bump_scale is not None:
-      bias = prime_bump_potential(pos + jnp.arange(n, dtype=jnp.int32), self.prime_bump_scale)
     x = constrain(self.embed(tokens), _BLD)
     carries = None if cache is None else cache.layers
-    x, new_carries, aux = self._run_blocks(x, carries, pos, bias)
-    logits = constrain(self.head(self.final_norm(x).astype(self.logits_dtype)).astype(jnp.float32),
-                       _BLV)
+    x, new_carries, aux = self._run_blocks(x, carries, pos, self.position_bias(pos, n))
+    logits = self.logits(x)
     new_cache = None if cache is None else ModelCache(layers=new_carries, pos=pos + n)
     return ModelOutput(logits, new_cache, reduce_aux(self.kind, aux))

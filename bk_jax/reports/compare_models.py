@@ -367,17 +367,18 @@ def _load_earlier(out: str) -> dict | None:
     return json.load(f)
 
 
-def _earlier(out: str, spec: dict, kinds: list[str]) -> tuple[dict, list[dict], list[dict]]:
-  """The earlier run in `out` with this call's rows added: the spec of every row (the earlier
-  run's, then this call's new ones; this call's budgets for its stages), and the earlier stage
-  summaries and rows that this call does not run again (other stage kinds, or other rows).
+def _earlier(out: str, prev: dict | None, spec: dict,
+             kinds: list[str]) -> tuple[dict, list[dict], list[dict]]:
+  """The earlier run in `out` (`prev`, its comparison.json, or None) with this call's rows added:
+  the spec of every row (the earlier run's, then this call's new ones; this call's budgets for
+  its stages), and the earlier stage summaries and rows that this call does not run again (other
+  stage kinds, or other rows).
 
   Raises:
     ValueError: no comparison.json in `out`, one at other sizes (suite, --quick, --tokens), or
       eval without train of a row the earlier run did not train.
   """
   path = os.path.join(out, "comparison.json")
-  prev = _load_earlier(out)
   if prev is None:
     raise ValueError(f"--stages {','.join(kinds)} evaluates the checkpoints of an earlier run, "
                      f"but {path} does not exist")
@@ -440,7 +441,7 @@ def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list
   # train needs an earlier run; any other call runs alone in a new `out`, and in an earlier
   # run's `out` (at the same sizes) adds its rows and stages to that run's others
   if earlier is not None or ("eval" in kinds and "train" not in kinds):
-    report_spec, kept_stages, kept_rows = _earlier(out, spec, kinds)
+    report_spec, kept_stages, kept_rows = _earlier(out, earlier, spec, kinds)
   os.makedirs(out, exist_ok=True)
   t0 = time.perf_counter()
   corpus = corpus_report(spec)
