@@ -28,8 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.parametrize("extra", [dict(), dict(bk_decay="key"),
                                    pytest.param(dict(bk_write="step"), marks=pytest.mark.slow),
-                                   dict(bk_ward_decay=False)],
-                         ids=["per_head", "key_decay", "step_write", "control"])
+                                   dict(bk_ward_decay=False), dict(bk_step="key")],
+                         ids=["per_head", "key_decay", "step_write", "control", "key_step"])
 def test_share_is_what_the_mixer_reads_of_one_write(extra):
   """Write a single value (x = 1 at position p + 1, 0 elsewhere, keys all 1) through the real
   mixer (chunkwise kernel) and read it with a one-hot query: o at the read is the share."""
@@ -53,7 +53,8 @@ def test_share_is_what_the_mixer_reads_of_one_write(extra):
     q = jax.nn.one_hot(jnp.full((b, n, h), i), nk)
     o, _ = blk.mix(v, dict(inputs, q=q, k=k, x=jnp.asarray(x)), res, hopping, z, eta)
     seen = np.asarray(o)[:, read, :, 0]  # (B, H)
-    want = 10.0 ** (got.reshape(b, h, nk)[..., i] if extra.get("bk_decay") == "key" else got)
+    per_key = extra.get("bk_decay") == "key" or extra.get("bk_step") == "key"
+    want = 10.0 ** (got.reshape(b, h, nk)[..., i] if per_key else got)
     np.testing.assert_allclose(seen, want, rtol=1e-4, atol=1e-7)
 
 

@@ -40,6 +40,8 @@ VARIANTS = {
                                    bk_conv=True, bk_ward_decay=False),
     "ward_selective_key_decay": dict(bk_mixer="ward_selective", bk_head_dim=4, bk_key_dim=3,
                                      bk_conv=True, bk_decay="key"),
+    "ward_selective_key_step": dict(bk_mixer="ward_selective", bk_head_dim=4, bk_key_dim=3,
+                                    bk_conv=True, bk_step="key"),
     # every mixer takes the block's other options: MoE (learned router), monitors, semiseparable
     "green_keyed_moe_monitors": dict(bk_mixer="green", bk_head_dim=4, bk_key_dim=3, use_moe=True,
                                      router="learned", use_birman_schwinger=True),
@@ -232,6 +234,8 @@ def test_mimetic_init_ties_queries_to_keys_and_keeps_long_memories():
     (dict(bk_mixer="green", bk_key_dim=2, bk_write="step"), "needs bk_mixer='ward_selective'"),
     (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_decay="state"), "bk_decay"),
     (dict(bk_mixer="green", bk_key_dim=2, bk_decay="key"), "needs bk_mixer='ward_selective'"),
+    (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_step="value"), "bk_step"),
+    (dict(bk_mixer="green", bk_key_dim=2, bk_step="key"), "needs bk_mixer='ward_selective'"),
     (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_ward_decay=False, selective_shift=True),
      "no resolvent"),
 ])

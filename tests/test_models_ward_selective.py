@@ -51,18 +51,20 @@ def _numpy_mixer(blk, uc, v, hopping, z, eta):
   heads = lambda w, k: (f64(uc) @ f64(w.kernel[...])).reshape(b, n, h, k)
   q, k, x = heads(blk.w_q, blk.key_dim), heads(blk.w_k, blk.key_dim), heads(blk.w_x, blk.head_dim)
   sp = lambda a: np.log1p(np.exp(a))
-  delta = sp(f64(uc) @ f64(blk.w_delta.kernel[...]) + f64(blk.delta_bias[...]))
+  bias = f64(blk.delta_bias[...])  # (H,) or, a step per key dimension, (H, n)
+  delta = sp((f64(uc) @ f64(blk.w_delta.kernel[...])).reshape(b, n, *bias.shape) + bias)
+  delta = delta if delta.ndim == 4 else delta[..., None]  # (B, N, H, n) or (B, N, H, 1)
   rate = np.exp(f64(blk.a_log[...]))
   rate = rate if rate.ndim == 2 else rate[:, None]  # (H, n) or (H, 1)
-  lam = np.broadcast_to(rate, delta.shape + rate.shape[-1:]).copy()
+  lam = np.broadcast_to(rate, delta.shape[:-1] + (max(rate.shape[-1], delta.shape[-1]),)).copy()
   if blk.resolvent:
     g = ref.causal_diag_jacobi(f64(v), f64(hopping), np.asarray(z, np.complex128))
     ratio = np.broadcast_to(f64(eta), g.shape) * np.abs(g) ** 2 / np.imag(g)
     lam_bk = np.full_like(ratio, np.inf)  # ratio is 1 at the first token: a_0 = 0, write 1
     lam_bk[:, 1:] = -np.log1p(-ratio[:, 1:])
     lam = lam + (sp(f64(blk.ward_scale_raw[...])) * lam_bk)[..., None]
-  a = np.exp(-delta[..., None] * lam)  # (B, N, H, n) or (B, N, H, 1)
-  w = np.broadcast_to(delta[..., None], a.shape) if blk.write_form == "step" else 1 - a
+  a = np.exp(-delta * lam)  # (B, N, H, n) or (B, N, H, 1)
+  w = np.broadcast_to(delta, a.shape) if blk.write_form == "step" else 1 - a
   s = np.zeros((b, h, blk.key_dim, blk.head_dim))
   out = np.zeros((b, n, h, blk.head_dim))
   for i in range(n):
@@ -77,9 +79,13 @@ def _numpy_mixer(blk, uc, v, hopping, z, eta):
                                    dict(bk_ward_decay=False), dict(bk_write="step"),
                                    dict(bk_write="step", bk_ward_decay=False),
                                    dict(bk_decay="key"),
-                                   dict(bk_decay="key", bk_write="step", bk_ward_decay=False)],
+                                   dict(bk_decay="key", bk_write="step", bk_ward_decay=False),
+                                   dict(bk_step="key"),
+                                   dict(bk_step="key", bk_write="step", bk_ward_decay=False),
+                                   dict(bk_step="key", bk_decay="key")],
                          ids=["per_head", "per_position", "control", "step_write",
-                              "step_write_control", "key_decay", "key_decay_step_control"])
+                              "step_write_control", "key_decay", "key_decay_step_control",
+                              "key_step", "key_step_step_control", "key_step_key_decay"])
 def test_mixer_matches_a_numpy_loop(mix_method, extra):
   blk = build_model(tiny_config("resnet_bk", bk_mix_method=mix_method, **KW, **extra)).blocks[0]
   if extra.get("selective_shift"):  # make the per-position operator really vary
@@ -170,4 +176,11 @@ def test_initial_steps_and_rates_span_their_configured_ranges(delta_min, rate_ma
   np.testing.assert_allclose(np.exp(np.asarray(blk.a_log[...])),
                              np.geomspace(1.0, rate_max, 4)[:, None] * np.arange(1, 3)[None, :],
                              rtol=1e-6)
+  # a step per key dimension: every key dimension of a head starts at the head's step
+  blk = build_model(tiny_config("resnet_bk", **KW, n_heads=4, bk_delta_min_init=delta_min,
+                                bk_step="key")).blocks[0]
+  np.testing.assert_allclose(np.asarray(jax.nn.softplus(blk.delta_bias[...])),
+                             np.repeat(np.geomspace(delta_min, DELTA_MAX_INIT, 4)[:, None], 2, 1),
+                             rtol=1e-6)
+  assert blk.w_delta.kernel[...].shape == (blk.d_model, 4 * 2)
 

@@ -6,7 +6,7 @@ model must name the answer. A recurrent layer holds the answer in its state from
 p + 1 (whose key, through the conv, still sees the trigger) to the read at n - 1:
 
   * "ward_selective" ResNet-BK (DESIGN §2.12): S_j = a_j S_{j-1} + w_j k_j x_j^T per head (per
-    head and key dimension with bk_decay "key");
+    head and key dimension with bk_decay or bk_step "key");
   * Mamba: h_j = exp(dt_j A) h_{j-1} + dt_j B_j x_j per channel c and state s, a_j = exp(dt_j A).
 
 Each unit u of the state (a head, a head's key dimension, a Mamba (channel, state) pair) keeps of
@@ -51,7 +51,7 @@ class SelectiveDecays(NamedTuple):
   """One "ward_selective" layer over a sequence: S_j = a_j S_{j-1} + w_j k_j x_j^T."""
   log_a: jax.Array  # (B, N, H), or (B, N, H, n) with a rate per key dimension
   write: jax.Array  # w_j, the shape of log_a
-  delta: jax.Array  # (B, N, H) the steps Delta_j
+  delta: jax.Array  # (B, N, H) the steps Delta_j, or (B, N, H, n) with a step per key dimension
 
 
 class MambaDecays(NamedTuple):
@@ -143,7 +143,9 @@ def layer_units(arrays: SelectiveDecays | MambaDecays, write_pos: np.ndarray,
     cum = np.cumsum(la, axis=1)
     retention = (cum[rows, read_pos] - cum[rows, write_pos]) / LOG10
     score = retention + np.log10(write.reshape(la.shape)[rows, write_pos])
-    step = np.repeat(delta, max(keys, 1), axis=-1)  # a head's step for its key dimensions
+    # a head's step for each of its key dimensions, or each key dimension's own
+    step = (delta.reshape(la.shape) if delta.ndim == 4
+            else np.repeat(delta, max(keys, 1), axis=-1))
     names = ([f"head {h}, key {i}" for h in range(heads) for i in range(keys)] if keys
              else [f"head {h}" for h in range(heads)])
     return dict(score=score, retention=retention, rate=_bucket_medians(-la, length),

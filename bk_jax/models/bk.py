@@ -184,8 +184,13 @@ class BKBlock(nnx.Module):
       self.w_eta = dense(d, h, ("embed", "heads"), **zero)
     n_feat = 2 * h
     if self.mixer == "ward_selective":
-      self.w_delta = dense(d, h, ("embed", "heads"), **kw)
-      self.delta_bias = param(inv_softplus(np.geomspace(cfg.bk_delta_min_init, DELTA_MAX_INIT, h)))
+      # a step per head, or per head and key dimension (each key dimension starts at its head's)
+      self.step_dim = self.key_dim if cfg.bk_step == "key" else 1
+      self.w_delta = dense(d, h * self.step_dim, ("embed", "heads"), **kw)
+      steps = np.geomspace(cfg.bk_delta_min_init, DELTA_MAX_INIT, h)
+      if cfg.bk_step == "key":
+        steps = np.repeat(steps[:, None], self.key_dim, axis=1)
+      self.delta_bias = param(inv_softplus(steps), ("heads", None)[:steps.ndim])
       # A_h spread geometrically over [1, bk_rate_max_init] in the order of the steps: at 1 (the
       # default) every head has A_h = 1; Mamba-2 draws A from [1, 16]. Per key dimension:
       # A_{h,i} = (i + 1) A_h, Mamba-1's S4D-real rates 1..n, so one head holds n time scales
@@ -285,8 +290,8 @@ class BKBlock(nnx.Module):
     Returns:
       "diag": {"u_low": (B, N, H, r), "s": (H, r)} with use_semiseparable, else {};
       "green*": {"vals": (B, N, H, d_head)} and, keyed, "q", "k": (B, N, H, n);
-      "ward_selective": q, k, "x", "delta": (B, N, H), "rate": (H,) or, with bk_decay "key",
-      (H, n); "ward_scale": (H,) or None.
+      "ward_selective": q, k, "x", "delta": (B, N, H) or, with bk_step "key", (B, N, H, n),
+      "rate": (H,) or, with bk_decay "key", (H, n); "ward_scale": (H,) or None.
     """
     if self.semiseparable_rank:
       u_low = per_token(self.w_u, u).astype(jnp.float32)
@@ -304,7 +309,8 @@ class BKBlock(nnx.Module):
     if self.mixer != "ward_selective":
       return {"vals": heads(self.w_x, self.head_dim), "q": q, "k": k}
     return {"q": q, "k": k, "x": heads(self.w_x, self.head_dim),
-            "delta": jax.nn.softplus(f(per_token(self.w_delta, uc)) + f(self.delta_bias[...])),
+            "delta": jax.nn.softplus(heads(self.w_delta, self.step_dim).reshape(
+                *uc.shape[:-1], *self.delta_bias.shape) + f(self.delta_bias[...])),
             "rate": jnp.exp(f(self.a_log[...])),
             "ward_scale": (jax.nn.softplus(f(self.ward_scale_raw[...])) if self.resolvent
                            else None)}

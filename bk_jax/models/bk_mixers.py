@@ -158,14 +158,15 @@ def selective_decay(v, delta, rate, ward_scale, *, hopping, z, eta, g_prev, meth
     g_prev: (B, H) the resolvent's g at the token before the chunk (zeros for a fresh sequence).
 
   Returns:
-    (log_a, write, g_last): log a_j <= 0 and w_j, (B, N, H) or, with a rate per key dimension,
-    (B, N, H, n); g_last (B, H) the resolvent's g at the chunk's last token (g_prev for the
-    control).
+    (log_a, write, g_last): log a_j <= 0 and w_j, (B, N, H) or, with a rate or a step per key
+    dimension, (B, N, H, n); g_last (B, H) the resolvent's g at the chunk's last token (g_prev
+    for the control).
   """
-  per_key = rate.ndim == 2
-  # per key dimension every per-token quantity gains a trailing key axis (B, N, H, n)
+  per_key = rate.ndim == 2 or delta.ndim == 4
+  # per key dimension every per-head quantity gains a trailing key axis (B, N, H, n)
   by_key = (lambda a: a[..., None]) if per_key else (lambda a: a)
-  lam, g_last, fresh = rate, g_prev, False
+  lam, g_last, fresh = (rate[:, None] if per_key and rate.ndim == 1 else rate), g_prev, False
+  step = delta if delta.ndim == 4 else by_key(delta)
   if v is not None:
     g, g_last = resolvent.causal_diag(v, hopping=hopping, z=z, carry=g_prev, method=method)
     im_prev = jnp.imag(jnp.concatenate([g_prev[..., None, :].astype(g.dtype), g[..., :-1, :]],
@@ -180,10 +181,10 @@ def selective_decay(v, delta, rate, ward_scale, *, hopping, z, eta, g_prev, meth
     x_prev = jnp.square(hopping.astype(delta.dtype)) * jnp.where(empty, 1.0, im_prev)
     lam_bk = jnp.where(empty, 0.0, jnp.log1p(eta.astype(delta.dtype) / x_prev))
     lam = lam + by_key(ward_scale * lam_bk)
-  log_a = -by_key(delta) * lam  # <= 0: |a_j| <= 1; (B, N, H) or per key (B, N, H, n)
+  log_a = -step * lam  # <= 0: |a_j| <= 1; (B, N, H) or per key (B, N, H, n)
   if write_form == "step":
     # a_0 of a fresh sequence multiplies the empty state: no special case
-    write = jnp.broadcast_to(by_key(delta), log_a.shape)
+    write = jnp.broadcast_to(step, log_a.shape)
   else:
     write = jnp.where(fresh, 1.0, -jnp.expm1(log_a))  # 1 - a_j, no cancellation at small steps
   return log_a, write, g_last
@@ -195,7 +196,8 @@ def selective_mix(v, q, k, x, delta, rate, ward_scale, *, hopping, z, eta,
 
   Args:
     v: (B, N, H) potentials, or None for the scalar-decay control (no resolvent).
-    q, k: (B, N, H, n); x: (B, N, H, d_head); delta: (B, N, H) steps Delta_j > 0.
+    q, k: (B, N, H, n); x: (B, N, H, d_head); delta: (B, N, H) steps Delta_j > 0, or
+      (B, N, H, n) a step per key dimension (a diagonal decay).
     rate: (H,) A_h > 0, or (H, n) A_{h,i} > 0: a rate per key dimension (a diagonal decay);
     ward_scale: (H,) s_h >= 0, or None for the control.
     hopping, z, eta: the operator, per head (H,) or per position (B, N, H); None for the control.
@@ -210,7 +212,7 @@ def selective_mix(v, q, k, x, delta, rate, ward_scale, *, hopping, z, eta,
   log_a, write, g_last = selective_decay(v, delta, rate, ward_scale, hopping=hopping, z=z,
                                          eta=eta, g_prev=carry.g, method=method,
                                          write_form=write_form)
-  per_key = rate.ndim == 2
+  per_key = log_a.ndim == 4
   n, d = k.shape[-1], x.shape[-1]
   state = carry.y.reshape(*carry.y.shape[:-1], n, d)
   if mix_method == "chunkwise" and per_key:

@@ -21,6 +21,7 @@ BK_INITS = ("short_memory", "long_memory", "mimetic")
 BK_MIX_METHODS = ("auto", "chunkwise", "recurrent")
 BK_WRITES = ("complement", "step")  # "ward_selective": w_j = 1 - a_j | Delta_j
 BK_DECAYS = ("head", "key")  # "ward_selective": a rate per head | per head and key dimension
+BK_STEPS = ("head", "key")  # "ward_selective": a step Delta per head | per head and key dimension
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -75,6 +76,10 @@ def default_model_config() -> ml_collections.ConfigDict:
   # | "key" (a rate A_{h,i} per key dimension, A_{h,i} = (i + 1) A_h at init: a diagonal decay,
   # Mamba-1's per-state rates; the chunkwise kernel then runs one head per key dimension)
   c.bk_decay = "head"
+  # "ward_selective": the selective step: "head" (one Delta_j per head, Mamba-2's) | "key" (a step
+  # Delta_{j,i} per key dimension from its own projection, GLA's per-key gate; every key
+  # dimension of a head starts at the head's step, so only the input-dependent part differs)
+  c.bk_step = "head"
   # keyed "green*" and "ward_selective" mixers: "chunkwise" (the state once per chunk, by matmuls; ops/chunkwise.py,
   # DESIGN §2.11) | "recurrent" (the state at every token, by the resolvent method's value scan:
   # the reference form) | "auto" (chunkwise)

@@ -26,7 +26,7 @@ from flax import nnx
 from bk_jax.models import bk
 from bk_jax.models.bk_mixers import DELTA_MAX_INIT
 from bk_jax.models.config import (ATTENTIONS, BK_DECAYS, BK_INITS, BK_MIX_METHODS, BK_MIXERS,
-                                  BK_WRITES, DTYPES, MAMBA_SCAN_METHODS, REMAT_POLICIES,
+                                  BK_STEPS, BK_WRITES, DTYPES, MAMBA_SCAN_METHODS, REMAT_POLICIES,
                                   RESOLVENT_METHODS, ROUTERS, resolve_mix_method)
 from bk_jax.models.mamba import MambaBlock
 from bk_jax.models.mamba2 import Mamba2Block
@@ -194,6 +194,9 @@ def _check_resnet_bk(cfg: Any) -> None:
   need(cfg.bk_decay in BK_DECAYS, f"bk_decay {cfg.bk_decay!r} not in {BK_DECAYS}")
   need(cfg.bk_decay == "head" or cfg.bk_mixer == "ward_selective",
        f"bk_decay={cfg.bk_decay!r} needs bk_mixer='ward_selective'")
+  need(cfg.bk_step in BK_STEPS, f"bk_step {cfg.bk_step!r} not in {BK_STEPS}")
+  need(cfg.bk_step == "head" or cfg.bk_mixer == "ward_selective",
+       f"bk_step={cfg.bk_step!r} needs bk_mixer='ward_selective'")
   need(cfg.bk_ward_decay or not (cfg.selective_shift or cfg.selective_coupling or cfg.prime_bump),
        "bk_ward_decay=False has no resolvent: selective_shift, selective_coupling and prime_bump "
        "do not apply")
