@@ -134,6 +134,13 @@ def test_report_training_prints_progress_to_stderr(tmp_path, corpus, capsys, mon
   lines = [l.strip() for l in err.splitlines() if l.strip().startswith("prog: step")]
   assert [l.split(",")[0] for l in lines] == ["prog: step 1", "prog: step 2", "prog: step 3"]
   assert res["total_steps"] == 3
+  # from the first logged step on, the line carries that step's training loss
+  logged = {r["step"]: r["loss"] for r in res["metrics_history"]}
+  for line in lines:
+    step = int(line.split(",")[0].split()[-1])
+    shown = [p.split()[-1] for p in line.split(",") if p.strip().startswith("loss")]
+    if step > min(logged):
+      assert shown and abs(float(shown[0]) - logged[max(s for s in logged if s < step)]) < 1e-3
 
 
 @pytest.mark.slow  # a whole report script; the commands of README/docs run it reduced too

@@ -124,8 +124,9 @@ PROGRESS_EVERY_S = 60.0  # a report's training run prints one progress line to s
 def train(c: ml_collections.ConfigDict, *, budget_s: float | None = None, fresh: bool = True) -> dict:
   """loop.run(c); with budget_s, SIGTERM is raised once the wall clock passes it (the loop saves,
   stops cleanly and marks the results `interrupted`). Adds wall_s and budget fields. The report
-  configs keep the loop's console quiet, so a line "<run>: step S, T s" goes to stderr every
-  PROGRESS_EVERY_S seconds (long report runs show that they are alive)."""
+  configs keep the loop's console quiet, so a line "<run>: step S, T s, loss L" (the latest
+  logged training loss) goes to stderr every PROGRESS_EVERY_S seconds: long report runs show
+  that they are alive and whether they learn."""
   from bk_jax.train import loop
 
   if fresh and os.path.isdir(c.save_dir):
@@ -139,12 +140,15 @@ def train(c: ml_collections.ConfigDict, *, budget_s: float | None = None, fresh:
     now = time.perf_counter()
     if now - last_print[0] >= PROGRESS_EVERY_S:
       last_print[0] = now
-      print(f"  {name}: step {step}, {now - t0:.0f} s", file=sys.stderr, flush=True)
+      loss = trainer.last_loss
+      tail = "" if loss is None else f", loss {loss:.4g}"
+      print(f"  {name}: step {step}, {now - t0:.0f} s{tail}", file=sys.stderr, flush=True)
     if budget_s and can_signal and not fired and now - t0 > budget_s:
       fired.append(now - t0)
       os.kill(os.getpid(), signal.SIGTERM)
 
-  res = loop.run(c, on_step=on_step)
+  trainer = loop.Trainer(c, on_step=on_step)
+  res = trainer.run()
   res["wall_s"] = time.perf_counter() - t0
   res["budget_s"] = budget_s
   res["stopped_by_budget"] = bool(fired)

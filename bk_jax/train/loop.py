@@ -128,6 +128,7 @@ class Trainer:
     self.timer = StepTimer()
     self._pending = None  # (Step, step time, extra perf figures) of the log step not yet written
     self._tokens_per_s = 0.0  # of the latest log interval (the progress bar)
+    self.last_loss: float | None = None  # the latest logged training loss (progress lines)
     self._first_log_of_length = True
     self._diverged = False
     self._last_eval_step = -1
@@ -271,6 +272,7 @@ class Trainer:
                            step=step.number, epoch=step.epoch, seq_len=step.plan.seq_len,
                            step_time=step_time)
     self._diverged = bool(metrics["control/diverged"])
+    self.last_loss = float(metrics["loss"])
 
   def _notify(self, step: Step) -> None:
     self.console.update_bar(1, self._tokens_per_s)
