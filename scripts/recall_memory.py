@@ -8,6 +8,8 @@ sequences eval_extrapolation.py and induction_anchor.py score.
     python scripts/induction_anchor.py --kinds resnet_bk:selective,mamba --out runs/induction ...
     python scripts/recall_memory.py --checkpoint_dir runs/induction/runs/resnet_bk_selective \\
         --max_log2 16 --samples 16
+    python scripts/recall_memory.py --checkpoint_dir runs/induction/runs/resnet_bk_selective \\
+        --rate_scale 1=0.1 --output runs/induction/layer1_slower/recall_memory.json
 
 Writes recall_memory.json (provenance-stamped) and recall_memory.md beside the checkpoint, or
 at --output. Errors: one line `recall_memory.py: error: ...`, exit status 2.
@@ -30,14 +32,21 @@ def main(argv=None) -> int:
     p.add_argument("--max_log2", type=int, default=16)
     p.add_argument("--samples", type=int, default=16, help="test sequences per length")
     p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--rate_scale", action="append", default=[], metavar="LAYER[.UNIT]=F",
+                   help="before probing, multiply the decay rate of a layer's units (or of one "
+                        "selective head or Mamba channel) by F: does the model answer at longer "
+                        "lengths if that layer forgets F times slower? (repeatable)")
     p.add_argument("--output", default=None, help="the JSON path (default: in --checkpoint_dir)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
     from bk_jax.eval.loading import load_checkpoint
-    from bk_jax.eval.recall_memory import format_positions, format_table, memory_table
+    from bk_jax.eval.recall_memory import (format_positions, format_table, memory_table,
+                                           parse_rate_scales, scale_rates)
     from bk_jax.runtime.provenance import stamped
 
+    scales = parse_rate_scales(args.rate_scale)  # a bad spec is one line before any loading
     ck = load_checkpoint(args.checkpoint_dir, args.checkpoint)
+    scale_rates(ck.model, scales)
     lengths = [2 ** k for k in range(args.min_log2, args.max_log2 + 1)]
     rows = memory_table(ck.model, ck.config.data.synthetic, lengths, samples=args.samples,
                         batch_size=args.batch_size)
@@ -49,7 +58,10 @@ def main(argv=None) -> int:
     with open(path, "w") as f:
       json.dump(stamped(dict(args=vars(args), checkpoint=ck.name, rows=rows)), f, indent=2)
     with open(os.path.splitext(path)[0] + ".md", "w") as f:
-      f.write(f"# What holds the induction answer: {ck.name} of {args.checkpoint_dir}\n\n{table}")
+      scaled = (f" with decay rates scaled ({', '.join(args.rate_scale)})" if args.rate_scale
+                else "")
+      f.write(f"# What holds the induction answer: {ck.name} of {args.checkpoint_dir}{scaled}"
+              f"\n\n{table}")
     print(f"Results saved: {path}")
   return 0
 

@@ -17,7 +17,8 @@ from flax import nnx
 from bk_jax.data import default_synthetic_config
 from bk_jax.eval.loading import EvalError
 from bk_jax.eval.recall_memory import (MambaDecays, SelectiveDecays, format_positions, format_table,
-                                       layer_decays, layer_units, memory_table)
+                                       layer_decays, layer_units, memory_table, parse_rate_scales,
+                                       scale_rates)
 from bk_jax.models import build_model
 from bk_jax.models.bk_mixers import selective_decay
 from test_models_interface import tiny_config
@@ -145,6 +146,56 @@ def test_bad_models_and_tasks_are_one_error():
   tc.task = "mqar"
   with pytest.raises(EvalError, match="induction_heads"):
     memory_table(_selective_model(), tc, [64], log=None)
+
+
+@pytest.mark.parametrize("extra", [dict(prime_bump=True), dict(bk_decay="key"),
+                                   dict(bk_ward_decay=False)],
+                         ids=["per_head", "key_decay", "control"])
+def test_scaled_rates_scale_the_chosen_units_log_decay_exactly(extra):
+  """scale_rates multiplies lambda = A_h + s_h lam_bk of the chosen heads by F: their log a_j
+  scale by F at every position; the other heads and every step stay as they were (the scaled
+  layer's output changes, so only that layer and those before it are compared)."""
+  tokens = jax.random.randint(jax.random.key(1), (2, 40), 0, 16)
+  for spec, layer, factor in (("1.2=0.1", 1, np.array([1.0, 1.0, 0.1, 1.0])),
+                              ("0=3", 0, np.full(4, 3.0))):
+    model = _selective_model(**extra)
+    _, before = layer_decays(model, tokens)
+    scale_rates(model, parse_rate_scales([spec]))
+    _, after = layer_decays(model, tokens)
+    for i in range(layer + 1):
+      b, a = before[i], after[i]
+      f = factor if i == layer else np.ones(4)
+      f = f[:, None] if b.log_a.ndim == 4 else f
+      np.testing.assert_allclose(np.asarray(a.log_a), f * np.asarray(b.log_a), rtol=1e-5)
+      np.testing.assert_array_equal(np.asarray(a.delta), np.asarray(b.delta))
+
+
+def test_scaled_rates_of_a_mamba_channel():
+  """For Mamba the unit is a channel: A_{c,s} of every state of channel c scales by F."""
+  mamba = build_model(tiny_config("mamba", vocab_size=16), rngs=nnx.Rngs(5))
+  tokens = jax.random.randint(jax.random.key(1), (2, 40), 0, 16)
+  _, before = layer_decays(mamba, tokens)
+  scale_rates(mamba, parse_rate_scales(["0.5=0.01"]))
+  _, after = layer_decays(mamba, tokens)
+  want = np.asarray(before[0].a).copy()
+  want[5] *= 0.01
+  np.testing.assert_allclose(np.asarray(after[0].a), want, rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(after[1].a), np.asarray(before[1].a))
+  np.testing.assert_array_equal(np.asarray(after[0].dt), np.asarray(before[0].dt))
+
+
+@pytest.mark.parametrize("spec,match", [("1", "LAYER=F"), ("a=0.1", "LAYER=F"), ("1=0", "F > 0"),
+                                        ("1.x=2", "LAYER=F"), ("-1=2", "LAYER=F")])
+def test_bad_rate_scales_are_one_error(spec, match):
+  with pytest.raises(EvalError, match=match):
+    parse_rate_scales([spec])
+
+
+def test_rate_scales_out_of_range_are_one_error():
+  with pytest.raises(EvalError, match="has 2 layers"):
+    scale_rates(_selective_model(), [(2, None, 0.5)])
+  with pytest.raises(EvalError, match="units"):
+    scale_rates(_selective_model(), [(0, 99, 0.5)])
 
 
 def test_script_without_a_checkpoint_is_one_line(tmp_path):

@@ -28,6 +28,12 @@ which this probe does not follow.)
 `memory_table` measures it on the induction test sequences that `extrapolation_table` scores (the
 same samples), with one full forward per batch (not streamed: the full forward equals the
 streamed one).
+
+`scale_rates` is the intervention that asks whether forgetting is the cause: it multiplies the
+decay rate of chosen units (a selective head's lambda = A_h + s_h lam_bk, or a Mamba channel's
+A_c) by a factor before the probe runs, so their log a_j, and with it their memory, scale by it
+exactly, the steps and everything else unchanged. If the model answers at lengths it failed at
+once a layer forgets 10x slower, its forgetting set its reach.
 """
 
 from __future__ import annotations
@@ -76,6 +82,51 @@ def check_model(model: nnx.Module) -> None:
   if mixers != ["ward_selective"]:
     raise EvalError(f"the recall-memory probe needs model.bk_mixer = 'ward_selective'; the "
                     f"checkpoint's blocks use {', '.join(mixers)}")
+
+
+def parse_rate_scales(specs: Sequence[str]) -> list[tuple[int, int | None, float]]:
+  """"LAYER=F" (every unit of a layer) or "LAYER.UNIT=F" (a selective head or a Mamba channel)
+  as (layer, unit or None, F); raises EvalError on anything else or on F <= 0."""
+  out = []
+  for spec in specs:
+    where, _, factor = spec.partition("=")
+    layer, _, unit = where.partition(".")
+    try:
+      item = (int(layer), int(unit) if unit else None, float(factor))
+    except ValueError:
+      item = None
+    if item is None or item[0] < 0 or (item[1] is not None and item[1] < 0) or not item[2] > 0:
+      raise EvalError(f"a rate scale is LAYER=F or LAYER.UNIT=F with F > 0 (e.g. 1=0.1 or "
+                      f"0.3=0.1); got {spec!r}")
+    out.append(item)
+  return out
+
+
+def scale_rates(model: nnx.Module, scales: Sequence[tuple[int, int | None, float]]) -> None:
+  """Multiplies the decay rate of the chosen units by their factors, in place.
+
+  Args:
+    model: a model `check_model` accepts.
+    scales: (layer, unit or None for all of the layer's units, factor > 0): a unit is a
+      selective head (its A_h, or A_{h,i} for every key dimension, and its s_h: the whole
+      lambda = A_h + s_h lam_bk scales) or a Mamba channel (its A_{c,s} for every state).
+
+  Raises:
+    EvalError: a layer or unit out of range.
+  """
+  check_model(model)
+  for layer, unit, factor in scales:
+    if layer >= len(model.blocks):
+      raise EvalError(f"rate scale for layer {layer}: the model has {len(model.blocks)} layers")
+    block = model.blocks[layer]
+    units = block.a_log[...].shape[0]
+    if unit is not None and unit >= units:
+      raise EvalError(f"rate scale for layer {layer} unit {unit}: the layer has {units} units")
+    rows = slice(None) if unit is None else slice(unit, unit + 1)
+    block.a_log[...] = block.a_log[...].at[rows].add(math.log(factor))
+    if model.kind == "resnet_bk" and block.resolvent:  # s_h = softplus(raw) times the factor
+      s = jax.nn.softplus(block.ward_scale_raw[...][rows]) * factor
+      block.ward_scale_raw[...] = block.ward_scale_raw[...].at[rows].set(s + jnp.log(-jnp.expm1(-s)))
 
 
 def layer_decays(model: nnx.Module, tokens: jax.Array) -> tuple[jax.Array, list[tuple]]:
