@@ -73,7 +73,9 @@ def make_config(kind: str, save_dir: str, overrides: dict | None = None) -> ml_c
   c.model.kind = kind
   c.save_dir = save_dir
   c.checkpoint.resume = False
-  c.checkpoint.every_steps = 1_000_000  # only the length-boundary and final checkpoints
+  # periodic checkpoints as in configs/base.py: the divergence monitor restores the last one, so
+  # without them a late loss spike sends an hour's report run back to step 0
+  c.checkpoint.every_steps = 500
   c.checkpoint.keep = 1
   c.logging.tensorboard = False
   c.logging.progress_bar = False
