@@ -55,7 +55,7 @@ LOG10 = math.log(10.0)
 
 class SelectiveDecays(NamedTuple):
   """One "ward_selective" layer over a sequence: S_j = a_j S_{j-1} + w_j k_j x_j^T."""
-  log_a: jax.Array  # (B, N, H), or (B, N, H, n) with a rate per key dimension
+  log_a: jax.Array  # (B, N, H), or (B, N, H, n) with a rate or a step per key dimension
   write: jax.Array  # w_j, the shape of log_a
   delta: jax.Array  # (B, N, H) the steps Delta_j, or (B, N, H, n) with a step per key dimension
 

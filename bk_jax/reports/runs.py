@@ -124,7 +124,7 @@ PROGRESS_EVERY_S = 60.0  # a report's training run prints one progress line to s
 
 
 def train(c: ml_collections.ConfigDict, *, budget_s: float | None = None, fresh: bool = True) -> dict:
-  """loop.run(c); with budget_s, SIGTERM is raised once the wall clock passes it (the loop saves,
+  """Trains c (a `loop.Trainer`); with budget_s, SIGTERM is raised once the wall clock passes it (the loop saves,
   stops cleanly and marks the results `interrupted`). Adds wall_s and budget fields. The report
   configs keep the loop's console quiet, so a line "<run>: step S, T s, loss L" (the latest
   logged training loss) goes to stderr every PROGRESS_EVERY_S seconds: long report runs show
