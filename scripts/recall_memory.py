@@ -9,7 +9,7 @@ sequences eval_extrapolation.py and induction_anchor.py score.
     python scripts/recall_memory.py --checkpoint_dir runs/induction/runs/resnet_bk_selective \\
         --max_log2 16 --samples 16
     python scripts/recall_memory.py --checkpoint_dir runs/induction/runs/resnet_bk_selective \\
-        --rate_scale 1=0.1 --output runs/induction/layer1_slower/recall_memory.json
+        --rate_scale 0=0.1 --output runs/induction/layer0_slower/recall_memory.json
 
 Writes recall_memory.json (provenance-stamped) and recall_memory.md beside the checkpoint, or
 at --output. Errors: one line `recall_memory.py: error: ...`, exit status 2.
