@@ -48,7 +48,7 @@ import numpy as np
 from flax import nnx
 
 from bk_jax.eval.loading import EvalError
-from bk_jax.models.bk_mixers import selective_decay
+from bk_jax.models.bk_mixers import inv_softplus, selective_decay
 
 LOG10 = math.log(10.0)
 
@@ -125,8 +125,8 @@ def scale_rates(model: nnx.Module, scales: Sequence[tuple[int, int | None, float
     rows = slice(None) if unit is None else slice(unit, unit + 1)
     block.a_log[...] = block.a_log[...].at[rows].add(math.log(factor))
     if model.kind == "resnet_bk" and block.resolvent:  # s_h = softplus(raw) times the factor
-      s = jax.nn.softplus(block.ward_scale_raw[...][rows]) * factor
-      block.ward_scale_raw[...] = block.ward_scale_raw[...].at[rows].set(s + jnp.log(-jnp.expm1(-s)))
+      s = np.asarray(jax.nn.softplus(block.ward_scale_raw[...][rows]), np.float64) * factor
+      block.ward_scale_raw[...] = block.ward_scale_raw[...].at[rows].set(inv_softplus(s))
 
 
 def layer_decays(model: nnx.Module, tokens: jax.Array) -> tuple[jax.Array, list[tuple]]:

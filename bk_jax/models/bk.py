@@ -184,12 +184,12 @@ class BKBlock(nnx.Module):
       self.w_eta = dense(d, h, ("embed", "heads"), **zero)
     n_feat = 2 * h
     if self.mixer == "ward_selective":
-      # a step per head, or per head and key dimension (each key dimension starts at its head's)
-      self.step_dim = self.key_dim if cfg.bk_step == "key" else 1
-      self.w_delta = dense(d, h * self.step_dim, ("embed", "heads"), **kw)
+      # a step per head, or per head and key dimension (each key dimension starts at its head's):
+      # delta_bias's shape, (H,) or (H, n), is the step's shape per token
       steps = np.geomspace(cfg.bk_delta_min_init, DELTA_MAX_INIT, h)
       if cfg.bk_step == "key":
         steps = np.repeat(steps[:, None], self.key_dim, axis=1)
+      self.w_delta = dense(d, steps.size, ("embed", "heads"), **kw)
       self.delta_bias = param(inv_softplus(steps), ("heads", None)[:steps.ndim])
       # A_h spread geometrically over [1, bk_rate_max_init] in the order of the steps: at 1 (the
       # default) every head has A_h = 1; Mamba-2 draws A from [1, 16]. Per key dimension:
@@ -309,7 +309,7 @@ class BKBlock(nnx.Module):
     if self.mixer != "ward_selective":
       return {"vals": heads(self.w_x, self.head_dim), "q": q, "k": k}
     return {"q": q, "k": k, "x": heads(self.w_x, self.head_dim),
-            "delta": jax.nn.softplus(heads(self.w_delta, self.step_dim).reshape(
+            "delta": jax.nn.softplus(f(per_token(self.w_delta, uc)).reshape(
                 *uc.shape[:-1], *self.delta_bias.shape) + f(self.delta_bias[...])),
             "rate": jnp.exp(f(self.a_log[...])),
             "ward_scale": (jax.nn.softplus(f(self.ward_scale_raw[...])) if self.resolvent

@@ -165,8 +165,10 @@ def selective_decay(v, delta, rate, ward_scale, *, hopping, z, eta, g_prev, meth
   per_key = rate.ndim == 2 or delta.ndim == 4
   # per key dimension every per-head quantity gains a trailing key axis (B, N, H, n)
   by_key = (lambda a: a[..., None]) if per_key else (lambda a: a)
-  lam, g_last, fresh = (rate[:, None] if per_key and rate.ndim == 1 else rate), g_prev, False
+  # a per-head rate or step then broadcasts over the key axis of the other
+  lam = rate[:, None] if per_key and rate.ndim == 1 else rate
   step = delta if delta.ndim == 4 else by_key(delta)
+  g_last, fresh = g_prev, False
   if v is not None:
     g, g_last = resolvent.causal_diag(v, hopping=hopping, z=z, carry=g_prev, method=method)
     im_prev = jnp.imag(jnp.concatenate([g_prev[..., None, :].astype(g.dtype), g[..., :-1, :]],
