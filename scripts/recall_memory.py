@@ -10,6 +10,8 @@ sequences eval_extrapolation.py and induction_anchor.py score.
         --max_log2 16 --samples 16
     python scripts/recall_memory.py --checkpoint_dir runs/induction/runs/resnet_bk_selective \\
         --rate_scale 0=0.1 --output runs/induction/layer0_slower/recall_memory.json
+    python scripts/recall_memory.py --checkpoint_dir runs/induction/runs/resnet_bk_selective \
+        --filler 0=skip --filler 1=skip --output runs/induction/no_filler/recall_memory.json
 
 Writes recall_memory.json (provenance-stamped) and recall_memory.md beside the checkpoint, or
 at --output. Errors: one line `recall_memory.py: error: ...`, exit status 2.
@@ -36,20 +38,29 @@ def main(argv=None) -> int:
                    help="before probing, multiply the decay rate of a layer's units (or of one "
                         "selective head or Mamba channel) by F: does the model answer at longer "
                         "lengths if that layer forgets F times slower? (repeatable)")
+    p.add_argument("--filler", action="append", default=[], metavar="LAYER=drop|skip",
+                   help="a selective layer that treats every position but the answer's window "
+                        "and the last --keep_recent as filler: drop (no write there) or skip (no "
+                        "write and no decay): does the model answer at longer lengths then? "
+                        "(repeatable)")
+    p.add_argument("--keep_recent", type=int, default=256,
+                   help="with --filler, the positions before the read that are not filler")
     p.add_argument("--output", default=None, help="the JSON path (default: in --checkpoint_dir)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
     from bk_jax.eval.loading import load_checkpoint
     from bk_jax.eval.recall_memory import (format_positions, format_table, memory_table,
-                                           parse_rate_scales, scale_rates)
+                                           parse_filler, parse_rate_scales, scale_rates)
     from bk_jax.runtime.provenance import stamped
 
-    scales = parse_rate_scales(args.rate_scale)  # a bad spec is one line before any loading
+    # a bad spec is one line before any loading
+    scales, filler = parse_rate_scales(args.rate_scale), parse_filler(args.filler)
     ck = load_checkpoint(args.checkpoint_dir, args.checkpoint)
     scale_rates(ck.model, scales)
     lengths = [2 ** k for k in range(args.min_log2, args.max_log2 + 1)]
     rows = memory_table(ck.model, ck.config.data.synthetic, lengths, samples=args.samples,
-                        batch_size=args.batch_size)
+                        batch_size=args.batch_size, filler=filler,
+                        keep_recent=args.keep_recent)
     table = (format_table(rows) + f"\nDecay by position at {rows[-1]['length']:,} tokens:\n\n"
              + format_positions(rows[-1]))
     print(table)
@@ -60,6 +71,9 @@ def main(argv=None) -> int:
     with open(os.path.splitext(path)[0] + ".md", "w") as f:
       scaled = (f" with decay rates scaled ({', '.join(args.rate_scale)})" if args.rate_scale
                 else "")
+      if filler:
+        scaled += (f" with filler ({', '.join(args.filler)}) outside the answer and the last "
+                   f"{args.keep_recent} positions")
       f.write(f"# What holds the induction answer: {ck.name} of {args.checkpoint_dir}{scaled}"
               f"\n\n{table}")
     print(f"Results saved: {path}")

@@ -17,8 +17,8 @@ from flax import nnx
 from bk_jax.data import default_synthetic_config
 from bk_jax.eval.loading import EvalError
 from bk_jax.eval.recall_memory import (MambaDecays, SelectiveDecays, format_positions, format_table,
-                                       layer_decays, layer_units, memory_table, parse_rate_scales,
-                                       scale_rates)
+                                       kept_writes, layer_decays, layer_units, memory_table,
+                                       parse_filler, parse_rate_scales, scale_rates)
 from bk_jax.models import build_model
 from bk_jax.models.bk_mixers import selective_decay
 from test_models_interface import tiny_config
@@ -110,6 +110,70 @@ def test_layer_decays_walk_is_the_models_forward():
   for (log_a, _, delta), blk in zip(per_layer, control.blocks):
     np.testing.assert_allclose(-np.asarray(log_a), np.asarray(delta) * np.exp(blk.a_log[...]),
                                rtol=1e-6)
+
+
+def test_kept_writes_are_the_answers_window_and_the_recent_positions():
+  keep = kept_writes(np.array([3, 10]), 20, recent=2)
+  assert np.flatnonzero(keep[0]).tolist() == [3, 4, 5, 6, 18, 19]  # CONV_WIDTH 4 from p + 1
+  assert np.flatnonzero(keep[1]).tolist() == [10, 11, 12, 13, 18, 19]
+
+
+@pytest.mark.parametrize("mode", ["drop", "skip"])
+@pytest.mark.parametrize("extra", [dict(), dict(bk_step="key")], ids=["per_head", "key_step"])
+def test_filler_is_a_state_without_it(extra, mode):
+  """A filler layer reads S_j = a_j S_{j-1} + w_j k_j x_j^T at the kept positions and, at the
+  filler, S_j = a_j S_{j-1} ("drop") or S_j = S_{j-1} ("skip"): the last layer's output, rebuilt
+  from a float64 loop over positions with the trained decays and writes, gives the logits the
+  walk returns; with every position kept the walk is the model's forward."""
+  model = _selective_model(prime_bump=True, **extra)
+  b, n = 2, 33
+  tokens = jax.random.randint(jax.random.key(1), (b, n), 0, 16)
+  every = jnp.ones((b, n), bool)
+  logits, _ = layer_decays(model, tokens, every, ((0, mode), (1, mode)))
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(model(tokens)), rtol=1e-5, atol=1e-5)
+  keep = kept_writes(np.array([4, 12]), n, recent=5)
+  logits, _ = layer_decays(model, tokens, jnp.asarray(keep), ((1, mode),))
+  # the reference: layer 0 as trained, layer 1's decays and writes as trained, its read a loop
+  _, trained = layer_decays(model, tokens)
+  pos, bias = jnp.zeros((), jnp.int32), model.position_bias(jnp.zeros((), jnp.int32), n)
+  x, _, _ = model.blocks[0](model.embed(tokens), None, pos, bias)
+  blk = model.blocks[1]
+  u, (v, inputs, res, hopping, z, eta), _ = blk.mix_args(x, blk.init_carry(b), bias)
+  f64 = lambda a: np.asarray(a, np.float64)
+  q, k, xv = f64(inputs["q"]), f64(inputs["k"]), f64(inputs["x"])
+  a, w = np.exp(f64(trained[1].log_a)), f64(trained[1].write)
+  if a.ndim == 3:  # one decay per head: the same for every key dimension
+    a, w = a[..., None], w[..., None]
+  state = np.zeros((b, blk.n_heads, blk.key_dim, blk.head_dim))
+  y = np.zeros(xv.shape)
+  for j in range(n):
+    kept = keep[:, j, None, None, None]
+    decay = np.where(kept, a[:, j, :, :, None], 1.0 if mode == "skip" else a[:, j, :, :, None])
+    state = decay * state + kept * (w[:, j] * k[:, j])[..., None] * xv[:, j, :, None, :]
+    y[:, j] = np.einsum("bhn,bhnd->bhd", q[:, j], state)
+  out, _ = blk.residual(x, u, jnp.asarray(y, jnp.float32), eta)
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(model.logits(out)), rtol=2e-4,
+                             atol=2e-5)
+  # the intervention changes the read: the filler was not nothing
+  assert not np.allclose(np.asarray(logits), np.asarray(model(tokens)), atol=1e-3)
+
+
+def test_memory_table_treats_filler_of_selective_layers_only():
+  tc = default_synthetic_config()
+  rows = memory_table(_selective_model(), tc, [64], samples=2, batch_size=2,
+                      filler=[(0, "skip"), (1, "drop")], keep_recent=8, log=None)
+  assert rows[0]["samples"] == 2 and 0.0 <= rows[0]["accuracy"] <= 1.0
+  mamba = build_model(tiny_config("mamba", vocab_size=16), rngs=nnx.Rngs(5))
+  with pytest.raises(EvalError, match="selective ResNet-BK"):
+    memory_table(mamba, tc, [64], filler=[(0, "drop")], log=None)
+  with pytest.raises(EvalError, match="2 and one of drop, skip"):
+    memory_table(_selective_model(), tc, [64], filler=[(2, "drop")], log=None)
+  with pytest.raises(EvalError, match="keep_recent"):
+    memory_table(_selective_model(), tc, [64], filler=[(0, "skip")], keep_recent=0, log=None)
+  assert parse_filler(["0=skip", "1=drop"]) == ((0, "skip"), (1, "drop"))
+  for bad in ("1", "x=skip", "1=keep", "-1=drop"):
+    with pytest.raises(EvalError, match="LAYER=drop or LAYER=skip"):
+      parse_filler([bad])
 
 
 def test_memory_table_on_induction_sequences():

@@ -236,6 +236,9 @@ def test_mimetic_init_ties_queries_to_keys_and_keeps_long_memories():
     (dict(bk_mixer="green", bk_key_dim=2, bk_decay="key"), "needs bk_mixer='ward_selective'"),
     (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_step="value"), "bk_step"),
     (dict(bk_mixer="green", bk_key_dim=2, bk_step="key"), "needs bk_mixer='ward_selective'"),
+    (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_step_threshold=-1e-3), "bk_step_threshold"),
+    (dict(bk_mixer="green", bk_key_dim=2, bk_step_threshold=1e-3),
+     "needs bk_mixer='ward_selective'"),
     (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_ward_decay=False, selective_shift=True),
      "no resolvent"),
 ])

@@ -53,6 +53,7 @@ def _numpy_mixer(blk, uc, v, hopping, z, eta):
   sp = lambda a: np.log1p(np.exp(a))
   bias = f64(blk.delta_bias[...])  # (H,) or, a step per key dimension, (H, n)
   delta = sp((f64(uc) @ f64(blk.w_delta.kernel[...])).reshape(b, n, *bias.shape) + bias)
+  delta = np.maximum(delta - blk.step_threshold, 0.0)  # the dead zone: exactly 0 below tau
   delta = delta if delta.ndim == 4 else delta[..., None]  # (B, N, H, n) or (B, N, H, 1)
   rate = np.exp(f64(blk.a_log[...]))
   rate = rate if rate.ndim == 2 else rate[:, None]  # (H, n) or (H, 1)
@@ -60,10 +61,12 @@ def _numpy_mixer(blk, uc, v, hopping, z, eta):
   if blk.resolvent:
     g = ref.causal_diag_jacobi(f64(v), f64(hopping), np.asarray(z, np.complex128))
     ratio = np.broadcast_to(f64(eta), g.shape) * np.abs(g) ** 2 / np.imag(g)
-    lam_bk = np.full_like(ratio, np.inf)  # ratio is 1 at the first token: a_0 = 0, write 1
+    lam_bk = np.zeros_like(ratio)  # ratio is 1 at the first token: a_0 = 0 (set below), write 1
     lam_bk[:, 1:] = -np.log1p(-ratio[:, 1:])
     lam = lam + (sp(f64(blk.ward_scale_raw[...])) * lam_bk)[..., None]
   a = np.exp(-delta * lam)  # (B, N, H, n) or (B, N, H, 1)
+  if blk.resolvent:  # the first token multiplies the empty state: a_0 = 0 at any step, even 0
+    a[:, 0] = 0.0
   w = np.broadcast_to(delta, a.shape) if blk.write_form == "step" else 1 - a
   s = np.zeros((b, h, blk.key_dim, blk.head_dim))
   out = np.zeros((b, n, h, blk.head_dim))
@@ -82,10 +85,13 @@ def _numpy_mixer(blk, uc, v, hopping, z, eta):
                                    dict(bk_decay="key", bk_write="step", bk_ward_decay=False),
                                    dict(bk_step="key"),
                                    dict(bk_step="key", bk_write="step", bk_ward_decay=False),
-                                   dict(bk_step="key", bk_decay="key")],
+                                   dict(bk_step="key", bk_decay="key"),
+                                   dict(bk_step_threshold=0.05),
+                                   dict(bk_step_threshold=0.05, bk_step="key", bk_write="step")],
                          ids=["per_head", "per_position", "control", "step_write",
                               "step_write_control", "key_decay", "key_decay_step_control",
-                              "key_step", "key_step_step_control", "key_step_key_decay"])
+                              "key_step", "key_step_step_control", "key_step_key_decay",
+                              "step_threshold", "step_threshold_key_step_write"])
 def test_mixer_matches_a_numpy_loop(mix_method, extra):
   blk = build_model(tiny_config("resnet_bk", bk_mix_method=mix_method, **KW, **extra)).blocks[0]
   if extra.get("selective_shift"):  # make the per-position operator really vary
@@ -98,6 +104,9 @@ def test_mixer_matches_a_numpy_loop(mix_method, extra):
                                                         blk.init_carry(2).res, hopping, z, eta))
   got, _ = mix(uc, v, hopping, z, eta)
   want = _numpy_mixer(blk, uc, v, hopping, z, eta)
+  if blk.step_threshold:  # the dead zone is exercised: some tokens skipped, some written
+    delta = np.asarray(blk.mixer_inputs(uc, uc)["delta"])
+    assert 0.1 < np.mean(delta == 0.0) < 0.9
   assert got.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-5 * np.abs(want).max())
 
@@ -183,4 +192,10 @@ def test_initial_steps_and_rates_span_their_configured_ranges(delta_min, rate_ma
                              np.repeat(np.geomspace(delta_min, DELTA_MAX_INIT, 4)[:, None], 2, 1),
                              rtol=1e-6)
   assert blk.w_delta.kernel[...].shape == (blk.d_model, 4 * 2)
+  # a step threshold tau shifts the biases, not the initial steps: softplus(bias) - tau = Delta_h
+  blk = build_model(tiny_config("resnet_bk", **KW, n_heads=4, bk_delta_min_init=delta_min,
+                                bk_step_threshold=0.01)).blocks[0]
+  np.testing.assert_allclose(np.asarray(jax.nn.softplus(blk.delta_bias[...])) - 0.01,
+                             np.geomspace(delta_min, DELTA_MAX_INIT, 4), rtol=1e-4,
+                             atol=1e-9)
 

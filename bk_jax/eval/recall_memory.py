@@ -48,9 +48,10 @@ import numpy as np
 from flax import nnx
 
 from bk_jax.eval.loading import EvalError
-from bk_jax.models.bk_mixers import inv_softplus, selective_decay
+from bk_jax.models.bk_mixers import CONV_WIDTH, inv_softplus, selective_decay
 
 LOG10 = math.log(10.0)
+FILLER_MODES = ("drop", "skip")
 
 
 class SelectiveDecays(NamedTuple):
@@ -102,6 +103,17 @@ def parse_rate_scales(specs: Sequence[str]) -> list[tuple[int, int | None, float
   return out
 
 
+def parse_filler(specs: Sequence[str]) -> tuple[tuple[int, str], ...]:
+  """"LAYER=drop" or "LAYER=skip" as ((layer, mode), ...); raises EvalError on anything else."""
+  out = []
+  for spec in specs:
+    layer, _, mode = spec.partition("=")
+    if not layer.isdigit() or mode not in FILLER_MODES:
+      raise EvalError(f"a filler spec is LAYER=drop or LAYER=skip (e.g. 1=skip); got {spec!r}")
+    out.append((int(layer), mode))
+  return tuple(out)
+
+
 def scale_rates(model: nnx.Module, scales: Sequence[tuple[int, int | None, float]]) -> None:
   """Multiplies the decay rate of the chosen units by their factors, in place.
 
@@ -129,11 +141,18 @@ def scale_rates(model: nnx.Module, scales: Sequence[tuple[int, int | None, float
       block.ward_scale_raw[...] = block.ward_scale_raw[...].at[rows].set(inv_softplus(s))
 
 
-def layer_decays(model: nnx.Module, tokens: jax.Array) -> tuple[jax.Array, list[tuple]]:
+def layer_decays(model: nnx.Module, tokens: jax.Array, keep: jax.Array | None = None,
+                 filler: tuple[tuple[int, str], ...] = ()) -> tuple[jax.Array, list[tuple]]:
   """Logits and every layer's decays and writes over a fresh sequence (one full forward).
 
   Args:
     model: a model `check_model` accepts; tokens: int32 (B, N).
+    keep: (B, N) bool, the positions a layer in `filler` treats as it was trained to; the
+      others are filler. None with no `filler`.
+    filler: (layer, mode) pairs (static under jit) for selective ResNet-BK layers: "drop" zeroes
+      the key k_j at the filler, so S_j = a_j S_{j-1} there (no write; the decays as trained);
+      "skip" also zeroes the step Delta_j, so S_j = S_{j-1} (no write and no decay: the layer
+      ignores the token, as a selective step can learn to). Every other layer is unchanged.
 
   Returns:
     (logits (B, N, vocab), a `SelectiveDecays` or `MambaDecays` per layer).
@@ -143,19 +162,37 @@ def layer_decays(model: nnx.Module, tokens: jax.Array) -> tuple[jax.Array, list[
   bias = model.position_bias(pos, n)
   x = model.embed(tokens)
   per_layer = []
-  for block in model.blocks:
+  for i, block in enumerate(model.blocks):
     carry = block.init_carry(batch)
     if model.kind == "mamba":
       xc, _, dt, a, b, c, _ = block.scan_inputs(x, carry.conv)
       per_layer.append(MambaDecays(dt, a, b, c, xc))
-    else:
-      _, (v, inputs, res, hopping, z, eta), _ = block.mix_args(x, carry, bias)
-      log_a, write, _ = selective_decay(v, inputs["delta"], inputs["rate"], inputs["ward_scale"],
-                                        hopping=hopping, z=z, eta=eta, g_prev=res.g,
-                                        method=block.method, write_form=block.write_form)
-      per_layer.append(SelectiveDecays(log_a, write, inputs["delta"]))
-    x, _, _ = block(x, carry, pos, bias)
+      x, _, _ = block(x, carry, pos, bias)
+      continue
+    # the block's own forward (`BKBlock.__call__` less its monitors), with the keys in reach
+    u, (v, inputs, res, hopping, z, eta), _ = block.mix_args(x, carry, bias)
+    mode = dict(filler).get(i)
+    if mode is not None:
+      on = lambda a: a * keep.reshape(*keep.shape, *(1,) * (a.ndim - 2)).astype(a.dtype)
+      inputs = {**inputs, "k": on(inputs["k"])}
+      if mode == "skip":
+        inputs["delta"] = on(inputs["delta"])
+    log_a, write, _ = selective_decay(v, inputs["delta"], inputs["rate"], inputs["ward_scale"],
+                                      hopping=hopping, z=z, eta=eta, g_prev=res.g,
+                                      method=block.method, write_form=block.write_form)
+    per_layer.append(SelectiveDecays(log_a, write, inputs["delta"]))
+    y, _ = block.mix(v, inputs, res, hopping, z, eta)
+    x, _ = block.residual(x, u, y, eta)
   return model.logits(x), per_layer
+
+
+def kept_writes(write_pos: np.ndarray, length: int, recent: int) -> np.ndarray:
+  """(B, N) bool: the answer's write and the conv's window after it (p + 1 ... p + CONV_WIDTH,
+  every position whose key still sees the answer) and the last `recent` positions before the
+  read: the positions a layer in `layer_decays`'s `filler` keeps; the rest is filler."""
+  pos = np.arange(length)[None, :]
+  answer = (pos >= write_pos[:, None]) & (pos < write_pos[:, None] + CONV_WIDTH)
+  return answer | (pos >= length - recent)
 
 
 def _edges(length: int) -> np.ndarray:
@@ -216,7 +253,8 @@ def layer_units(arrays: SelectiveDecays | MambaDecays, write_pos: np.ndarray,
 
 
 def memory_row(model: nnx.Module, task_cfg: ml_collections.ConfigDict, length: int, *,
-               samples: int, batch_size: int, seed: int, decays: Callable | None = None) -> dict:
+               samples: int, batch_size: int, seed: int, decays: Callable | None = None,
+               filler: tuple[tuple[int, str], ...] = (), keep_recent: int = 0) -> dict:
   """The carriers' hold of the answer, and the accuracy, at one test length.
 
   Args:
@@ -224,6 +262,8 @@ def memory_row(model: nnx.Module, task_cfg: ml_collections.ConfigDict, length: i
     length: test length n; samples: sequences (a whole number of batches is run).
     batch_size: sequences per forward; seed: content seed (`synthetic_seed(task_cfg, split)`).
     decays: a jitted `layer_decays` (made here when None).
+    filler, keep_recent: `layer_decays`'s filler modes, with the answer's window and the last
+      `keep_recent` positions kept (`kept_writes`); () runs the model as trained.
 
   Returns:
     {length, samples, accuracy, layers: [{carrier (its name), score_log10, retention_log10
@@ -234,14 +274,15 @@ def memory_row(model: nnx.Module, task_cfg: ml_collections.ConfigDict, length: i
   from bk_jax.data import make_synthetic_batch
   from bk_jax.data.synthetic import task_vocab_size
 
-  decays = decays or nnx.jit(layer_decays)
+  decays = decays or nnx.jit(layer_decays, static_argnums=3)
   trig = task_vocab_size(task_cfg) - 1
   units, correct = [], []
   for i in range(max(1, math.ceil(samples / batch_size))):
     batch = make_synthetic_batch(task_cfg, int(length), batch_size, seed=seed, index=i)
     tokens = np.asarray(batch["inputs"])
-    logits, per_layer = decays(model, jnp.asarray(tokens))
     write_pos = np.argmax(tokens == trig, axis=1) + 1  # the trigger's first occurrence, + 1
+    keep = jnp.asarray(kept_writes(write_pos, int(length), keep_recent)) if filler else None
+    logits, per_layer = decays(model, jnp.asarray(tokens), keep, filler)
     units.append([layer_units(arrays, write_pos, length - 1) for arrays in per_layer])
     pred = np.argmax(np.asarray(logits[:, length - 1]), axis=-1)
     correct.append(pred == np.asarray(batch["targets"])[:, length - 1])
@@ -266,12 +307,20 @@ def memory_row(model: nnx.Module, task_cfg: ml_collections.ConfigDict, length: i
 
 def memory_table(model: nnx.Module, task_cfg: ml_collections.ConfigDict, lengths: Sequence[int], *,
                  samples: int = 16, batch_size: int = 4, split: str = "test",
+                 filler: Sequence[tuple[int, str]] = (), keep_recent: int = 256,
                  log: Callable[[str], None] | None = print) -> list[dict]:
   """`memory_row` at every length, on the samples `extrapolation_table` scores for `split`.
 
+  `filler` is the intervention that asks what the tokens between the answer and the read do:
+  its layers treat every position but the answer's window and the last `keep_recent` as filler,
+  which they do not write ("drop": the other writes no longer crowd the answer, the decays are
+  as trained) or ignore ("skip": nor decay, so the layer's state at the read is what it is at a
+  length of about `keep_recent`, plus the answer). If the model then answers where it failed,
+  those layers' handling of the filler set its reach; if not, the cause is elsewhere.
+
   Raises:
-    EvalError: a model `check_model` refuses, not the induction task, or a length under the
-      task's.
+    EvalError: a model `check_model` refuses, not the induction task, a length under the
+      task's, a filler layer out of range or of Mamba, an unknown mode, or keep_recent < 1.
   """
   from bk_jax.data.synthetic import min_seq_len, synthetic_seed
 
@@ -283,10 +332,21 @@ def memory_table(model: nnx.Module, task_cfg: ml_collections.ConfigDict, lengths
   if bad:
     raise EvalError(f"induction_heads needs sequences of at least {min_seq_len(task_cfg)} tokens; "
                     f"got {bad}")
-  seed, decays, rows = synthetic_seed(task_cfg, split), nnx.jit(layer_decays), []
+  filler = tuple(sorted(dict(filler).items()))
+  if filler and model.kind != "resnet_bk":
+    raise EvalError(f"the filler intervention reads selective ResNet-BK layers; the model is "
+                    f"{model.kind}")
+  for layer, mode in filler:
+    if not 0 <= layer < len(model.blocks) or mode not in FILLER_MODES:
+      raise EvalError(f"filler {layer}={mode}: a layer of the model's {len(model.blocks)} and "
+                      f"one of {', '.join(FILLER_MODES)}")
+  if filler and keep_recent < 1:
+    raise EvalError(f"keep_recent must be >= 1 (the read's own write); got {keep_recent}")
+  decays = nnx.jit(layer_decays, static_argnums=3)
+  seed, rows = synthetic_seed(task_cfg, split), []
   for n in lengths:
     row = memory_row(model, task_cfg, int(n), samples=samples, batch_size=batch_size, seed=seed,
-                     decays=decays)
+                     decays=decays, filler=filler, keep_recent=keep_recent)
     rows.append(row)
     if log is not None:
       held = ", ".join(f"layer {i} ({r['carrier']}) 10^{r['retention_log10']:.2f}"

@@ -190,7 +190,9 @@ class BKBlock(nnx.Module):
       if cfg.bk_step == "key":
         steps = np.repeat(steps[:, None], self.key_dim, axis=1)
       self.w_delta = dense(d, steps.size, ("embed", "heads"), **kw)
-      self.delta_bias = param(inv_softplus(steps), ("heads", None)[:steps.ndim])
+      self.step_threshold = float(cfg.bk_step_threshold)
+      self.delta_bias = param(inv_softplus(steps + self.step_threshold),
+                              ("heads", None)[:steps.ndim])
       # A_h spread geometrically over [1, bk_rate_max_init] in the order of the steps: at 1 (the
       # default) every head has A_h = 1; Mamba-2 draws A from [1, 16]. Per key dimension:
       # A_{h,i} = (i + 1) A_h, Mamba-1's S4D-real rates 1..n, so one head holds n time scales
@@ -308,9 +310,11 @@ class BKBlock(nnx.Module):
             else (None, None))
     if self.mixer != "ward_selective":
       return {"vals": heads(self.w_x, self.head_dim), "q": q, "k": k}
+    s = f(per_token(self.w_delta, uc)).reshape(*uc.shape[:-1], *self.delta_bias.shape)
     return {"q": q, "k": k, "x": heads(self.w_x, self.head_dim),
-            "delta": jax.nn.softplus(f(per_token(self.w_delta, uc)).reshape(
-                *uc.shape[:-1], *self.delta_bias.shape) + f(self.delta_bias[...])),
+            # below the threshold the step is exactly 0: the token is skipped (no write, no decay)
+            "delta": jnp.maximum(jax.nn.softplus(s + f(self.delta_bias[...]))
+                                 - self.step_threshold, 0.0),
             "rate": jnp.exp(f(self.a_log[...])),
             "ward_scale": (jax.nn.softplus(f(self.ward_scale_raw[...])) if self.resolvent
                            else None)}
@@ -399,20 +403,30 @@ class BKBlock(nnx.Module):
     if carry is None:
       carry = self.init_carry(x.shape[0])
     u, args, new_conv = self.mix_args(x, carry, bias)
-    eta = args[-1]  # the features read it too
     if self.monitors:
       y, res, aux = self._monitored_mix(*args)
     else:
       (y, res), aux = self.mix(*args), {}
+    x, ffn_aux = self.residual(x, u, y, args[-1])
+    return x, BKCarry(res=res, conv=new_conv), {**aux, **ffn_aux}
+
+  def residual(self, x: jax.Array, u: jax.Array, y: jax.Array, eta):
+    """The block's output from the mixer's: x + ffn(u) + (gated) W_o features(y).
+
+    Args:
+      x: (B, N, d_model) residual stream; u: its normed form (`mix_args`); y: `mix`'s output;
+      eta: `operator`'s (None for the control), which the features read.
+
+    Returns:
+      (x', aux) with aux = {"aux_loss": scalar, ...MoE statistics}.
+    """
     scale = self.scale[...].astype(self.dtype)
     mix = per_token(lambda f: scale * self.w_o(f), self.features(y, eta).astype(self.dtype))
     if self.use_gate:
       mix = mix * jax.nn.silu(per_token(self.w_gate, u))
     if isinstance(self.ffn, MoE):
       # the scattering router reads the resolvent's amplitude mean_h eta g ("diag" only)
-      out, moe_stats = self.ffn(u, jnp.mean(y * eta, axis=-1) if self.mixer == "diag" else None)
-      aux.update(moe_stats)
+      out, aux = self.ffn(u, jnp.mean(y * eta, axis=-1) if self.mixer == "diag" else None)
     else:
-      out = self.ffn(u)
-      aux["aux_loss"] = jnp.zeros((), jnp.float32)
-    return x + out + mix, BKCarry(res=res, conv=new_conv), aux
+      out, aux = self.ffn(u), {"aux_loss": jnp.zeros((), jnp.float32)}
+    return x + out + mix, aux

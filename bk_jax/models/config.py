@@ -80,6 +80,11 @@ def default_model_config() -> ml_collections.ConfigDict:
   # Delta_{j,i} per key dimension from its own projection, GLA's per-key gate; every key
   # dimension of a head starts at the head's step, so only the input-dependent part differs)
   c.bk_step = "head"
+  # "ward_selective": the step's dead zone tau: Delta_j = max(softplus(s_j) - tau, 0), so a token
+  # whose softplus(s_j) <= tau has Delta_j = 0 exactly: no write and no decay, a skip that holds at
+  # any length (a softplus step only tends to 0). 0 = the plain softplus step; the step biases
+  # start at inv_softplus(Delta_h + tau), so the steps at init do not depend on tau
+  c.bk_step_threshold = 0.0
   # keyed "green*" and "ward_selective" mixers: "chunkwise" (the state once per chunk, by matmuls; ops/chunkwise.py,
   # DESIGN §2.11) | "recurrent" (the state at every token, by the resolvent method's value scan:
   # the reference form) | "auto" (chunkwise)
