@@ -68,6 +68,8 @@ AUX_REDUCE = {
     "bk/condition_number": jnp.max,
     "bk/precision_flags": jnp.sum,
     "bk/precision_upgrades": jnp.sum,
+    "bk/step_mean": jnp.mean,  # the selective step's mean, with a step threshold or penalty
+    "bk/step_skip_fraction": jnp.mean,  # the share of steps in the dead zone (a skipped token)
     **MOE_AUX_REDUCE,
 }
 
@@ -191,6 +193,7 @@ class BKBlock(nnx.Module):
         steps = np.repeat(steps[:, None], self.key_dim, axis=1)
       self.w_delta = dense(d, steps.size, ("embed", "heads"), **kw)
       self.step_threshold = float(cfg.bk_step_threshold)
+      self.step_penalty = float(cfg.bk_step_penalty)
       self.delta_bias = param(inv_softplus(steps + self.step_threshold),
                               ("heads", None)[:steps.ndim])
       # A_h spread geometrically over [1, bk_rate_max_init] in the order of the steps: at 1 (the
@@ -408,7 +411,14 @@ class BKBlock(nnx.Module):
     else:
       (y, res), aux = self.mix(*args), {}
     x, ffn_aux = self.residual(x, u, y, args[-1])
-    return x, BKCarry(res=res, conv=new_conv), {**aux, **ffn_aux}
+    aux = {**aux, **ffn_aux}
+    if self.mixer == "ward_selective" and (self.step_threshold or self.step_penalty):
+      # the step's dead zone and its lasso (model.bk_step_threshold, bk_step_penalty)
+      delta = args[1]["delta"].astype(jnp.float32)
+      aux["aux_loss"] = aux["aux_loss"] + self.step_penalty * jnp.mean(delta)
+      aux["bk/step_mean"] = jnp.mean(delta)
+      aux["bk/step_skip_fraction"] = jnp.mean((delta == 0).astype(jnp.float32))
+    return x, BKCarry(res=res, conv=new_conv), aux
 
   def residual(self, x: jax.Array, u: jax.Array, y: jax.Array, eta):
     """The block's output from the mixer's: x + ffn(u) + (gated) W_o features(y).

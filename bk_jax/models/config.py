@@ -85,6 +85,11 @@ def default_model_config() -> ml_collections.ConfigDict:
   # any length (a softplus step only tends to 0). 0 = the plain softplus step; the step biases
   # start at inv_softplus(Delta_h + tau), so the steps at init do not depend on tau
   c.bk_step_threshold = 0.0
+  # "ward_selective": the weight beta of an L1 penalty on the steps, beta * mean_{j,h} Delta_j per
+  # layer (summed over layers into the aux loss): with a step threshold, a lasso that drives the
+  # steps the task does not need to exactly 0, so a layer skips those tokens rather than slowly
+  # forgetting across them. 0 = no penalty
+  c.bk_step_penalty = 0.0
   # keyed "green*" and "ward_selective" mixers: "chunkwise" (the state once per chunk, by matmuls; ops/chunkwise.py,
   # DESIGN §2.11) | "recurrent" (the state at every token, by the resolvent method's value scan:
   # the reference form) | "auto" (chunkwise)

@@ -199,6 +199,9 @@ def _check_resnet_bk(cfg: Any) -> None:
        f"bk_step_threshold must be >= 0, got {cfg.bk_step_threshold}")
   need(cfg.bk_step_threshold == 0 or cfg.bk_mixer == "ward_selective",
        f"bk_step_threshold={cfg.bk_step_threshold} needs bk_mixer='ward_selective'")
+  need(cfg.bk_step_penalty >= 0, f"bk_step_penalty must be >= 0, got {cfg.bk_step_penalty}")
+  need(cfg.bk_step_penalty == 0 or cfg.bk_mixer == "ward_selective",
+       f"bk_step_penalty={cfg.bk_step_penalty} needs bk_mixer='ward_selective'")
   need(cfg.bk_step == "head" or cfg.bk_mixer == "ward_selective",
        f"bk_step={cfg.bk_step!r} needs bk_mixer='ward_selective'")
   need(cfg.bk_ward_decay or not (cfg.selective_shift or cfg.selective_coupling or cfg.prime_bump),

@@ -53,7 +53,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr_schedule: Cal
   (mask-weighted CE), perplexity, gradient_norm (pre-clip), learning_rate, is_nan, is_inf,
   is_spike, spike_ratio, spike_count (so far in this length); under namespaces the figures the
   seed does not define: train/param_norm (after the update), train/skipped_steps (so far in this
-  length), train/aux_loss (MoE only), every model aux figure ("bk/..." with monitors on,
+  length), train/aux_loss (the MoE's and the step lasso's), every model aux figure ("bk/..." with monitors on,
   "moe/..." with the MoE); and the loop's control flags control/finite, control/diverged (not
   logged).
   A non-finite loss or gradient leaves params and optimizer state unchanged (counted in
@@ -145,7 +145,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr_schedule: Cal
     for k, v in aux.items():
       if k != "aux_loss":
         metrics[k] = v
-    if "moe/expert_load" in aux:  # the aux loss exists only with the MoE
+    if "moe/expert_load" in aux or "bk/step_mean" in aux:  # the MoE's or the step's lasso
       metrics["train/aux_loss"] = aux["aux_loss"]
     metrics["control/finite"] = flags["finite"]  # control flags for the loop: never logged
     metrics["control/diverged"] = monitors.diverged
