@@ -29,6 +29,9 @@ Variants (everything else = the base ResNet-BK of --d_model/--n_layers/--n_heads
   selective_control         selective's scalar-decay control (bk_ward_decay=False: no resolvent)
   selective_matched         selective with 8 heads and d_ff 104 (at d_model 64: 104,176 parameters)
   selective_control_matched selective_control with 8 heads and d_ff 104 (103,088 parameters)
+  selective_lasso           selective with a step dead zone and its lasso (bk_step_threshold=1e-3,
+                            bk_step_penalty=0.03: unneeded steps exactly 0, tokens skipped)
+  selective_lasso_matched   selective_lasso with 8 heads and d_ff 104 (104,176 parameters)
 Baselines (--baselines mamba,mamba2,transformer): the same training at parameters matched to base
 (layers matched, bk_jax.reports.throughput.layers_for_params), timed the same way.
 Speed: the trainer's jitted step per variant (bk_jax.reports.throughput.bench_one; same step as

@@ -163,6 +163,9 @@ def test_memory_table_treats_filler_of_selective_layers_only():
   rows = memory_table(_selective_model(), tc, [64], samples=2, batch_size=2,
                       filler=[(0, "skip"), (1, "drop")], keep_recent=8, log=None)
   assert rows[0]["samples"] == 2 and 0.0 <= rows[0]["accuracy"] <= 1.0
+  # a skipping layer's carrier does not decay over the filler: its memory prints as such
+  rows[0]["layers"][0]["by_position"][0]["rate"] = 0.0
+  assert "| no decay |" in format_positions(rows[0])
   mamba = build_model(tiny_config("mamba", vocab_size=16), rngs=nnx.Rngs(5))
   with pytest.raises(EvalError, match="selective ResNet-BK"):
     memory_table(mamba, tc, [64], filler=[(0, "drop")], log=None)

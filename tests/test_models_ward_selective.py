@@ -199,3 +199,24 @@ def test_initial_steps_and_rates_span_their_configured_ranges(delta_min, rate_ma
                              np.geomspace(delta_min, DELTA_MAX_INIT, 4), rtol=1e-4,
                              atol=1e-9)
 
+
+
+def test_step_penalty_is_the_mean_step_summed_over_layers():
+  """aux_loss = beta * sum over layers of mean_{b,j,h} Delta_j (the steps the layers use), and
+  bk/step_skip_fraction the share of steps in the dead zone; without either option neither figure
+  exists and the aux loss is 0."""
+  from bk_jax.eval.recall_memory import layer_decays
+
+  tokens = jax.random.randint(jax.random.key(1), (2, 20), 0, 16)
+  model = build_model(tiny_config("resnet_bk", **KW, vocab_size=16, bk_step_threshold=0.05,
+                                  bk_step_penalty=0.1))
+  aux = model.forward(tokens).aux
+  _, per_layer = layer_decays(model, tokens)
+  deltas = [np.asarray(layer.delta, np.float64) for layer in per_layer]
+  assert any(np.any(d == 0) for d in deltas) and any(np.any(d > 0) for d in deltas)
+  np.testing.assert_allclose(float(aux["aux_loss"]), 0.1 * sum(d.mean() for d in deltas),
+                             rtol=1e-5)
+  np.testing.assert_allclose(float(aux["bk/step_skip_fraction"]),
+                             np.mean([np.mean(d == 0) for d in deltas]), rtol=1e-6)
+  plain = build_model(tiny_config("resnet_bk", **KW, vocab_size=16)).forward(tokens).aux
+  assert float(plain["aux_loss"]) == 0.0 and "bk/step_mean" not in plain

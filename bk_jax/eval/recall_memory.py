@@ -377,6 +377,8 @@ def format_positions(row: dict) -> str:
            "|---|---|---|---|---|"]
   for i, layer in enumerate(row["layers"]):
     for b in layer["by_position"]:
+      # a rate of 0: the carrier skips (most of) the bucket's tokens, e.g. under --filler skip
+      memory = f"{1.0 / b['rate']:,.0f}" if b["rate"] > 0 else "no decay"
       lines.append(f"| {i}, {layer['carrier']} | {b['start']}-{b['end']} | {b['rate']:.3g} | "
-                   f"{1.0 / b['rate']:,.0f} | {b['step']:.3g} |")
+                   f"{memory} | {b['step']:.3g} |")
   return "\n".join(lines) + "\n"
