@@ -46,7 +46,6 @@ def variants(heads: list[int]) -> dict[str, dict]:
   v["selective_control_matched"] = {**v["selective_control"], "n_heads": 8, "d_ff": 104}
   # the selective step with a dead zone and its lasso (bk_step_threshold, bk_step_penalty): the
   # steps the task does not need become exactly 0, so a layer skips those tokens at any length
-  lasso = {"bk_step_threshold": 1e-3, "bk_step_penalty": 0.03}
-  v["selective_lasso"] = {**v["selective"], **lasso}
-  v["selective_lasso_matched"] = {**v["selective_matched"], **lasso}
+  v["selective_lasso"] = dict(BK_BLOCKS["selective_lasso"])
+  v["selective_lasso_matched"] = {**v["selective_lasso"], "n_heads": 8, "d_ff": 104}
   return v
