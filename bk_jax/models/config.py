@@ -145,6 +145,10 @@ def default_model_config() -> ml_collections.ConfigDict:
   return c
 
 
+# the selective step on the resolvent with keys 8, conv and gate: two named blocks build on it
+_SELECTIVE = dict(bk_mixer="ward_selective", bk_key_dim=8, bk_conv=True, bk_gate=True,
+                  eta_min=1e-3)
+
 #: Named ResNet-BK blocks: the block options of `default_model_config` that make each, applied
 #: by `use_bk_block` (configs/selective_*.py) and trained by the report rows "resnet_bk:NAME".
 #: The default block (the seed's, features eta * g) needs no name: no options.
@@ -155,13 +159,11 @@ BK_BLOCKS = {
                         selective_shift=True, selective_coupling=True, eta_min=1e-3),
     # the selective step on the resolvent (DESIGN §2.12): write apart from decay, the BK block
     # that learns induction heads at 256 (2 seeds of 3); behind green_keyed and Mamba on text
-    "selective": dict(bk_mixer="ward_selective", bk_key_dim=8, bk_conv=True, bk_gate=True,
-                      eta_min=1e-3),
+    "selective": _SELECTIVE,
     # the selective block whose steps are exactly 0 where the task does not need them (a dead
     # zone and its lasso, DESIGN §2.12): trained at 256 it holds induction heads to 2^16 on
     # every seed tried; 0.01 nats/char behind `selective` on text
-    "selective_lasso": dict(bk_mixer="ward_selective", bk_key_dim=8, bk_conv=True, bk_gate=True,
-                            eta_min=1e-3, bk_step_threshold=1e-3, bk_step_penalty=0.03),
+    "selective_lasso": {**_SELECTIVE, "bk_step_threshold": 1e-3, "bk_step_penalty": 0.03},
 }
 
 
