@@ -42,6 +42,13 @@ VARIANTS = {
                                      bk_conv=True, bk_decay="key"),
     "ward_selective_key_step": dict(bk_mixer="ward_selective", bk_head_dim=4, bk_key_dim=3,
                                     bk_conv=True, bk_step="key"),
+    # heads of both kinds: Green heads and selective heads (with the step's dead zone and lasso)
+    "green_selective": dict(bk_mixer="green", bk_head_dim=4, bk_key_dim=3, bk_selective_heads=2,
+                            bk_conv=True, bk_gate=True, selective_shift=True,
+                            selective_coupling=True, bk_step_threshold=1e-3, bk_step_penalty=0.03),
+    "green_modulus_selective_recurrent": dict(bk_mixer="green_modulus", bk_head_dim=4,
+                                              bk_key_dim=3, bk_selective_heads=1,
+                                              bk_mix_method="recurrent", bk_step="key"),
     # every mixer takes the block's other options: MoE (learned router), monitors, semiseparable
     "green_keyed_moe_monitors": dict(bk_mixer="green", bk_head_dim=4, bk_key_dim=3, use_moe=True,
                                      router="learned", use_birman_schwinger=True),
@@ -119,13 +126,16 @@ def test_keyed_green_mixer_matches_dense_float64(selective, mixer, mix_method):
   np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-5 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("mixer,decay", [("green", "head"), ("green_modulus", "head"),
-                                         ("ward_selective", "head"), ("ward_selective", "key")])
-def test_chunkwise_and_recurrent_keyed_mixers_agree_with_gradients(mixer, decay):
+@pytest.mark.parametrize("mixer,decay,sel", [("green", "head", 0), ("green_modulus", "head", 0),
+                                             ("ward_selective", "head", 0),
+                                             ("ward_selective", "key", 0), ("green", "key", 2)])
+def test_chunkwise_and_recurrent_keyed_mixers_agree_with_gradients(mixer, decay, sel):
   """The keyed block by the chunkwise kernel and by the per-token recurrence, same parameters:
-  logits and every parameter gradient agree to float32 rounding (the same maths)."""
+  logits and every parameter gradient agree to float32 rounding (the same maths); `sel`
+  selective heads beside the Green heads."""
   kw = dict(bk_mixer=mixer, bk_head_dim=4, bk_key_dim=3, bk_conv=True, bk_gate=True,
-            selective_shift=True, selective_coupling=True, eta_min=1e-3, bk_decay=decay)
+            selective_shift=True, selective_coupling=True, eta_min=1e-3, bk_decay=decay,
+            bk_selective_heads=sel)
   models = {m: build_model(tiny_config("resnet_bk", bk_mix_method=m, **kw))
             for m in ("chunkwise", "recurrent")}
   t = tokens(n=40)
@@ -241,6 +251,13 @@ def test_mimetic_init_ties_queries_to_keys_and_keeps_long_memories():
      "needs bk_mixer='ward_selective'"),
     (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_ward_decay=False, selective_shift=True),
      "no resolvent"),
+    (dict(bk_mixer="green", bk_key_dim=2, bk_selective_heads=4), r"in \[0, n_heads\)"),
+    (dict(bk_mixer="green", bk_key_dim=2, bk_selective_heads=-1), r"in \[0, n_heads\)"),
+    (dict(bk_selective_heads=2), "needs a keyed Green block"),
+    (dict(bk_mixer="green", bk_selective_heads=2), "needs a keyed Green block"),
+    (dict(bk_mixer="ward_selective", bk_key_dim=2, bk_selective_heads=2),
+     "needs a keyed Green block"),
+    (dict(bk_mixer="green", bk_key_dim=2, bk_step_penalty=0.1), "or bk_selective_heads > 0"),
 ])
 def test_config_validation(bad, msg):
   with pytest.raises(ValueError, match=msg):
@@ -249,7 +266,7 @@ def test_config_validation(bad, msg):
 
 @pytest.mark.parametrize("name", list(BK_BLOCKS))
 def test_named_blocks_set_their_options_and_build(name):
-  c = use_bk_block(tiny_config("mamba"), name)
+  c = use_bk_block(tiny_config("mamba", n_heads=16), name)  # the named blocks' head count
   assert c.kind == "resnet_bk"
   assert all(c[k] == v for k, v in BK_BLOCKS[name].items())
   validate_model_config(c)
@@ -263,9 +280,10 @@ def test_unknown_named_block_is_one_clear_error():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mixer,key_dim", [("green", 0), ("green", 2), ("green_modulus", 2),
-                                           ("ward_selective", 2)])
-def test_green_mixer_trains_the_same_on_a_sequence_parallel_mesh(mixer, key_dim):
+@pytest.mark.parametrize("mixer,key_dim,sel", [("green", 0, 0), ("green", 2, 0),
+                                               ("green_modulus", 2, 0), ("ward_selective", 2, 0),
+                                               ("green", 2, 2)])
+def test_green_mixer_trains_the_same_on_a_sequence_parallel_mesh(mixer, key_dim, sel):
   """Green, keyed G or keyed |G| (the chunkwise kernel's sequence-parallel combine) + conv +
   gate: 3 train steps on mesh sequence=8 (and data 2 x sequence 4) equal one device
   (tests/sharding_checks.py, 8 fake CPU devices)."""
@@ -273,7 +291,8 @@ def test_green_mixer_trains_the_same_on_a_sequence_parallel_mesh(mixer, key_dim)
 
   from sharding_checks import run_check
 
-  ov = dict(bk_mixer=mixer, bk_head_dim=4, bk_key_dim=key_dim, bk_conv=True, bk_gate=True)
+  ov = dict(bk_mixer=mixer, bk_head_dim=4, bk_key_dim=key_dim, bk_conv=True, bk_gate=True,
+            bk_selective_heads=sel)
   res = run_check("train_variant_meshes", json.dumps(ov), "1,1,1,8", "2,1,1,4")
   for spec in ("1,1,1,8", "2,1,1,4"):
     assert res[spec]["loss"] <= 1e-5 and res[spec]["params"] <= 1e-5, (spec, res[spec])

@@ -45,11 +45,15 @@ def _numpy_mixer(blk, uc, v, hopping, z, eta):
   """S_j = a_j S_{j-1} + w_j k_j x_j^T, o_i = q_i^T S_i, token by token in float64, with
   lam_bk from the Ward ratio of dense inverses (independent of the mixer's log1p form),
   w_j = 1 - a_j ("complement") or Delta_j ("step"), and a rate per head or per key dimension
-  (then a_j is a vector over the rows of S)."""
+  (then a_j is a vector over the rows of S); for the block's selective heads (all of
+  "ward_selective"'s, the last bk_selective_heads of a keyed Green block)."""
   f64 = lambda a: np.asarray(a, np.float64)
-  b, n, h = uc.shape[0], uc.shape[1], blk.n_heads
-  heads = lambda w, k: (f64(uc) @ f64(w.kernel[...])).reshape(b, n, h, k)
+  b, n, h = uc.shape[0], uc.shape[1], blk.sel_heads
+  first = blk.n_heads - h  # the selective heads are the last h
+  heads = lambda w, k: (f64(uc) @ f64(w.kernel[...])).reshape(b, n, blk.n_heads, k)[:, :, first:]
   q, k, x = heads(blk.w_q, blk.key_dim), heads(blk.w_k, blk.key_dim), heads(blk.w_x, blk.head_dim)
+  if blk.resolvent:  # the operator of the selective heads
+    v, hopping, z, eta = (np.asarray(a)[..., first:] for a in (v, hopping, z, eta))
   sp = lambda a: np.log1p(np.exp(a))
   bias = f64(blk.delta_bias[...])  # (H,) or, a step per key dimension, (H, n)
   delta = sp((f64(uc) @ f64(blk.w_delta.kernel[...])).reshape(b, n, *bias.shape) + bias)
@@ -220,3 +224,42 @@ def test_step_penalty_is_the_mean_step_summed_over_layers():
                              np.mean([np.mean(d == 0) for d in deltas]), rtol=1e-6)
   plain = build_model(tiny_config("resnet_bk", **KW, vocab_size=16)).forward(tokens).aux
   assert float(plain["aux_loss"]) == 0.0 and "bk/step_mean" not in plain
+
+
+@pytest.mark.parametrize("mix_method", ["chunkwise", "recurrent"])
+@pytest.mark.parametrize("mixer", ["green", "green_modulus"])
+def test_heads_of_both_kinds_match_float64_references(mixer, mix_method):
+  """A keyed Green block with selective heads (bk_selective_heads): its Green heads against dense
+  Jacobi inverses, o_i = sum_{j<=i} K_ij (q_i . k_j) x_j, and its selective heads against the
+  float64 loop, on a per-position operator with the step's dead zone exercised; the features
+  are the Green heads' (eta-scaled) then the selective heads'."""
+  cfg = tiny_config("resnet_bk", bk_mixer=mixer, bk_head_dim=3, bk_key_dim=2,
+                    bk_selective_heads=3, n_heads=5, selective_shift=True,
+                    selective_coupling=True, bk_step_threshold=0.05, bk_mix_method=mix_method)
+  blk = build_model(cfg).blocks[0]
+  for w in (blk.w_e, blk.w_eta, blk.w_t):  # make the per-position operator really vary
+    w.kernel[...] = 0.3 * jax.random.normal(jax.random.key(1), w.kernel[...].shape)
+  uc = jax.random.normal(jax.random.key(0), (2, 11, cfg.d_model))
+  v = jax.random.normal(jax.random.key(2), (2, 11, cfg.n_heads))
+  hopping, z, eta = blk.operator(uc)
+  inputs = blk.mixer_inputs(uc, uc)
+  assert 0.1 < np.mean(np.asarray(inputs["delta"]) == 0.0) < 0.9  # some skipped, some written
+  (got_g, got_s), _ = blk.mix(v, inputs, blk.init_carry(2).res, hopping, z, eta)
+  heads = lambda w, k: np.asarray(uc @ w.kernel[...], np.float64).reshape(2, 11, 5, k)[:, :, :2]
+  x, k, q = heads(blk.w_x, 3), heads(blk.w_k, 2), heads(blk.w_q, 2)
+  rows = ref.prefix_rows(*(np.asarray(a)[..., :2] for a in (v, hopping, z)))  # (B, i, j, H)
+  rows = np.abs(rows) if mixer == "green_modulus" else rows
+  want_g = np.einsum("bijh,bihn,bjhn,bjhd->bihd", rows, q, k, x)
+  want_s = _numpy_mixer(blk, uc, v, hopping, z, eta)
+  assert got_g.shape == (2, 11, 2, 3) and got_s.shape == (2, 11, 3, 3)
+  assert np.iscomplexobj(np.asarray(got_g)) == (mixer == "green") and got_s.dtype == jnp.float32
+  for got, want in ((got_g, want_g), (got_s, want_s)):
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-5 * np.abs(want).max())
+  feats = np.asarray(blk.features((got_g, got_s), eta))
+  eta_g = np.asarray(eta)[..., :2, None]
+  green_feats = np.asarray(got_g) * eta_g  # per head [Re, Im] of eta y for G, eta |y| for |G|
+  if mixer == "green":
+    green_feats = np.concatenate([green_feats.real, green_feats.imag], -1)
+  want = np.concatenate([green_feats.reshape(2, 11, -1), np.asarray(got_s).reshape(2, 11, -1)], -1)
+  np.testing.assert_allclose(feats, want, rtol=1e-6)
+  assert feats.shape[-1] == blk.w_o.kernel[...].shape[0]

@@ -19,6 +19,8 @@ with u = RMSNorm(x) (B, N, d_model):
         o_i = sum_{j<=i} G_ij (q_i . k_j) x_j, a state of n x d_head per head
       "ward_selective"  S_j = a_j S_{j-1} + (1 - a_j) k_j x_j^T with a step Delta_j = softplus(
                         W_Delta u'_j + b_h) apart from BK's Ward log-decay; f = q^T S (H d_head)
+        keyed "green*" with `bk_selective_heads` H_s > 0: the last H_s heads run the selective
+        step, the others G (or |G|); f = [the Green heads' f, the selective heads' f]
     m  = W_o f,  times silu(W_gate u) if `bk_gate`
     x' = x + FFN-or-MoE(u) + scale * m
 
@@ -29,7 +31,8 @@ receive exact gradients through the ops' custom VJPs. |eta g| <= 1 (DESIGN §2.8
 ||r_i|| <= 1/eta (DESIGN §2.10) keep the features bounded without normalisation.
 
 Streaming state per block (`BKCarry`): the resolvent carry (g_last (B, H) complex; the
-semiseparable carry; or GreenCarry(g_last, state (B, H, n * d_head)) for the value mixers) and,
+semiseparable carry; GreenCarry(g_last, state (B, H, n * d_head)) for the value mixers; a pair of
+GreenCarry, the Green heads' and the selective heads', with `bk_selective_heads`) and,
 with `bk_conv`, the last CONV_WIDTH - 1 block inputs: nothing grows with the tokens consumed.
 
 Birman–Schwinger monitors (`use_birman_schwinger`, DESIGN §2.5) are computed on the
@@ -51,8 +54,8 @@ import numpy as np
 from flax import nnx
 
 from bk_jax.models.bk_mixers import (CONV_WIDTH, DELTA_MAX_INIT, V_SCALE_LONG_MEMORY, causal_conv,
-                                     diag_features, green_mix, initial_eta, inv_softplus,
-                                     selective_mix, value_features)
+                                     diag_features, green_mix, green_selective_mix, initial_eta,
+                                     inv_softplus, selective_mix, value_features)
 from bk_jax.models.config import resolve_mix_method
 from bk_jax.models.layers import FFN, RMSNorm, dense, per_token
 from bk_jax.models.moe import AUX_REDUCE as MOE_AUX_REDUCE
@@ -114,7 +117,8 @@ def prime_bump_potential(positions: jax.Array, scale: float) -> jax.Array:
 class BKCarry(NamedTuple):
   """Streaming state of one block."""
   # g_last (B, H) complex ("diag"), the semiseparable carry ("diag" with use_semiseparable), or
-  # resolvent.GreenCarry(g_last, state (B, H, n * d_head)) for the value mixers
+  # resolvent.GreenCarry(g_last, state (B, H, n * d_head)) for the value mixers, or a pair of them
+  # (Green heads, selective heads) with bk_selective_heads
   res: Any
   conv: jax.Array | None = None  # (B, CONV_WIDTH - 1, d_model) with bk_conv, else None
 
@@ -141,6 +145,10 @@ class BKBlock(nnx.Module):
     # the scalar-decay control of "ward_selective" (bk_ward_decay=False) uses no resolvent at all
     self.resolvent = self.mixer != "ward_selective" or bool(cfg.bk_ward_decay)
     self.valued = self.mixer != "diag"  # a vector state per head, not one g
+    # the heads run by the selective step: all of "ward_selective"'s, or the last
+    # bk_selective_heads of a keyed Green block (heads of both kinds, DESIGN §2.13)
+    self.sel_heads = h if self.mixer == "ward_selective" else int(cfg.bk_selective_heads)
+    self.hybrid = self.mixer != "ward_selective" and self.sel_heads > 0
     self.head_dim = int(cfg.bk_head_dim) if self.valued else 0
     self.key_dim = int(cfg.bk_key_dim) if self.valued else 0
     self.state_dim = self.head_dim * max(self.key_dim, 1)  # k (x) x when keyed, else x
@@ -185,10 +193,11 @@ class BKBlock(nnx.Module):
       self.w_e = dense(d, h, ("embed", "heads"), **zero)
       self.w_eta = dense(d, h, ("embed", "heads"), **zero)
     n_feat = 2 * h
-    if self.mixer == "ward_selective":
+    if self.sel_heads:
       # a step per head, or per head and key dimension (each key dimension starts at its head's):
-      # delta_bias's shape, (H,) or (H, n), is the step's shape per token
-      steps = np.geomspace(cfg.bk_delta_min_init, DELTA_MAX_INIT, h)
+      # delta_bias's shape, (H_s,) or (H_s, n), is the step's shape per token
+      hs = self.sel_heads
+      steps = np.geomspace(cfg.bk_delta_min_init, DELTA_MAX_INIT, hs)
       if cfg.bk_step == "key":
         steps = np.repeat(steps[:, None], self.key_dim, axis=1)
       self.w_delta = dense(d, steps.size, ("embed", "heads"), **kw)
@@ -199,16 +208,17 @@ class BKBlock(nnx.Module):
       # A_h spread geometrically over [1, bk_rate_max_init] in the order of the steps: at 1 (the
       # default) every head has A_h = 1; Mamba-2 draws A from [1, 16]. Per key dimension:
       # A_{h,i} = (i + 1) A_h, Mamba-1's S4D-real rates 1..n, so one head holds n time scales
-      rates = np.geomspace(1.0, cfg.bk_rate_max_init, h)
+      rates = np.geomspace(1.0, cfg.bk_rate_max_init, hs)
       if cfg.bk_decay == "key":
         rates = rates[:, None] * np.arange(1, self.key_dim + 1)[None, :]
       self.a_log = param(np.log(rates), ("heads", None)[:rates.ndim])
       if self.resolvent:
-        self.ward_scale_raw = param(np.full(h, inv_softplus(1.0)))  # s_h = 1
+        self.ward_scale_raw = param(np.full(hs, inv_softplus(1.0)))  # s_h = 1
     if self.valued:
       self.w_x = dense(d, h * self.head_dim, ("embed", "heads"), **kw)
       real = self.modulus or self.mixer == "ward_selective"
-      n_feat = (1 if real else 2) * h * self.head_dim
+      # complex outputs give two features each; the selective heads' outputs are real
+      n_feat = ((1 if real else 2) * (h - self.sel_heads) + self.sel_heads) * self.head_dim
       if self.key_dim:
         self.w_k = dense(d, h * self.key_dim, ("embed", "heads"), **kw)
         self.w_q = dense(d, h * self.key_dim, ("embed", "heads"), **kw)
@@ -231,7 +241,12 @@ class BKBlock(nnx.Module):
       res = semiseparable.init_carry((batch_size,), self.n_heads, self.semiseparable_rank)
     elif self.valued:
       y_dtype = jnp.float32 if self.modulus or self.mixer == "ward_selective" else jnp.complex64
-      res = resolvent.GreenCarry(g, jnp.zeros((batch_size, self.n_heads, self.state_dim), y_dtype))
+      carry = lambda heads, dt: resolvent.GreenCarry(
+          g[:, heads], jnp.zeros((batch_size, g[:, heads].shape[1], self.state_dim), dt))
+      res = carry(slice(None), y_dtype)
+      if self.hybrid:  # the Green heads' carry and the selective heads' (real state)
+        hg = self.n_heads - self.sel_heads
+        res = (carry(slice(None, hg), y_dtype), carry(slice(hg, None), jnp.float32))
     else:
       res = g
     conv = (jnp.zeros((batch_size, CONV_WIDTH - 1, self.d_model), self.dtype) if self.use_conv
@@ -296,7 +311,9 @@ class BKBlock(nnx.Module):
       "diag": {"u_low": (B, N, H, r), "s": (H, r)} with use_semiseparable, else {};
       "green*": {"vals": (B, N, H, d_head)} and, keyed, "q", "k": (B, N, H, n);
       "ward_selective": q, k, "x", "delta": (B, N, H) or, with bk_step "key", (B, N, H, n),
-      "rate": (H,) or, with bk_decay "key", (H, n); "ward_scale": (H,) or None.
+      "rate": (H,) or, with bk_decay "key", (H, n); "ward_scale": (H,) or None;
+      "green*" with selective heads: q, k, "x" of every head and the selective heads' "delta",
+      "rate", "ward_scale" (H_s in place of H).
     """
     if self.semiseparable_rank:
       u_low = per_token(self.w_u, u).astype(jnp.float32)
@@ -311,7 +328,7 @@ class BKBlock(nnx.Module):
     heads = lambda w, k: f(per_token(w, uc)).reshape(*uc.shape[:-1], self.n_heads, k)
     q, k = ((heads(self.w_q, self.key_dim), heads(self.w_k, self.key_dim)) if self.key_dim
             else (None, None))
-    if self.mixer != "ward_selective":
+    if not self.sel_heads:
       return {"vals": heads(self.w_x, self.head_dim), "q": q, "k": k}
     s = f(per_token(self.w_delta, uc)).reshape(*uc.shape[:-1], *self.delta_bias.shape)
     return {"q": q, "k": k, "x": heads(self.w_x, self.head_dim),
@@ -331,13 +348,20 @@ class BKBlock(nnx.Module):
       inputs: `mixer_inputs`; res: the resolvent carry; hopping, z, eta: `operator`.
 
     Returns:
-      (y, res'): "diag" g (B, N, H) complex; the value mixers (B, N, H, d_head).
+      (y, res'): "diag" g (B, N, H) complex; the value mixers (B, N, H, d_head); with selective
+      heads the pair (Green heads' y, selective heads' y).
     """
     if self.mixer == "diag" and self.semiseparable_rank:
       return semiseparable.causal_diag(v, inputs["u_low"], inputs["s"].astype(v.dtype),
                                        hopping=hopping, z=z, carry=res)
     if self.mixer == "diag":
       return resolvent.causal_diag(v, hopping=hopping, z=z, carry=res, method=self.method)
+    if self.hybrid:
+      return green_selective_mix(
+          v, inputs["q"], inputs["k"], inputs["x"], inputs["delta"], inputs["rate"],
+          inputs["ward_scale"], hopping=hopping, z=z, eta=eta, carry=res,
+          green_heads=self.n_heads - self.sel_heads, method=self.method,
+          mix_method=self.mix_method, modulus=self.modulus, write_form=self.write_form)
     if self.mixer == "ward_selective":
       return selective_mix(v, inputs["q"], inputs["k"], inputs["x"], inputs["delta"],
                            inputs["rate"], inputs["ward_scale"], hopping=hopping, z=z, eta=eta,
@@ -367,6 +391,10 @@ class BKBlock(nnx.Module):
     """The mixer's output as the features W_o reads (bounded, DESIGN §2.8 and §2.10)."""
     if self.mixer == "diag":
       return diag_features(y, eta)
+    if self.hybrid:  # the Green heads' features (scaled by their eta), then the selective heads'
+      hg = self.n_heads - self.sel_heads
+      return jnp.concatenate([value_features(y[0], eta[..., :hg]), value_features(y[1], None)],
+                             axis=-1)
     return value_features(y, None if self.mixer == "ward_selective" else eta)
 
   def mix_args(self, x: jax.Array, carry: BKCarry, bias: jax.Array | None):
@@ -412,7 +440,7 @@ class BKBlock(nnx.Module):
       (y, res), aux = self.mix(*args), {}
     x, ffn_aux = self.residual(x, u, y, args[-1])
     aux = {**aux, **ffn_aux}
-    if self.mixer == "ward_selective" and (self.step_threshold or self.step_penalty):
+    if self.sel_heads and (self.step_threshold or self.step_penalty):
       # the step's dead zone and its lasso (model.bk_step_threshold, bk_step_penalty)
       delta = args[1]["delta"].astype(jnp.float32)
       aux["aux_loss"] = aux["aux_loss"] + self.step_penalty * jnp.mean(delta)

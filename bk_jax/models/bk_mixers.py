@@ -13,6 +13,9 @@ the resolvent's diagonal (DESIGN §2.2) and c_u = -t_u g_u:
     "ward_selective" S_j = a_j S_{j-1} + (1 - a_j) k_j x_j^T, o_i = q_i^T S_i with
                      a_j = exp(-Delta_j (A_h + s_h lam_bk_j)), lam_bk BK's Ward log-decay
                      (DESIGN §2.12); with a rate per key dimension a_j is a vector over S's rows
+    keyed "green*" with selective heads (bk_selective_heads H_s > 0): heads of both kinds in
+                     one block, the first H - H_s by G (or |G|), the last H_s by the selective
+                     step (`green_selective_mix`, DESIGN §2.13)
 
 Each value scan takes the resolvent method's meaning from `bk_jax.ops.green` (one meaning of
 "scan", "associative" and "chunked" for every mixer).
@@ -240,6 +243,41 @@ def selective_mix(v, q, k, x, delta, rate, ward_scale, *, hopping, z, eta,
     return _read(q, s_all), resolvent.GreenCarry(g_last, y_last.reshape(carry.y.shape))
   s_all, y_last = value_scan(jnp.exp(log_a), kx.reshape(*x.shape[:-1], -1), carry.y, method)
   return _read(q, s_all), resolvent.GreenCarry(g_last, y_last)
+
+
+def green_selective_mix(v, q, k, x, delta, rate, ward_scale, *, hopping, z, eta, carry,
+                        green_heads: int, method: str, mix_method: str, modulus: bool,
+                        write_form: str):
+  """Heads of both kinds in one block (DESIGN §2.13): the first `green_heads` heads mix keyed
+  values by G (or |G|), as `green_mix`; the others by the selective step, as `selective_mix`.
+
+  Heads are independent in both mixers (each has its own resolvent), so the block is the two
+  mixers on the two slices of its heads; the features W_o reads concatenate both outputs.
+
+  Args:
+    v: (B, N, H) potentials; q, k: (B, N, H, n); x: (B, N, H, d_head); hopping, z, eta: per
+      head (H,) or per position (B, N, H), for every head.
+    delta, rate, ward_scale: the selective heads' steps (B, N, H_s[, n]), rates (H_s[, n]) and
+      Ward scales (H_s,), H_s = H - green_heads.
+    carry: (GreenCarry of the Green heads, GreenCarry of the selective heads).
+    green_heads: H - H_s; method, mix_method, modulus, write_form: as the two mixers take them.
+
+  Returns:
+    ((o_green (B, N, H - H_s, d_head) complex, or real with |G|; o_selective
+    (B, N, H_s, d_head) real), (GreenCarry, GreenCarry)).
+  """
+  h = green_heads
+  per_head = lambda a: (a[..., :h], a[..., h:])  # v and the operator: heads last
+  per_head_vec = lambda a: (a[..., :h, :], a[..., h:, :])  # q, k, x: heads before the vector
+  (v_g, v_s), (t_g, t_s), (z_g, z_s), (_, eta_s) = map(per_head, (v, hopping, z, eta))
+  (q_g, q_s), (k_g, k_s), (x_g, x_s) = map(per_head_vec, (q, k, x))
+  carry_g, carry_s = carry
+  o_g, carry_g = green_mix(v_g, x_g, q_g, k_g, hopping=t_g, z=z_g, carry=carry_g, method=method,
+                           mix_method=mix_method, modulus=modulus)
+  o_s, carry_s = selective_mix(v_s, q_s, k_s, x_s, delta, rate, ward_scale, hopping=t_s, z=z_s,
+                               eta=eta_s, carry=carry_s, method=method, mix_method=mix_method,
+                               write_form=write_form)
+  return (o_g, o_s), (carry_g, carry_s)
 
 
 def diag_features(g: jax.Array, eta: jax.Array) -> jax.Array:

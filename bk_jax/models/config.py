@@ -63,6 +63,12 @@ def default_model_config() -> ml_collections.ConfigDict:
   # "ward_selective": True adds s_h * (BK's Ward log-decay) to the decay rate A_h; False is the
   # scalar-decay control without any resolvent (what BK adds to recall and to text)
   c.bk_ward_decay = True
+  # keyed "green*": > 0 makes the last bk_selective_heads of the n_heads heads selective-step heads
+  # (the "ward_selective" mixer's, with every bk_* step option below), the others Green heads:
+  # heads of both kinds in one block (DESIGN §2.13). 0 = every head a Green head
+  c.bk_selective_heads = 0
+  # the selective step's options: "ward_selective" below stands for its heads, or the selective
+  # heads of a keyed Green block (bk_selective_heads)
   # "ward_selective": the smallest step Delta_h at init (the heads' steps spread geometrically from
   # it to 0.1): the slowest head forgets over ~1 / (bk_delta_min_init * A_h) tokens at init
   c.bk_delta_min_init = 1e-3
@@ -165,6 +171,10 @@ BK_BLOCKS = {
     # every seed tried; 0.01 nats/char behind `selective` on text
     "selective_lasso": {**_SELECTIVE, "bk_step_threshold": 1e-3, "bk_step_penalty": 0.03},
 }
+# heads of both kinds (DESIGN §2.13): the keyed Green block whose second half of heads (8 of the
+# default 16) runs selective_lasso's step
+BK_BLOCKS["green_selective"] = {**BK_BLOCKS["green_keyed"], "bk_selective_heads": 8,
+                                "bk_step_threshold": 1e-3, "bk_step_penalty": 0.03}
 
 
 def use_bk_block(model: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:

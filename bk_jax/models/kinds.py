@@ -185,25 +185,31 @@ def _check_resnet_bk(cfg: Any) -> None:
        "bk_mixer='ward_selective' needs bk_key_dim > 0 (its state is keyed)")
   need(cfg.bk_ward_decay or cfg.bk_mixer == "ward_selective",
        "bk_ward_decay=False (the scalar-decay control) needs bk_mixer='ward_selective'")
+  need(0 <= cfg.bk_selective_heads < cfg.n_heads,
+       f"bk_selective_heads must be in [0, n_heads) = [0, {cfg.n_heads}), got "
+       f"{cfg.bk_selective_heads} (every head selective is bk_mixer='ward_selective')")
+  need(cfg.bk_selective_heads == 0 or (cfg.bk_mixer in ("green", "green_modulus")
+                                       and cfg.bk_key_dim > 0),
+       "bk_selective_heads > 0 needs a keyed Green block (bk_mixer='green' or 'green_modulus', "
+       "bk_key_dim > 0)")
+  # the selective step's options need heads that run it
+  stepped = cfg.bk_mixer == "ward_selective" or cfg.bk_selective_heads > 0
+  step_msg = "needs bk_mixer='ward_selective' or bk_selective_heads > 0"
   need(0 < cfg.bk_delta_min_init <= DELTA_MAX_INIT,
        f"bk_delta_min_init must be in (0, {DELTA_MAX_INIT}], got {cfg.bk_delta_min_init}")
   need(cfg.bk_rate_max_init >= 1, f"bk_rate_max_init must be >= 1, got {cfg.bk_rate_max_init}")
   need(cfg.bk_write in BK_WRITES, f"bk_write {cfg.bk_write!r} not in {BK_WRITES}")
-  need(cfg.bk_write == "complement" or cfg.bk_mixer == "ward_selective",
-       f"bk_write={cfg.bk_write!r} needs bk_mixer='ward_selective'")
+  need(cfg.bk_write == "complement" or stepped, f"bk_write={cfg.bk_write!r} {step_msg}")
   need(cfg.bk_decay in BK_DECAYS, f"bk_decay {cfg.bk_decay!r} not in {BK_DECAYS}")
-  need(cfg.bk_decay == "head" or cfg.bk_mixer == "ward_selective",
-       f"bk_decay={cfg.bk_decay!r} needs bk_mixer='ward_selective'")
+  need(cfg.bk_decay == "head" or stepped, f"bk_decay={cfg.bk_decay!r} {step_msg}")
   need(cfg.bk_step in BK_STEPS, f"bk_step {cfg.bk_step!r} not in {BK_STEPS}")
   need(cfg.bk_step_threshold >= 0,
        f"bk_step_threshold must be >= 0, got {cfg.bk_step_threshold}")
-  need(cfg.bk_step_threshold == 0 or cfg.bk_mixer == "ward_selective",
-       f"bk_step_threshold={cfg.bk_step_threshold} needs bk_mixer='ward_selective'")
+  need(cfg.bk_step_threshold == 0 or stepped,
+       f"bk_step_threshold={cfg.bk_step_threshold} {step_msg}")
   need(cfg.bk_step_penalty >= 0, f"bk_step_penalty must be >= 0, got {cfg.bk_step_penalty}")
-  need(cfg.bk_step_penalty == 0 or cfg.bk_mixer == "ward_selective",
-       f"bk_step_penalty={cfg.bk_step_penalty} needs bk_mixer='ward_selective'")
-  need(cfg.bk_step == "head" or cfg.bk_mixer == "ward_selective",
-       f"bk_step={cfg.bk_step!r} needs bk_mixer='ward_selective'")
+  need(cfg.bk_step_penalty == 0 or stepped, f"bk_step_penalty={cfg.bk_step_penalty} {step_msg}")
+  need(cfg.bk_step == "head" or stepped, f"bk_step={cfg.bk_step!r} {step_msg}")
   need(cfg.bk_ward_decay or not (cfg.selective_shift or cfg.selective_coupling or cfg.prime_bump),
        "bk_ward_decay=False has no resolvent: selective_shift, selective_coupling and prime_bump "
        "do not apply")
@@ -241,7 +247,8 @@ register(ModelKind(
     paths=_resnet_bk_paths,
     arch_fields=("n_heads", "use_semiseparable", "semiseparable_rank", "use_moe", "num_experts",
                  "router", "top_k", "bk_mixer", "bk_head_dim", "bk_key_dim", "selective_shift",
-                 "selective_coupling", "bk_conv", "bk_gate", "bk_ward_decay"),
+                 "selective_coupling", "bk_conv", "bk_gate", "bk_ward_decay",
+                 "bk_selective_heads"),
     runtime_fields=("resolvent_method", "use_birman_schwinger", "bk_mix_method"),
     aux_reduce=bk.AUX_REDUCE))  # declared in bk.py / moe.py, where the figures are computed
 

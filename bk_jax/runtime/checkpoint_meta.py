@@ -29,7 +29,7 @@ ADDED_MODEL_FIELDS = {"bk_mixer": "diag", "bk_head_dim": 8, "bk_key_dim": 0,
                       "bk_gate": False, "bk_init": "short_memory", "bk_mix_method": "auto",
                       "bk_ward_decay": True, "bk_delta_min_init": 1e-3, "bk_rate_max_init": 1.0,
                       "bk_write": "complement", "bk_decay": "head", "bk_step": "head",
-                      "bk_step_threshold": 0.0, "bk_step_penalty": 0.0,
+                      "bk_step_threshold": 0.0, "bk_step_penalty": 0.0, "bk_selective_heads": 0,
                       "mamba2": {"d_state": 128, "d_conv": 4, "expand": 2, "headdim": 64,
                                  "ngroups": 1, "chunk": 0}}
 
