@@ -32,9 +32,10 @@ Variants (everything else = the base ResNet-BK of --d_model/--n_layers/--n_heads
   selective_lasso           selective with a step dead zone and its lasso (bk_step_threshold=1e-3,
                             bk_step_penalty=0.03: unneeded steps exactly 0, tokens skipped)
   selective_lasso_matched   selective_lasso with 8 heads and d_ff 104 (104,176 parameters)
-  green_selective           heads of both kinds (DESIGN §2.13): green_keyed whose last 8 of 16
-                            heads run selective_lasso's step (bk_selective_heads=8)
-  green_selective_matched   green_selective with 4 + 4 heads and d_ff 78 (104,100 parameters)
+  green_selective           heads of both kinds (DESIGN §2.13): green_keyed whose last 2 of 16
+                            heads run selective_lasso's step (bk_selective_heads=2)
+  green_selective_matched   green_selective with 7 + 1 heads and d_ff 68 (104,190 parameters)
+  green_selective_half_matched  green_selective with 4 + 4 heads and d_ff 78 (104,100 parameters)
 Baselines (--baselines mamba,mamba2,transformer): the same training at parameters matched to base
 (layers matched, bk_jax.reports.throughput.layers_for_params), timed the same way.
 Speed: the trainer's jitted step per variant (bk_jax.reports.throughput.bench_one; same step as

@@ -171,9 +171,10 @@ BK_BLOCKS = {
     # every seed tried; 0.01 nats/char behind `selective` on text
     "selective_lasso": {**_SELECTIVE, "bk_step_threshold": 1e-3, "bk_step_penalty": 0.03},
 }
-# heads of both kinds (DESIGN §2.13): the keyed Green block whose second half of heads (8 of the
-# default 16) runs selective_lasso's step
-BK_BLOCKS["green_selective"] = {**BK_BLOCKS["green_keyed"], "bk_selective_heads": 8,
+# heads of both kinds (DESIGN §2.13): the keyed Green block whose last 2 of its 16 heads run
+# selective_lasso's step: trained at 256 it holds induction heads to 2^16, and models text
+# between the keyed Green block and Mamba
+BK_BLOCKS["green_selective"] = {**BK_BLOCKS["green_keyed"], "bk_selective_heads": 2,
                                 "bk_step_threshold": 1e-3, "bk_step_penalty": 0.03}
 
 
