@@ -52,6 +52,16 @@ def test_first_step_of_a_length_is_never_a_spike():
   assert not bool(f["is_spike"]) and int(mon.length.spikes) == 0
 
 
+def test_a_loss_after_a_loss_of_exactly_zero_is_not_a_spike():
+  """A solved task reaches a float32 loss of exactly 0: the next positive loss is no spike and its
+  ratio stays finite (0), so no infinite figure reaches the dashboard; later spikes still count."""
+  mon, flags = _run([1.0, 0.0, 1e-7, 1e-7, 5e-7])
+  assert [bool(f["is_spike"]) for f in flags] == [False, False, False, False, True]
+  assert [float(f["spike_ratio"]) for f in flags[:4]] == [0.0] * 4
+  assert flags[4]["spike_ratio"] == pytest.approx(5.0)
+  assert int(mon.length.spikes) == 1
+
+
 def test_gradient_statistics_match_numpy():
   rng = np.random.default_rng(0)
   g = rng.uniform(0.1, 5.0, size=37).astype(np.float32)

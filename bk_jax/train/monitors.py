@@ -121,7 +121,9 @@ def update_monitors(mon: MonitorState, *, loss, grad_norm, upgrades=0, spike_fac
   Args:
     loss: the step's LM loss (scalar). grad_norm: pre-clip global gradient norm.
     upgrades: precision upgrades reported by the model this step.
-    spike_factor: a spike is a loss above spike_factor x the previous finite loss.
+    spike_factor: a spike is a loss above spike_factor x the previous finite loss, when that
+      loss is > 0 (after a loss of exactly 0, reached on tasks a model solves, a ratio has no
+      meaning and would be infinite).
     divergence_factor, divergence_min_loss, patience: a step is bad when its loss or gradient is
       non-finite or its loss exceeds max(divergence_factor x best loss, divergence_min_loss);
       `patience` bad steps in a row set `diverged`.
@@ -134,7 +136,7 @@ def update_monitors(mon: MonitorState, *, loss, grad_norm, upgrades=0, spike_fac
   is_nan = jnp.isnan(loss) | jnp.isnan(grad_norm)
   is_inf = (jnp.isinf(loss) | jnp.isinf(grad_norm)) & ~is_nan
   finite = ~(is_nan | is_inf)
-  has_prev = jnp.isfinite(mon.prev_loss)
+  has_prev = jnp.isfinite(mon.prev_loss) & (mon.prev_loss > 0)
   is_spike = has_prev & finite & (loss > spike_factor * mon.prev_loss)
   spike_ratio = jnp.where(is_spike, loss / jnp.where(has_prev, mon.prev_loss, 1.0), 0.0)
   bad = ~finite | (loss > jnp.maximum(divergence_factor * mon.best_loss, divergence_min_loss))
