@@ -83,6 +83,8 @@ def _local(args):
 def _train(args):
   cfg = _config_of(args)
   args, extra = _local(args)
+  if cfg and "green_selective" in cfg:  # TINY's 2 heads: one Green head and one selective head
+    extra = [*extra, "--config.model.bk_selective_heads=1"]
   return Reduced(("scripts/train.py", *args, *TINY, *ONE_DEVICE, *extra),
                  slow=cfg != "configs/quickstart.py")
 
