@@ -241,12 +241,12 @@ class BKBlock(nnx.Module):
       res = semiseparable.init_carry((batch_size,), self.n_heads, self.semiseparable_rank)
     elif self.valued:
       y_dtype = jnp.float32 if self.modulus or self.mixer == "ward_selective" else jnp.complex64
-      carry = lambda heads, dt: resolvent.GreenCarry(
-          g[:, heads], jnp.zeros((batch_size, g[:, heads].shape[1], self.state_dim), dt))
-      res = carry(slice(None), y_dtype)
+      carry = lambda g, dt: resolvent.GreenCarry(
+          g, jnp.zeros((batch_size, g.shape[1], self.state_dim), dt))
+      res = carry(g, y_dtype)
       if self.hybrid:  # the Green heads' carry and the selective heads' (real state)
         hg = self.n_heads - self.sel_heads
-        res = (carry(slice(None, hg), y_dtype), carry(slice(hg, None), jnp.float32))
+        res = (carry(g[:, :hg], y_dtype), carry(g[:, hg:], jnp.float32))
     else:
       res = g
     conv = (jnp.zeros((batch_size, CONV_WIDTH - 1, self.d_model), self.dtype) if self.use_conv

@@ -151,9 +151,13 @@ def default_model_config() -> ml_collections.ConfigDict:
   return c
 
 
-# the selective step on the resolvent with keys 8, conv and gate: two named blocks build on it
+# the keyed Green block and the selective step (keys 8, conv, gate): the named blocks build on
+# them; _LASSO is the step's dead zone and its lasso
+_GREEN_KEYED = dict(bk_mixer="green", bk_key_dim=8, bk_conv=True, bk_gate=True,
+                    selective_shift=True, selective_coupling=True, eta_min=1e-3)
 _SELECTIVE = dict(bk_mixer="ward_selective", bk_key_dim=8, bk_conv=True, bk_gate=True,
                   eta_min=1e-3)
+_LASSO = dict(bk_step_threshold=1e-3, bk_step_penalty=0.03)
 
 #: Named ResNet-BK blocks: the block options of `default_model_config` that make each, applied
 #: by `use_bk_block` (configs/selective_*.py) and trained by the report rows "resnet_bk:NAME".
@@ -161,21 +165,19 @@ _SELECTIVE = dict(bk_mixer="ward_selective", bk_key_dim=8, bk_conv=True, bk_gate
 BK_BLOCKS = {
     # the keyed Green's-function mixer (DESIGN §2.10): the lowest loss per token on text of every
     # BK block, ahead of Mamba at equal tokens; does not learn induction heads at 256
-    "green_keyed": dict(bk_mixer="green", bk_key_dim=8, bk_conv=True, bk_gate=True,
-                        selective_shift=True, selective_coupling=True, eta_min=1e-3),
+    "green_keyed": _GREEN_KEYED,
     # the selective step on the resolvent (DESIGN §2.12): write apart from decay, the BK block
     # that learns induction heads at 256 (2 seeds of 3); behind green_keyed and Mamba on text
     "selective": _SELECTIVE,
     # the selective block whose steps are exactly 0 where the task does not need them (a dead
     # zone and its lasso, DESIGN §2.12): trained at 256 it holds induction heads to 2^16 on
     # every seed tried; 0.01 nats/char behind `selective` on text
-    "selective_lasso": {**_SELECTIVE, "bk_step_threshold": 1e-3, "bk_step_penalty": 0.03},
+    "selective_lasso": {**_SELECTIVE, **_LASSO},
+    # heads of both kinds (DESIGN §2.13): the keyed Green block whose last 2 of its 16 heads run
+    # selective_lasso's step: trained at 256 it holds induction heads to 2^16 on 2 seeds of 3;
+    # on text between the keyed Green block and Mamba
+    "green_selective": {**_GREEN_KEYED, "bk_selective_heads": 2, **_LASSO},
 }
-# heads of both kinds (DESIGN §2.13): the keyed Green block whose last 2 of its 16 heads run
-# selective_lasso's step: trained at 256 it holds induction heads to 2^16, and models text
-# between the keyed Green block and Mamba
-BK_BLOCKS["green_selective"] = {**BK_BLOCKS["green_keyed"], "bk_selective_heads": 2,
-                                "bk_step_threshold": 1e-3, "bk_step_penalty": 0.03}
 
 
 def use_bk_block(model: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
