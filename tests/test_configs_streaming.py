@@ -74,6 +74,8 @@ def shrink(config: ml_collections.ConfigDict, corpus: tuple[str, str], save_dir:
   m.mamba2.headdim, m.mamba2.d_state = 8, 8  # d_inner 32: 4 heads
   m.transformer.n_heads, m.transformer.block_size = 2, 16
   m.transformer.cache_window = max(int(m.transformer.cache_window), EVAL_TOKENS)  # full attention
+  # heads of both kinds stay both kinds at 2 heads: one Green head, one selective head
+  m.bk_selective_heads = min(int(m.bk_selective_heads), m.n_heads - 1)
   for k, v in (model_overrides or {}).items():
     m[k] = v
   t = c.train
