@@ -35,6 +35,7 @@ Variants (everything else = the base ResNet-BK of --d_model/--n_layers/--n_heads
   green_selective           heads of both kinds (DESIGN §2.13): green_keyed whose last 2 of 16
                             heads run selective_lasso's step (bk_selective_heads=2)
   green_selective_matched   green_selective with 7 + 1 heads and d_ff 68 (104,190 parameters)
+  green_selective_quarter_matched  green_selective with 6 + 2 heads and d_ff 71 (104,074 parameters)
   green_selective_half_matched  green_selective with 4 + 4 heads and d_ff 78 (104,100 parameters)
 Baselines (--baselines mamba,mamba2,transformer): the same training at parameters matched to base
 (layers matched, bk_jax.reports.throughput.layers_for_params), timed the same way.
