@@ -68,7 +68,8 @@ def main(argv=None) -> dict:
     ap.error(str(e))
   if args.quick:
     args.train_len, args.steps, args.batch, args.d_model, args.n_layers = 32, 3, 4, 16, 1
-    args.n_heads, args.max_log2, args.samples, args.token_budget = 2, 7, 4, 1024
+    # 4 heads: a named block with 2 selective heads (green_selective) keeps Green heads
+    args.n_heads, args.max_log2, args.samples, args.token_budget = 4, 7, 4, 1024
   out = common.out_dir(args.out, "long_range/induction_anchor", args.quick)
   setup = induction.Setup(
       train_len=args.train_len, steps=args.steps, batch=args.batch, d_model=args.d_model,
@@ -76,6 +77,10 @@ def main(argv=None) -> dict:
       seed=args.seed, match=not args.no_match, bk_overrides=args.bk_overrides,
       budget_s=args.budget_s, lengths=tuple(2 ** k for k in range(args.min_log2, args.max_log2 + 1)),
       samples=args.samples, token_budget=args.token_budget)
+  try:
+    induction.check_configs(args.kinds.split(","), setup)  # a bad --bk_overrides: one line
+  except ValueError as e:
+    ap.error(str(e))
   return induction.run_induction(args.kinds.split(","), setup, out, vars(args))
 
 

@@ -105,6 +105,28 @@ def test_report_rows_parse_and_bad_rows_fail_before_training(capsys):
     assert "Traceback" not in "\n".join(err)
 
 
+def test_bad_overrides_fail_in_one_line_before_training(tmp_path, capsys):
+  """A misspelt or out-of-range --bk_overrides: one error line and exit 2, nothing trained (a
+  ConfigDict would take a misspelt field as a new one that nothing reads)."""
+  from bk_jax.reports import runs
+  from bk_jax.runtime.errors import ConfigError
+  with pytest.raises(ConfigError, match=r"^unknown config field 'model.bk_selectve_heads'$"):
+    runs.make_config("resnet_bk", str(tmp_path / "r"), {"model.bk_selectve_heads": 2})
+  with pytest.raises(ConfigError, match=r"^unknown config field 'modl.n_heads'$"):
+    runs.make_config("resnet_bk", str(tmp_path / "r"), {"modl.n_heads": 2})
+  assert runs.make_config("resnet_bk", str(tmp_path / "r"), {"model.bk_key_dim": 8}).model.bk_key_dim == 8
+  for overrides, line in (("model.bk_selectve_heads=2", "unknown config field 'model.bk_selectve_heads'"),
+                          ("model.bk_selective_heads=4", "bk_selective_heads must be in [0, n_heads)"),
+                          ("train.divergence_factor=1.0", "train.divergence_factor must be > 1")):
+    with pytest.raises(SystemExit) as e:
+      _script("induction_anchor").main(["--quick", "--kinds", "resnet_bk:green_selective",
+                                        "--bk_overrides", overrides, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and ": error: " in err[-1] and line in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+  assert not os.path.exists(tmp_path / "o" / "runs")
+
+
 def test_quality_anchor_equal_tokens_and_wall_clock_planning(tmp_path, corpus):
   from bk_jax.reports import quality, runs
   with pytest.raises(ValueError, match="exactly one"):

@@ -83,6 +83,19 @@ def run_config(setup: Setup, out: str, spec: str):
       **variant, **(parse_overrides(s.bk_overrides) if kind == "resnet_bk" else {})})
 
 
+def check_configs(kinds: list[str], setup: Setup) -> None:
+  """Validates every row's training config, so that a bad `--bk_overrides` (an unknown field, a
+  value out of range) fails in one line before anything trains.
+
+  Raises:
+    ConfigError: the first bad row's message.
+  """
+  from bk_jax.train.config_validation import validate_config
+
+  for kind in kinds:
+    validate_config(run_config(setup, "", kind))
+
+
 def markdown(results: list[dict], lengths: list[int], train_len: int) -> str:
   """induction_anchor.md: accuracy (%) per kind and length, then the paper's row."""
   def short(n):

@@ -26,9 +26,22 @@ from bk_jax.train.results import history_value
 
 
 def set_dotted(c: ml_collections.ConfigDict, key: str, value) -> None:
+  """c.<key> = value for a dotted key ("model.bk_key_dim").
+
+  Raises:
+    ConfigError: the field does not exist (one line): a ConfigDict would otherwise take a
+      misspelt override as a new field that nothing reads, and the run would silently train
+      the default.
+  """
+  from bk_jax.runtime.errors import ConfigError
+
   *path, last = key.split(".")
   for p in path:
-    c = c[p]
+    c = c.get(p)
+    if not isinstance(c, ml_collections.ConfigDict):
+      raise ConfigError(f"unknown config field {key!r}")
+  if last not in c:
+    raise ConfigError(f"unknown config field {key!r}")
   c[last] = value
 
 
