@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import argparse
 
-from bk_jax.reports import common, induction, runs
+from bk_jax.reports import common, induction
 
 
 def main(argv=None) -> dict:
@@ -62,10 +62,7 @@ def main(argv=None) -> dict:
   ap.add_argument("--quick", action="store_true")
   ap.add_argument("--out", default=None)
   args = ap.parse_args(argv)
-  try:
-    runs.check_rows(args.kinds.split(","))  # before any training
-  except ValueError as e:
-    ap.error(str(e))
+  kinds = args.kinds.split(",")
   if args.quick:
     args.train_len, args.steps, args.batch, args.d_model, args.n_layers = 32, 3, 4, 16, 1
     # 4 heads: a named block with 2 selective heads (green_selective) keeps Green heads
@@ -77,11 +74,11 @@ def main(argv=None) -> dict:
       seed=args.seed, match=not args.no_match, bk_overrides=args.bk_overrides,
       budget_s=args.budget_s, lengths=tuple(2 ** k for k in range(args.min_log2, args.max_log2 + 1)),
       samples=args.samples, token_budget=args.token_budget)
-  try:
-    induction.check_configs(args.kinds.split(","), setup)  # a bad --bk_overrides: one line
+  try:  # a bad row or --bk_overrides: one line, before any training
+    induction.check_configs(kinds, setup)
   except ValueError as e:
     ap.error(str(e))
-  return induction.run_induction(args.kinds.split(","), setup, out, vars(args))
+  return induction.run_induction(kinds, setup, out, vars(args))
 
 
 if __name__ == "__main__":

@@ -84,14 +84,15 @@ def run_config(setup: Setup, out: str, spec: str):
 
 
 def check_configs(kinds: list[str], setup: Setup) -> None:
-  """Validates every row's training config, so that a bad `--bk_overrides` (an unknown field, a
-  value out of range) fails in one line before anything trains.
+  """Validates every row and its training config, so that a bad row or `--bk_overrides` (an
+  unknown field, a value out of range) fails in one line before anything trains.
 
   Raises:
-    ConfigError: the first bad row's message.
+    ValueError: an unknown row; ConfigError: the first bad config's message.
   """
   from bk_jax.train.config_validation import validate_config
 
+  runs.check_rows(kinds)
   for kind in kinds:
     validate_config(run_config(setup, "", kind))
 

@@ -37,10 +37,8 @@ def set_dotted(c: ml_collections.ConfigDict, key: str, value) -> None:
 
   *path, last = key.split(".")
   for p in path:
-    c = c.get(p)
-    if not isinstance(c, ml_collections.ConfigDict):
-      raise ConfigError(f"unknown config field {key!r}")
-  if last not in c:
+    c = c.get(p) if isinstance(c, ml_collections.ConfigDict) else None
+  if not isinstance(c, ml_collections.ConfigDict) or last not in c:
     raise ConfigError(f"unknown config field {key!r}")
   c[last] = value
 
