@@ -171,6 +171,24 @@ def test_induction_anchor_quick(tmp_path):
   res = _read(tmp_path, "induction_anchor.json")["results"][0]
   assert [r["length"] for r in res["rows"]] == [64, 128]
   assert all(0.0 <= r["accuracy"] <= 1.0 and r["scored"] > 0 for r in res["rows"])
+  assert res["status"] == "trained" and res["recoveries"] == 0
+
+
+@pytest.mark.slow
+def test_induction_anchor_reports_a_diverged_row(tmp_path, capsys):
+  """A row the divergence monitor gives up on is marked DIVERGED in the JSON and the table, and
+  the restore is one stderr line as it happens (the report's console is quiet). A monitor that
+  counts any rise of the loss as bad (factor 1.0001, patience 1, no retry) forces it."""
+  _script("induction_anchor").main([
+      "--kinds", "resnet_bk", "--d_model", "16", "--n_layers", "1", "--n_heads", "2",
+      "--steps", "40", "--train_len", "32", "--batch", "4", "--min_log2", "6", "--max_log2", "6",
+      "--samples", "2", "--bk_overrides", "train.divergence_factor=1.0001,"
+      "train.divergence_patience=1,train.max_recoveries=0", "--out", str(tmp_path)])
+  res = _read(tmp_path, "induction_anchor.json")["results"][0]
+  assert res["status"] == "DIVERGED" and res["recoveries"] == 1
+  assert "resnet_bk (train.divergence_factor" in (tmp_path / "induction_anchor.md").read_text()
+  assert " DIVERGED |" in (tmp_path / "induction_anchor.md").read_text()
+  assert "recoveries used up: the length is DIVERGED" in capsys.readouterr().err
 
 
 def test_bench_chunkwise_quick(tmp_path):

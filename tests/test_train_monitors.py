@@ -107,6 +107,27 @@ def test_a_solved_task_below_the_floor_never_diverges():
   assert bad == [False, True]
 
 
+def test_the_default_floor_lets_a_learnt_task_move_and_catches_a_relapse():
+  """With configs/base.py's divergence settings: an induction run's loss after it is learnt
+  (best 0.014, then 0.05-0.15 for longer than the patience) is never bad; a relapse to the
+  chance loss (log 16) is divergence once it lasts the patience."""
+  from configs.base import get_config
+
+  t = get_config().train
+  kw = dict(spike_factor=float(t.spike_factor), divergence_factor=float(t.divergence_factor),
+            patience=int(t.divergence_patience), divergence_min_loss=float(t.divergence_min_loss))
+  step = jax.jit(lambda mon, loss: update_monitors(mon, loss=loss, grad_norm=jnp.float32(1.0), **kw))
+  wobble = [0.05, 0.15, 0.09, 0.14, 0.08] * (2 * int(t.divergence_patience))
+  mon = MonitorState.zeros()
+  for loss in [2.77, 1.0, 0.014] + wobble:
+    mon, f = step(mon, jnp.float32(loss))
+    assert not bool(f["bad"]), loss
+  for _ in range(int(t.divergence_patience)):
+    mon, f = step(mon, jnp.float32(math.log(16)))
+    assert bool(f["bad"])
+  assert bool(mon.diverged)
+
+
 def test_epoch_average_ignores_non_finite_losses():
   mon, _ = _run([4.0, float("nan"), 2.0])
   s = mon.epoch.summary()

@@ -102,7 +102,9 @@ def markdown(results: list[dict], lengths: list[int], train_len: int) -> str:
   def short(n):
     return f"2^{n.bit_length() - 1}"
   header = ["model (trained at %d)" % train_len, "params", "steps"] + [short(n) for n in lengths]
-  trows = [[r["kind"] + (f" ({r['overrides']})" if r["overrides"] else ""), r["params"],
+  # a DIVERGED row is scored on the weights restored from before its divergence: say so
+  trows = [[r["kind"] + (f" ({r['overrides']})" if r["overrides"] else "")
+            + (" DIVERGED" if r.get("status") == "DIVERGED" else ""), r["params"],
             r["steps"]] + [f"{100 * x['accuracy']:.1f}" for x in r["rows"]] for r in results]
   # the published reference (Mamba paper, Table 2): 100% at every length up to 2^20
   trows.append(["Mamba (paper, Table 2)", "~74k", "-"] + ["100.0"] * len(lengths))
@@ -138,7 +140,8 @@ def run_induction(kinds: list[str], setup: Setup, out: str, args: dict) -> dict:
 
   Returns:
     {"results": per kind (kind, overrides, params, n_layers, steps, train_wall_s,
-    stopped_by_budget, final_train_loss, the extrapolation rows, the loss curve), "out": out}.
+    stopped_by_budget, status ("trained" / "DIVERGED" / "interrupted"), recoveries (restores by
+    the divergence monitor), final_train_loss, the extrapolation rows, the loss curve), "out": out}.
   """
   s = setup
   lengths = list(s.lengths)
@@ -157,7 +160,8 @@ def run_induction(kinds: list[str], setup: Setup, out: str, args: dict) -> dict:
     r = dict(kind=kind, overrides=s.bk_overrides if c.model.kind == "resnet_bk" else "",
              params=res["n_params"], n_layers=int(c.model.n_layers),
              steps=int(res["total_steps"]), train_wall_s=res["wall_s"],
-             stopped_by_budget=res["stopped_by_budget"], final_train_loss=fig["final_train_loss"],
+             stopped_by_budget=res["stopped_by_budget"], status=fig["status"],
+             recoveries=fig["recoveries"], final_train_loss=fig["final_train_loss"],
              rows=ext["rows"], curve_steps=fig["curve_steps"], curve_loss=fig["curve_loss"])
     results.append(r)
     print(f"# {kind}: params={r['params']:,} steps={r['steps']} train {r['train_wall_s']:.0f}s "

@@ -139,18 +139,29 @@ def train(c: ml_collections.ConfigDict, *, budget_s: float | None = None, fresh:
   stops cleanly and marks the results `interrupted`). Adds wall_s and budget fields. The report
   configs keep the loop's console quiet, so a line "<run>: step S, T s, loss L" (the latest
   logged training loss) goes to stderr every PROGRESS_EVERY_S seconds: long report runs show
-  that they are alive and whether they learn."""
+  that they are alive and whether they learn; each restore by the divergence monitor prints one
+  line as it happens."""
   from bk_jax.train import loop
 
   if fresh and os.path.isdir(c.save_dir):
     shutil.rmtree(c.save_dir)
   t0 = time.perf_counter()
-  fired, last_print = [], [t0]
+  fired, last_print, told = [], [t0], []
   can_signal = threading.current_thread() is threading.main_thread()
   name = os.path.basename(os.path.normpath(c.save_dir))
 
+  def tell_recoveries() -> None:
+    # the quiet console says nothing when the divergence monitor acts: one line per restore
+    for r in trainer.run_state.recoveries[len(told):]:
+      told.append(r)
+      print(f"  {name}: N={r['seq_len']}: divergence detected at step {r['detected_at_step']}; " + (
+          "recoveries used up: the length is DIVERGED" if r["gave_up"] else
+          f"restored step {r['restored_step']}, learning rate x{r['lr_scale']:g}"),
+          file=sys.stderr, flush=True)
+
   def on_step(step: int) -> None:
     now = time.perf_counter()
+    tell_recoveries()
     if now - last_print[0] >= PROGRESS_EVERY_S:
       last_print[0] = now
       loss = trainer.last_loss
@@ -162,6 +173,7 @@ def train(c: ml_collections.ConfigDict, *, budget_s: float | None = None, fresh:
 
   trainer = loop.Trainer(c, on_step=on_step)
   res = trainer.run()
+  tell_recoveries()
   res["wall_s"] = time.perf_counter() - t0
   res["budget_s"] = budget_s
   res["stopped_by_budget"] = bool(fired)
