@@ -263,3 +263,38 @@ def test_heads_of_both_kinds_match_float64_references(mixer, mix_method):
   want = np.concatenate([green_feats.reshape(2, 11, -1), np.asarray(got_s).reshape(2, 11, -1)], -1)
   np.testing.assert_allclose(feats, want, rtol=1e-6)
   assert feats.shape[-1] == blk.w_o.kernel[...].shape[0]
+
+
+@pytest.mark.parametrize("method", ["scan", "associative"])
+def test_the_bk_log_decay_has_finite_gradients_where_the_hopping_nears_zero(method):
+  """A per-position hopping t_j near 0 makes x_j = t_j^2 Im g_{j-1} ~ 1e-24: lam_bk is ~55 and
+  its derivatives ~1/t and ~1/Im g stay finite, also where the step is exactly 0 (the dead zone
+  multiplies them by 0). log1p(eta / x) differentiated through eta / x^2 gave inf there, and
+  0 * inf NaN gradients with a finite loss. The values match float64 log1p(eta / x)."""
+  from bk_jax.models.bk_mixers import selective_decay
+
+  v, t, z = _operator_inputs(per_position=True, n=7, h=3)
+  t[:, 3, 0] = 1e-12  # x_3 = t_3^2 Im g_2 ~ 1e-24 in head 0
+  delta = np.full(v.shape, 0.1)
+  delta[:, 3, 0] = 0.0  # the step's dead zone at that token
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  rate, scale = f32(np.ones(3)), f32(np.full(3, 0.7))
+
+  def decay(v, delta, t, eta):
+    zz = jax.lax.complex(f32(np.real(z)), eta)
+    return selective_decay(v, delta, rate, scale, hopping=t, z=zz, eta=eta,
+                           g_prev=jnp.zeros((2, 3), jnp.complex64), method=method,
+                           write_form="complement")
+
+  args = (f32(v), f32(delta), f32(t), f32(np.imag(z)))
+  total = lambda *a: sum(jnp.sum(x) for x in decay(*a)[:2])  # log a_j and the write w_j
+  grads = jax.grad(total, argnums=(0, 1, 2, 3))(*args)
+  for g in grads:
+    assert np.all(np.isfinite(np.asarray(g)))
+  log_a = np.asarray(decay(*args)[0], np.float64)
+  g64 = np.diagonal(ref.prefix_rows(v, t, z), axis1=1, axis2=2).swapaxes(-1, -2)
+  lam_bk = np.log1p(np.imag(z)[:, 1:] / (t[:, 1:] ** 2 * np.imag(g64[:, :-1])))
+  assert lam_bk[:, 2, 0].min() > 50  # the near-zero hopping's token
+  live = delta[:, 1:] > 0
+  np.testing.assert_allclose((-log_a[:, 1:][live] / delta[:, 1:][live] - 1.0) / 0.7,
+                             lam_bk[live], rtol=2e-4)

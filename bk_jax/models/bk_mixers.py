@@ -177,14 +177,19 @@ def selective_decay(v, delta, rate, ward_scale, *, hopping, z, eta, g_prev, meth
     im_prev = jnp.imag(jnp.concatenate([g_prev[..., None, :].astype(g.dtype), g[..., :-1, :]],
                                        axis=-2))
     # Ward: Im g_j = |g_j|^2 (eta_j + x_j) with x_j = t_j^2 Im g_{j-1}, so the past's share of
-    # Im g_j is 1 - ratio_j = x_j / (eta_j + x_j) and lam_bk = -log of it = log1p(eta_j / x_j).
+    # Im g_j is 1 - ratio_j = x_j / (eta_j + x_j) and lam_bk = -log of it = log1p(eta_j / x_j),
+    # evaluated as softplus(log eta_j - 2 log t_j - log Im g_{j-1}): its derivatives are a
+    # sigmoid times 1/eta, 2/t, 1/Im g. log1p(eta / x) itself differentiates through eta / x^2,
+    # which overflows once x < ~1e-19 (a hopping t_j near 0 gets there), and a step Delta_j = 0
+    # (the dead zone) then multiplies that inf by 0: NaN gradients with a finite loss.
     # x_j = 0 only where nothing was written yet (Im g_{-1} = 0 of a fresh sequence; S is empty
     # there): ratio is 1, a_j = 0 multiplies the empty state and the write 1 - a_j is exactly 1.
     # Any finite decay is exact there, so lam_bk is set to 0 and the write to 1 below.
     empty = im_prev <= 0
     fresh = by_key(empty)
-    x_prev = jnp.square(hopping.astype(delta.dtype)) * jnp.where(empty, 1.0, im_prev)
-    lam_bk = jnp.where(empty, 0.0, jnp.log1p(eta.astype(delta.dtype) / x_prev))
+    f = lambda a: a.astype(delta.dtype)
+    log_x = 2 * jnp.log(f(hopping)) + jnp.log(jnp.where(empty, 1.0, f(im_prev)))
+    lam_bk = jnp.where(empty, 0.0, jax.nn.softplus(jnp.log(f(eta)) - log_x))
     lam = lam + by_key(ward_scale * lam_bk)
   log_a = -step * lam  # <= 0: |a_j| <= 1; (B, N, H) or per key (B, N, H, n)
   if write_form == "step":
