@@ -1,14 +1,14 @@
 """Single-length training at N = 32768 of ResNet-BK with heads of both kinds
 (`BK_BLOCKS["green_selective"]`: the keyed Green block whose last 2 of 16 heads run the selective
-step with a dead zone and its lasso; DESIGN §2.13), the BK block that holds induction heads and
-models text between the keyed Green block and Mamba, blocks rematerialised: configs/seq32k.py's
+step with a dead zone and its lasso; DESIGN §2.13), the BK block that holds induction heads (on 3 seeds
+of 5) and models text as well as the keyed Green block at 4M tokens, ahead of Mamba, blocks rematerialised: configs/seq32k.py's
 model (d_model 128, 4 layers, 16 heads) with that block, 1,015,896 parameters, on the default
 corpus, batch 2, 3 epochs = 498 steps.
 
   python scripts/train.py --config configs/green_selective_32k.py
 
-Cost: not measured (the keyed Green block's step is 3.5-4.6x the default block's on the CPU,
-docs/results.md "The chunkwise kernel").
+Cost: not measured at this size; at d_model 64 its step is 4.7x the default block's on an idle CPU
+(docs/results.md "The default block").
 """
 from configs import seq32k
 
