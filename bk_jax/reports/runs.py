@@ -146,14 +146,14 @@ def train(c: ml_collections.ConfigDict, *, budget_s: float | None = None, fresh:
   if fresh and os.path.isdir(c.save_dir):
     shutil.rmtree(c.save_dir)
   t0 = time.perf_counter()
-  fired, last_print, told = [], [t0], []
+  fired, last_print, told = [], [t0], [0]  # told: restores printed so far
   can_signal = threading.current_thread() is threading.main_thread()
   name = os.path.basename(os.path.normpath(c.save_dir))
 
   def tell_recoveries() -> None:
     # the quiet console says nothing when the divergence monitor acts: one line per restore
-    for r in trainer.run_state.recoveries[len(told):]:
-      told.append(r)
+    for r in trainer.run_state.recoveries[told[0]:]:
+      told[0] += 1
       print(f"  {name}: N={r['seq_len']}: divergence detected at step {r['detected_at_step']}; " + (
           "recoveries used up: the length is DIVERGED" if r["gave_up"] else
           f"restored step {r['restored_step']}, learning rate x{r['lr_scale']:g}"),
