@@ -32,10 +32,11 @@ Variants (everything else = the base ResNet-BK of --d_model/--n_layers/--n_heads
   selective_lasso           selective with a step dead zone and its lasso (bk_step_threshold=1e-3,
                             bk_step_penalty=0.03: unneeded steps exactly 0, tokens skipped)
   selective_lasso_matched   selective_lasso with 8 heads and d_ff 104 (104,176 parameters)
-  green_selective           heads of both kinds (DESIGN §2.13): green_keyed whose last 2 of 16
-                            heads run selective_lasso's step (bk_selective_heads=2)
+  green_selective           heads of both kinds (DESIGN §2.13): green_keyed whose last 4 of 16
+                            heads run selective_lasso's step (bk_selective_heads=4)
   green_selective_matched   green_selective with 7 + 1 heads and d_ff 68 (104,190 parameters)
-  green_selective_quarter_matched  green_selective with 6 + 2 heads and d_ff 71 (104,074 parameters)
+  green_selective_quarter_matched  green_selective with 6 + 2 heads and d_ff 71 (104,074
+                            parameters; the named block's share of selective heads)
   green_selective_half_matched  green_selective with 4 + 4 heads and d_ff 78 (104,100 parameters)
 Baselines (--baselines mamba,mamba2,transformer): the same training at parameters matched to base
 (layers matched, bk_jax.reports.throughput.layers_for_params), timed the same way.
@@ -87,8 +88,8 @@ def main(argv=None) -> dict:
     args.quality_steps = max(1, args.quality_tokens // (args.quality_batch * args.quality_len))
   if args.quick:
     args.n, args.tokens_per_step, args.repeats, args.d_model, args.n_layers = 32, 64, 1, 16, 1
-    # 4 heads: a named block with 2 selective heads (green_selective) keeps Green heads
-    args.n_heads, args.heads = 4, "2"
+    # 8 heads: a named block with 4 selective heads (green_selective) keeps Green heads
+    args.n_heads, args.heads = 8, "2"
     args.only = args.only or "base,bs_monitors,heads_2"
     args.quality_steps = min(args.quality_steps, 3)
     args.quality_len, args.quality_batch, args.eval_tokens = 16, 2, 64

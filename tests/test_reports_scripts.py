@@ -116,7 +116,7 @@ def test_bad_overrides_fail_in_one_line_before_training(tmp_path, capsys):
     runs.make_config("resnet_bk", str(tmp_path / "r"), {"modl.n_heads": 2})
   assert runs.make_config("resnet_bk", str(tmp_path / "r"), {"model.bk_key_dim": 8}).model.bk_key_dim == 8
   for overrides, line in (("model.bk_selectve_heads=2", "unknown config field 'model.bk_selectve_heads'"),
-                          ("model.bk_selective_heads=4", "bk_selective_heads must be in [0, n_heads)"),
+                          ("model.bk_selective_heads=8", "bk_selective_heads must be in [0, n_heads)"),
                           ("train.divergence_factor=1.0", "train.divergence_factor must be > 1")):
     with pytest.raises(SystemExit) as e:
       _script("induction_anchor").main(["--quick", "--kinds", "resnet_bk:green_selective",

@@ -49,8 +49,8 @@ def variants(heads: list[int]) -> dict[str, dict]:
   v["selective_lasso"] = dict(BK_BLOCKS["selective_lasso"])
   v["selective_lasso_matched"] = {**v["selective_lasso"], "n_heads": 8, "d_ff": 104}
   # heads of both kinds (DESIGN §2.13): keyed Green heads and selective_lasso's heads in one block;
-  # matched with 7 + 1 heads (the named block's share; d_model 64: 104,190 parameters), 6 + 2
-  # (104,074) and 4 + 4 (104,100)
+  # matched with 7 + 1 heads (d_model 64: 104,190 parameters), 6 + 2 (the named block's share;
+  # 104,074) and 4 + 4 (104,100)
   v["green_selective"] = dict(BK_BLOCKS["green_selective"])
   v["green_selective_matched"] = {**v["green_selective"], "n_heads": 8, "bk_selective_heads": 1,
                                   "d_ff": 68}
