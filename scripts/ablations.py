@@ -88,8 +88,7 @@ def main(argv=None) -> dict:
     args.quality_steps = max(1, args.quality_tokens // (args.quality_batch * args.quality_len))
   if args.quick:
     args.n, args.tokens_per_step, args.repeats, args.d_model, args.n_layers = 32, 64, 1, 16, 1
-    # 8 heads: a named block with 4 selective heads (green_selective) keeps Green heads
-    args.n_heads, args.heads = 8, "2"
+    args.n_heads, args.heads = common.QUICK_N_HEADS, "2"
     args.only = args.only or "base,bs_monitors,heads_2"
     args.quality_steps = min(args.quality_steps, 3)
     args.quality_len, args.quality_batch, args.eval_tokens = 16, 2, 64

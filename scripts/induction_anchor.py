@@ -65,8 +65,7 @@ def main(argv=None) -> dict:
   kinds = args.kinds.split(",")
   if args.quick:
     args.train_len, args.steps, args.batch, args.d_model, args.n_layers = 32, 3, 4, 16, 1
-    # 8 heads: a named block with 4 selective heads (green_selective) keeps Green heads
-    args.n_heads, args.max_log2, args.samples, args.token_budget = 8, 7, 4, 1024
+    args.n_heads, args.max_log2, args.samples, args.token_budget = common.QUICK_N_HEADS, 7, 4, 1024
   out = common.out_dir(args.out, "long_range/induction_anchor", args.quick)
   setup = induction.Setup(
       train_len=args.train_len, steps=args.steps, batch=args.batch, d_model=args.d_model,

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import os
 
+from bk_jax.models.config import BK_BLOCKS
 from bk_jax.runtime.jsonio import write_json as write_json_file
 from bk_jax.runtime.markdown import md_table  # noqa: F401 - re-exported for the reports
 from bk_jax.runtime.provenance import command, machine, stamped  # noqa: F401 - command/machine re-exported
+
+
+#: BK heads of the reports' --quick modes: the smallest power of two above every named block's
+#: selective heads, so each named block runs there with Green heads too (bk_selective_heads <
+#: n_heads) and the head count divides the tiny widths (16, 32).
+QUICK_N_HEADS = 1 << max(int(b.get("bk_selective_heads", 0))
+                         for b in BK_BLOCKS.values()).bit_length()
 
 
 def out_dir(path: str | None, name: str, quick: bool = False) -> str:

@@ -30,7 +30,7 @@ import os
 import time
 
 from bk_jax.models.kinds import KINDS
-from bk_jax.reports import compare_report, runs
+from bk_jax.reports import common, compare_report, runs
 
 from bk_jax.reports.stages import Emitter, run_stages
 
@@ -102,16 +102,16 @@ def _quick(spec: dict) -> dict:
   spec = copy.deepcopy(spec)
   if spec["data"]["dataset"] == "pysource":
     spec["data"]["data_limit"] = 1 << 16
-  # 8 BK heads: a named block with 4 selective heads (green_selective) keeps Green heads
-  spec["model"].update(params=30_000, d_model=32, n_heads=8, head_dim=16, dtype="float32")
+  spec["model"].update(params=30_000, d_model=32, n_heads=common.QUICK_N_HEADS, head_dim=16,
+                       dtype="float32")
   spec["train"].update(seq_len=128, batch=2, tokens=3 * 2 * 128, log_interval=1)
   spec["eval"] = dict(val_tokens=512, position=dict(split="valid", doc_tokens=512, max_docs=3,
                                                     first_edge=64, chunk=128, batch=2),
                       passkey=dict(spec["eval"]["passkey"], lengths=[128, 256],
                                    depths=[0.0, 0.5, 1.0], samples=2, batch=2, chunk=128))
-  spec["mqar"].update(vocab=64, d_model=32, n_layers=1, n_heads=8, train_len=64, train_kv=4,
-                      steps=3, batch=4, lengths=[64, 128], kv_pairs=[4, 8, 16], samples=2,
-                      batch_eval=2, chunk=128, eval_share=0.5)
+  spec["mqar"].update(vocab=64, d_model=32, n_layers=1, n_heads=common.QUICK_N_HEADS,
+                      train_len=64, train_kv=4, steps=3, batch=4, lengths=[64, 128],
+                      kv_pairs=[4, 8, 16], samples=2, batch_eval=2, chunk=128, eval_share=0.5)
   spec["budgets"] = dict(train={}, train_default=240.0, eval=240.0, mqar=240.0)
   spec["side_by_side"] = False
   return spec
