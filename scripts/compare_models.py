@@ -9,6 +9,8 @@ on equal tokens: validation loss, loss by position in long documents, passkey re
   python scripts/compare_models.py --suite gpu --stages mqar --budget-scale 2   # rerun MQAR only
   python scripts/compare_models.py --suite cpu --stages train,eval               # no MQAR
   python scripts/compare_models.py --suite cpu --rows mamba --stages train,eval  # add a row
+  python scripts/compare_models.py --suite cpu --rows resnet_bk:green_keyed --stages train,eval \
+      --dropout 0.1 --out results/quality/compare_models_cpu_dropout   # regularised
 
 Writes comparison.json (provenance-stamped), comparison.md, comparison.png, and passkey.png and
 mqar.png where some row has those cells, under --out (default results/quality/compare_models/<suite>[_quick]/). Stages, sizes and what each
@@ -37,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
                        f"{', '.join(compare_models.BASELINES)})")
   ap.add_argument("--tokens", type=int, default=0,
                   help="training tokens per row (default: the suite's)")
+  ap.add_argument("--dropout", type=float, default=0.0,
+                  help="training dropout of every row's embedding and residual branches "
+                       "(model.dropout; default 0: none)")
   ap.add_argument("--budget-scale", type=float, default=1.0,
                   help="multiply every stage's time budget")
   ap.add_argument("--stages", default="",
@@ -56,6 +61,7 @@ def main(argv=None) -> dict:
     return compare_models.run_compare(out, suite=args.suite, quick=args.quick,
                                       rows=[r for r in args.rows.split(",") if r] or None,
                                       tokens=args.tokens, budget_scale=args.budget_scale,
+                                      dropout=args.dropout,
                                       stages=[s for s in args.stages.split(",") if s] or None,
                                       args=vars(args))
   except ValueError as e:  # a bad row, stage or earlier run: found before anything runs

@@ -62,6 +62,23 @@ def test_gpu_suite_fits_eight_minutes_and_times_training_alone():
     compare_models.suite_spec("gpu", rows=["rwkv"])
 
 
+def test_dropout_reaches_every_trained_row_not_mqar():
+  """--dropout sets model.dropout of every row's training config and is recorded in the spec
+  (absent at 0, as in runs written before the option); MQAR trains without; a bad rate is a
+  ValueError before anything runs."""
+  rows = ["resnet_bk:green_keyed", "mamba"]
+  plain = compare_models.suite_spec("cpu", rows=rows)
+  assert "dropout" not in plain["model"]
+  spec = compare_models.suite_spec("cpu", rows=rows, dropout=0.2)
+  assert spec["model"]["dropout"] == 0.2
+  for row in rows:
+    assert compare_models.train_config(spec, "unused", row).model.dropout == 0.2
+    assert compare_models.train_config(plain, "unused", row).model.dropout == 0.0
+    assert compare_models.mqar_config(spec, "unused", row).model.dropout == 0.0
+  with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+    compare_models.suite_spec("cpu", dropout=1.0)
+
+
 def test_cli_bad_row_is_one_line_exit_2(tmp_path):
   env = {**os.environ, "PYTHONPATH": os.path.abspath(ROOT)}
   p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "compare_models.py"),

@@ -119,6 +119,10 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.aux_loss_weight = 0.01  # weight of the learned router's load-balancing loss
   # --- stack (lm.py) ---
   c.remat = "none"  # "none" | "full" | "dots"
+  # training only: drop probability of the embedding and of every block's residual branch
+  # (lm.py); 0 for the tasks of this project's defaults, ~0.1-0.2 where a small corpus is seen
+  # many times over
+  c.dropout = 0.0
   c.scan_layers = False  # stack layer parameters and lax.scan over them
   c.param_dtype = "float32"
   c.dtype = "float32"  # activation dtype; logits are always float32

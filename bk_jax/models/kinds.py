@@ -96,7 +96,7 @@ _REGISTRY: dict[str, ModelKind] = {}
 SHARED_ARCH_FIELDS = ("kind", "vocab_size", "d_model", "n_layers", "d_ff", "scan_layers",
                       "prime_bump", "prime_bump_scale", "param_dtype")
 #: Model fields every kind shares that only choose how the parameters are computed.
-SHARED_RUNTIME_FIELDS = ("remat", "dtype")
+SHARED_RUNTIME_FIELDS = ("remat", "dtype", "dropout")
 
 
 def register(kind: ModelKind) -> ModelKind:
@@ -366,6 +366,7 @@ def validate_model_config(cfg: Any) -> None:
   for name in ("vocab_size", "d_model", "n_layers", "d_ff"):
     need(int(cfg[name]) > 0, f"{name} must be positive, got {cfg[name]}")
   need(cfg.remat in REMAT_POLICIES, f"remat {cfg.remat!r} not in {REMAT_POLICIES}")
+  need(0.0 <= float(cfg.dropout) < 1.0, f"dropout must be in [0, 1), got {cfg.dropout}")
   need(cfg.param_dtype in DTYPES and cfg.dtype in DTYPES, f"dtypes must be in {DTYPES}")
   kind.check(cfg)
 

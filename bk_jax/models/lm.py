@@ -17,6 +17,12 @@ public form of DESIGN §4 on top of it (logits, or (logits, cache) when streamin
 
 `remat` wraps each block call: "none", "full" (save nothing), "dots" (save matmul outputs
 without batch dimensions, `jax.checkpoint_policies.dots_with_no_batch_dims_saveable`).
+
+`dropout` (training only: `forward(..., dropout_key=key)`) drops entries of the embedding and
+of every block's residual branch with probability p and scales the rest by 1 / (1 - p), as
+GPT-2 does. The branch is taken as ``block(x) - x``, so one rule holds for every kind whatever
+its blocks compute inside; without a key (evaluation, streaming, generation) nothing is dropped
+and the model is the deterministic one.
 """
 
 from __future__ import annotations
@@ -86,6 +92,7 @@ class LanguageModel(nnx.Module):
     self.kind, self.n_layers, self.scan_layers = cfg.kind, cfg.n_layers, cfg.scan_layers
     self.prime_bump_scale = cfg.prime_bump_scale if cfg.prime_bump else None
     self.remat_policy = _REMAT_POLICIES.get(cfg.remat)  # None for "none"
+    self.dropout = float(cfg.dropout)
     self.embed = embedding(cfg.vocab_size, cfg.d_model, rngs=rngs, dtype=dt, param_dtype=pdt)
     if cfg.scan_layers:
       @nnx.split_rngs(splits=cfg.n_layers)
@@ -121,24 +128,35 @@ class LanguageModel(nnx.Module):
     layers = jax.tree.map(lambda a: jnp.broadcast_to(a, (self.n_layers,) + a.shape), one)
     return ModelCache(layers=layers, pos=jnp.zeros((), jnp.int32))
 
-  def _run_blocks(self, x, carries, pos, bias):
-    """Runs every block; returns (x, stacked new carries, stacked per-layer aux)."""
+  def _drop(self, x: jax.Array, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout of x with probability `self.dropout` (x itself without a key)."""
+    if key is None or self.dropout == 0.0:
+      return x
+    keep = jax.random.bernoulli(key, 1.0 - self.dropout, x.shape)
+    return jnp.where(keep, x / (1.0 - self.dropout), 0).astype(x.dtype)
 
-    def call(block, x, carry):
-      x, carry, aux = block(x, carry, pos, bias)
-      return constrain(x, _BLD), carry, aux  # block boundary: keep batch/length sharded
+  def _run_blocks(self, x, carries, pos, bias, keys):
+    """Runs every block; returns (x, stacked new carries, stacked per-layer aux).
+
+    keys: (n_layers,) dropout keys, or None (nothing dropped)."""
+
+    def call(block, x, carry, key):
+      y, carry, aux = block(x, carry, pos, bias)
+      if key is not None:  # residual dropout of the branch the block added
+        y = x + self._drop(y - x, key)
+      return constrain(y, _BLD), carry, aux  # block boundary: keep batch/length sharded
 
     if self.remat_policy is not None:
       call = nnx.remat(call, policy=self.remat_policy)
     if self.scan_layers:
-      @nnx.scan(in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0, 0))
-      def scan_fn(block, x, carry):
-        return call(block, x, carry)
-      return scan_fn(self.blocks, x, carries)
+      @nnx.scan(in_axes=(0, nnx.Carry, 0, 0), out_axes=(nnx.Carry, 0, 0))
+      def scan_fn(block, x, carry, key):
+        return call(block, x, carry, key)
+      return scan_fn(self.blocks, x, carries, keys)
     new_carries, auxes = [], []
     for i, block in enumerate(self.blocks):
       carry = None if carries is None else jax.tree.map(lambda a: a[i], carries)
-      x, carry, aux = call(block, x, carry)
+      x, carry, aux = call(block, x, carry, None if keys is None else keys[i])
       new_carries.append(carry)
       auxes.append(aux)
     stack = lambda *xs: jnp.stack(xs)
@@ -170,13 +188,16 @@ class LanguageModel(nnx.Module):
     return constrain(self.head(self.final_norm(x).astype(self.logits_dtype)).astype(jnp.float32),
                      _BLV)
 
-  def forward(self, tokens: jax.Array, cache: ModelCache | None = None) -> ModelOutput:
+  def forward(self, tokens: jax.Array, cache: ModelCache | None = None, *,
+              dropout_key: jax.Array | None = None) -> ModelOutput:
     """Next-token logits, the new streaming state and the aux figures, as one `ModelOutput`.
 
     Args:
       tokens: int32 (B, N).
       cache: streaming state from `init_cache` or a previous call; None for a fresh sequence
         without returning state (the training path).
+      dropout_key: a PRNG key: drop with the configured `dropout` rate (the train step passes
+        one per step); None: deterministic (every other caller).
 
     Returns:
       ModelOutput(logits float32 (B, N, vocab), the new ModelCache or None when `cache` is None,
@@ -186,9 +207,13 @@ class LanguageModel(nnx.Module):
       raise ValueError(f"tokens must be (batch, length); got shape {tokens.shape}")
     n = tokens.shape[1]
     pos = jnp.zeros((), jnp.int32) if cache is None else cache.pos
-    x = constrain(self.embed(tokens), _BLD)
+    keys = None
+    if dropout_key is not None and self.dropout > 0:
+      keys = jax.random.split(dropout_key, self.n_layers + 1)
+    x = constrain(self._drop(self.embed(tokens), None if keys is None else keys[-1]), _BLD)
     carries = None if cache is None else cache.layers
-    x, new_carries, aux = self._run_blocks(x, carries, pos, self.position_bias(pos, n))
+    x, new_carries, aux = self._run_blocks(x, carries, pos, self.position_bias(pos, n),
+                                           None if keys is None else keys[:-1])
     logits = self.logits(x)
     new_cache = None if cache is None else ModelCache(layers=new_carries, pos=pos + n)
     return ModelOutput(logits, new_cache, reduce_aux(self.kind, aux))

@@ -121,7 +121,7 @@ SUITES = {"gpu": _gpu, "cpu": _cpu}
 
 
 def suite_spec(suite: str, *, quick: bool = False, rows: list[str] | None = None, tokens: int = 0,
-               budget_scale: float = 1.0) -> dict:
+               budget_scale: float = 1.0, dropout: float = 0.0) -> dict:
   """Sizes, rows, stages and per-stage budgets (seconds) of one suite.
 
   Args:
@@ -130,6 +130,9 @@ def suite_spec(suite: str, *, quick: bool = False, rows: list[str] | None = None
     rows: the rows ("KIND" or "resnet_bk:VARIANT"); default `default_rows()`.
     tokens: > 0: training tokens per row instead of the suite's.
     budget_scale: multiplies every stage budget.
+    dropout: > 0: every row trains with this `model.dropout` (the MQAR stages without: a fresh
+      synthetic stream is never seen twice); recorded as model.dropout (absent when 0, as in
+      runs written before the option, so their `out` still takes new rows).
 
   Returns:
     A JSON-serialisable dict: data, model, train, eval, mqar, rows, groups (the stage order:
@@ -147,6 +150,10 @@ def suite_spec(suite: str, *, quick: bool = False, rows: list[str] | None = None
   runs.check_rows(rows)  # an unknown kind or variant fails here, before any stage runs
   if tokens > 0:
     spec["train"]["tokens"] = int(tokens)
+  if not 0.0 <= dropout < 1.0:
+    raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+  if dropout > 0:
+    spec["model"]["dropout"] = float(dropout)
   b = spec.pop("budgets")
   budgets = {f"train:{r}": b["train"].get(r, b["train_default"]) for r in rows}
   budgets.update({f"{s}:{r}": b[s] for s in ("eval", "mqar") for r in rows})
@@ -177,7 +184,7 @@ def train_config(spec: dict, out: str, row: str):
       "seed": t["seed"], **{f"data.{k}": v for k, v in d.items()},
       "model.d_model": m["d_model"], "model.n_heads": m["n_heads"], "model.d_ff": 4 * m["d_model"],
       "model.transformer.n_heads": max(1, m["d_model"] // m["head_dim"]), "model.dtype": m["dtype"],
-      "model.scan_layers": m["scan_layers"],
+      "model.scan_layers": m["scan_layers"], "model.dropout": m.get("dropout", 0.0),
       "train.seq_len": t["seq_len"], "train.batch_size": t["batch"],
       "train.steps_per_length": steps, "train.lr": t["lr"],
       "train.warmup_steps": max(1, steps // 10), "train.log_interval": t["log_interval"],
@@ -405,12 +412,12 @@ def _earlier(out: str, prev: dict | None, spec: dict,
 
 def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list[str] | None = None,
                 tokens: int = 0, budget_scale: float = 1.0, stages: list[str] | None = None,
-                args: dict | None = None, log=print) -> dict:
+                dropout: float = 0.0, args: dict | None = None, log=print) -> dict:
   """Runs the suite and writes comparison.json/.md/.png, passkey.png and mqar.png under `out`.
 
   Args:
     out: results directory (created).
-    suite, quick, tokens, budget_scale: see `suite_spec`.
+    suite, quick, tokens, budget_scale, dropout: see `suite_spec`.
     rows: see `suite_spec`; None in an earlier run's `out`: that run's rows.
     stages: stage kinds to run (`STAGE_KINDS`; default all). In a new `out` they run alone
       (e.g. train and eval without MQAR, or MQAR only), except eval without train, which needs
@@ -436,7 +443,8 @@ def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list
   earlier = _load_earlier(out)
   if rows is None and earlier is not None:  # no --rows: the earlier run's
     rows = earlier["spec"]["rows"]
-  spec = suite_spec(suite, quick=quick, rows=rows, tokens=tokens, budget_scale=budget_scale)
+  spec = suite_spec(suite, quick=quick, rows=rows, tokens=tokens, budget_scale=budget_scale,
+                    dropout=dropout)
   report_spec, kept_stages, kept_rows = spec, [], []
   # eval reads the train stage's checkpoints, MQAR trains its own model: only eval without
   # train needs an earlier run; any other call runs alone in a new `out`, and in an earlier

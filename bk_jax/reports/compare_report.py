@@ -128,7 +128,8 @@ def markdown(payload: dict) -> str:
       f"{ident['dataset']} ({ident['source_files']:,} files, {ident['source_bytes']:,} bytes, "
       f"sha256 {ident['sha256'][:16]}), tokenizer {ident['tokenizer']}; every row trained on "
       f"{t['tokens']:,} tokens at N={n} (batch {t['batch']}), ~{spec['model']['params']:,} "
-      f"parameters, activations {spec['model']['dtype']}.",
+      f"parameters, activations {spec['model']['dtype']}"
+      f"{', dropout %g' % spec['model']['dropout'] if spec['model'].get('dropout') else ''}.",
       md(["stage", "status", "wall s", "budget s", "rows"],
          [[s["stage"], s["status"], s["wall_s"], s["budget_s"], s["rows"]]
           for s in payload["stages"]])]

@@ -61,14 +61,18 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr_schedule: Cal
   microbatches inside the step (lax.scan): one optimizer update from the summed, mask-weighted
   gradients, equal to the full-batch step up to float32 summation order; activation memory is
   that of B / k rows.
+  With `model.dropout` > 0 every step drops with its own key, fold_in(key(config.seed), step)
+  (and the microbatch's index): a function of the step alone, so a resumed or restored run
+  draws the same masks as one that never stopped.
   """
   t = config.train
   bad_steps = tuple(int(s) for s in config.debug.nonfinite_grad_steps)
   accum = int(t.grad_accum_steps)
+  dropout = float(config.model.dropout) > 0
 
-  def loss_fn(params, model_state, mb, weight):
+  def loss_fn(params, model_state, mb, weight, key):
     model = nnx.merge(graphdef, params, model_state)
-    logits, _, aux = model.forward(mb["inputs"])
+    logits, _, aux = model.forward(mb["inputs"], dropout_key=key)
     ce = masked_cross_entropy(logits, mb["targets"], mb["mask"])
     new_model_state = nnx.state(model, nnx.Not(nnx.Param))
     if weight is None:  # the whole batch at once
@@ -78,7 +82,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr_schedule: Cal
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def accumulated(params, model_state, batch):
+  def accumulated(params, model_state, batch, key):
     """Microbatches of B / accum rows (row r goes to microbatch r % accum, so every device keeps
     its own rows), run by lax.scan; gradients are summed in float32. Each microbatch's CE is
     weighted by its share of the batch's mask, so loss and gradients equal the full batch's."""
@@ -95,23 +99,28 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, lr_schedule: Cal
 
     def one(carry, xs):
       gsum, mstate = carry
-      mb, w = xs
-      (obj, (ce, aux, mstate)), g = grad_fn(params, mstate, mb, w)
+      mb, w, i = xs
+      (obj, (ce, aux, mstate)), g = grad_fn(params, mstate, mb, w,
+                                            None if key is None else jax.random.fold_in(key, i))
       gsum = jax.tree.map(lambda a, b: a + b.astype(a.dtype), gsum, g)
       return (gsum, mstate), (obj, ce, aux)
 
     g0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    (grads, mstate), (objs, ces, auxes) = jax.lax.scan(one, (g0, model_state), (micro, weights))
+    (grads, mstate), (objs, ces, auxes) = jax.lax.scan(
+        one, (g0, model_state), (micro, weights, jnp.arange(accum)))
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
     # each figure combines over microbatches as over layers, but the aux loss is averaged
     aux = reduce_aux(config.model.kind, auxes, loss_reduce=jnp.mean)
     return (jnp.sum(objs), (jnp.sum(ces), aux, mstate)), grads
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    key = jax.random.fold_in(jax.random.key(int(config.seed)), state.step) if dropout else None
     if accum == 1:
-      (total, (ce, aux, model_state)), grads = grad_fn(state.params, state.model_state, batch, None)
+      (total, (ce, aux, model_state)), grads = grad_fn(state.params, state.model_state, batch,
+                                                       None, key)
     else:
-      (total, (ce, aux, model_state)), grads = accumulated(state.params, state.model_state, batch)
+      (total, (ce, aux, model_state)), grads = accumulated(state.params, state.model_state,
+                                                           batch, key)
     if inject_nonfinite_all or bad_steps:
       poison = jnp.asarray(inject_nonfinite_all) | jnp.isin(state.step, jnp.asarray(bad_steps or (-1,)))
       grads = jax.tree.map(lambda g: g * jnp.where(poison, jnp.nan, 1.0).astype(g.dtype), grads)
