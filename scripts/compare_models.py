@@ -9,8 +9,8 @@ on equal tokens: validation loss, loss by position in long documents, passkey re
   python scripts/compare_models.py --suite gpu --stages mqar --budget-scale 2   # rerun MQAR only
   python scripts/compare_models.py --suite cpu --stages train,eval               # no MQAR
   python scripts/compare_models.py --suite cpu --rows mamba --stages train,eval  # add a row
-  python scripts/compare_models.py --suite cpu --rows resnet_bk:green_keyed --stages train,eval \
-      --dropout 0.1 --out results/quality/compare_models_cpu_dropout   # regularised
+  python scripts/compare_models.py --suite cpu --rows resnet_bk:green_keyed --stages train,eval \\
+      --dropout 0 --out /tmp/cpu_no_dropout           # the CPU suite without its dropout
 
 Writes comparison.json (provenance-stamped), comparison.md, comparison.png, and passkey.png and
 mqar.png where some row has those cells, under --out (default results/quality/compare_models/<suite>[_quick]/). Stages, sizes and what each
@@ -39,9 +39,9 @@ def parser() -> argparse.ArgumentParser:
                        f"{', '.join(compare_models.BASELINES)})")
   ap.add_argument("--tokens", type=int, default=0,
                   help="training tokens per row (default: the suite's)")
-  ap.add_argument("--dropout", type=float, default=0.0,
+  ap.add_argument("--dropout", type=float, default=None,
                   help="training dropout of every row's embedding and residual branches "
-                       "(model.dropout; default 0: none)")
+                       "(model.dropout; default the suite's: cpu 0.1, gpu 0)")
   ap.add_argument("--budget-scale", type=float, default=1.0,
                   help="multiply every stage's time budget")
   ap.add_argument("--stages", default="",

@@ -63,13 +63,17 @@ def test_gpu_suite_fits_eight_minutes_and_times_training_alone():
 
 
 def test_dropout_reaches_every_trained_row_not_mqar():
-  """--dropout sets model.dropout of every row's training config and is recorded in the spec
-  (absent at 0, as in runs written before the option); MQAR trains without; a bad rate is a
-  ValueError before anything runs."""
+  """The CPU suite trains every row at dropout 0.1, the GPU suite at 0; --dropout sets
+  model.dropout of every row's training config and is recorded in the spec (absent at 0, as in
+  runs written before the option); MQAR trains without; a bad rate is a ValueError before
+  anything runs."""
   rows = ["resnet_bk:green_keyed", "mamba"]
-  plain = compare_models.suite_spec("cpu", rows=rows)
+  assert compare_models.suite_spec("cpu", rows=rows)["model"]["dropout"] == 0.1
+  assert compare_models.suite_spec("cpu", quick=True, rows=rows)["model"]["dropout"] == 0.1
+  assert "dropout" not in compare_models.suite_spec("gpu", rows=rows)["model"]
+  plain = compare_models.suite_spec("cpu", rows=rows, dropout=0.0)
   assert "dropout" not in plain["model"]
-  spec = compare_models.suite_spec("cpu", rows=rows, dropout=0.2)
+  spec = compare_models.suite_spec("gpu", rows=rows, dropout=0.2)
   assert spec["model"]["dropout"] == 0.2
   for row in rows:
     assert compare_models.train_config(spec, "unused", row).model.dropout == 0.2
