@@ -261,6 +261,15 @@ def check_selective(op="diag", dtype="float32"):
 
 def check_train_meshes(*meshes):
   """One training run per mesh (3 steps) vs the single-device run: losses and parameters."""
+  _train_meshes(meshes, dropout=0.0)
+
+
+def check_train_meshes_dropout(*meshes):
+  """As check_train_meshes with model.dropout 0.2: the masks do not depend on the mesh."""
+  _train_meshes(meshes, dropout=0.2)
+
+
+def _train_meshes(meshes, dropout):
   import jax
 
   from bk_jax.ops import sharded_scan
@@ -271,6 +280,7 @@ def check_train_meshes(*meshes):
   sharded_scan.sequence_parallel_causal_diag = lambda *a, **k: calls.append(1) or orig(*a, **k)
   batches = random_batches(3, batch=8, seq_len=64, vocab=64)
   cfg = tiny_config()
+  cfg.model.dropout = dropout
   ref_mesh = make_mesh(cfg.mesh, devices=jax.devices()[:1])
   ref_losses, ref_state = train_losses(cfg, ref_mesh, batches)
   ref_params = jax.device_get(ref_state.params)
@@ -278,6 +288,7 @@ def check_train_meshes(*meshes):
   for spec in meshes:
     shape = tuple(int(x) for x in spec.split(","))
     cfg = tiny_config(mesh=shape)
+    cfg.model.dropout = dropout
     mesh = make_mesh(cfg.mesh)
     calls.clear()
     losses, state = train_losses(cfg, mesh, batches)

@@ -21,6 +21,18 @@ def test_train_step_on_meshes_equals_single_device():
 
 
 @pytest.mark.slow
+def test_dropout_masks_do_not_depend_on_the_mesh():
+  """3 train steps at dropout 0.2 on sharded meshes == one device: the masks are drawn for the
+  global arrays (threefry, partitionable), whatever shards them."""
+  res = run_check("train_meshes_dropout", "2,2,2,1", "2,1,1,4")
+  for spec in ("2,2,2,1", "2,1,1,4"):
+    assert res[spec]["loss"] <= 1e-5 and res[spec]["params"] <= 1e-5, (spec, res[spec])
+  # the masks are on: the losses are not those of the run without dropout
+  plain = run_check("train_meshes", "2,2,2,1")["reference_losses"]
+  assert max(abs(a - b) for a, b in zip(plain, res["reference_losses"])) > 1e-3
+
+
+@pytest.mark.slow
 def test_save_on_8_restore_on_4_and_1(tmp_path):
   ck = str(tmp_path / "ck")
   ref = run_check("save", ck, devices=8)
