@@ -19,10 +19,11 @@ public form of DESIGN §4 on top of it (logits, or (logits, cache) when streamin
 without batch dimensions, `jax.checkpoint_policies.dots_with_no_batch_dims_saveable`).
 
 `dropout` (training only: `forward(..., dropout_key=key)`) drops entries of the embedding and
-of every block's residual branch with probability p and scales the rest by 1 / (1 - p), as
-GPT-2 does. The branch is taken as ``block(x) - x``, so one rule holds for every kind whatever
-its blocks compute inside; without a key (evaluation, streaming, generation) nothing is dropped
-and the model is the deterministic one.
+of every block's residual branch with probability p and scales the rest by 1 / (1 - p)
+(inverted dropout). The branch is taken as ``block(x) - x``, so one rule holds for every kind
+whatever its blocks compute inside (a Transformer block's attention and MLP branches are dropped
+as their sum, where GPT-2 drops each); without a key (evaluation, streaming, generation) nothing
+is dropped and the model is the deterministic one.
 """
 
 from __future__ import annotations
