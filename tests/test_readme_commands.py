@@ -133,6 +133,20 @@ def _quality_anchor(args):
                   "--out", "results/quality/quality_anchor_reduced"), slow=True)
 
 
+def _compare_models(args):
+  args = [a for a in args if a != "--quick"]
+  out = ()
+  # the script's default --out is one per suite, where calls at the suite's sizes add their
+  # rows and stages to each other (the docs chain such calls); a call at other sizes (--tokens,
+  # --dropout) gets its own, as a user would give it, whatever order the workers ran them in
+  sizes = [f"{a[2:]}{args[i + 1]}" for i, a in enumerate(args[:-1]) if a in ("--tokens", "--dropout")]
+  if sizes and "--out" not in args:
+    suite = args[args.index("--suite") + 1] if "--suite" in args else "gpu"
+    out = ("--out", f"results/quality/compare_models/{suite}_quick_{'_'.join(sizes)}")
+  return Reduced(("scripts/compare_models.py", "--quick", *args,
+                  *(() if "--rows" in args else ("--rows", "resnet_bk")), *out), slow=True)
+
+
 def _pytest(args):
   # the selection must exist and collect; running the suite inside the suite is the CI's job
   # (a pattern such as tests/test_models_*.py is expanded here, as the shell would)
@@ -180,9 +194,7 @@ REDUCTIONS = {
     "scripts/compare_stability.py": _quick("compare_stability", "--seeds", "0", "--lengths", "16",
                                            "--kinds", "resnet_bk"),
     "scripts/ablations.py": _quick("ablations"),
-    "scripts/compare_models.py": lambda args: Reduced(
-        ("scripts/compare_models.py", "--quick", *[a for a in args if a not in ("--quick",)],
-         *(() if "--rows" in args else ("--rows", "resnet_bk"))), slow=True),
+    "scripts/compare_models.py": _compare_models,
     "scripts/bench_ops.py": _quick("bench_ops", "--methods", "scan"),
     "scripts/bench_chunkwise.py": _quick("bench_chunkwise"),
     "scripts/bench_data.py": lambda args: Reduced(
