@@ -114,6 +114,9 @@ def test_spent_budgets_skip_every_cell_and_the_report_says_so(tmp_path, monkeypa
   with pytest.raises(ValueError, match=r"at other sizes \(train\)"):
     compare_models.run_compare(str(tmp_path / "o"), quick=True, rows=["transformer"], tokens=999,
                                stages=["train"], log=lambda *_: None)
+  with pytest.raises(ValueError, match=r"at other sizes \(model\); .* and --dropout"):
+    compare_models.run_compare(str(tmp_path / "o"), quick=True, rows=["transformer"], dropout=0.1,
+                               stages=["train"], log=lambda *_: None)
   # a new row joins the earlier run; without --rows a call reruns the earlier run's rows
   more = compare_models.run_compare(str(tmp_path / "o"), quick=True, rows=["transformer"],
                                     budget_scale=0.0, stages=["train"], log=lambda *_: None)

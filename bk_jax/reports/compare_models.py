@@ -389,7 +389,8 @@ def _earlier(out: str, prev: dict | None, spec: dict,
   stage kinds, or other rows).
 
   Raises:
-    ValueError: no comparison.json in `out`, one at other sizes (suite, --quick, --tokens), or
+    ValueError: no comparison.json in `out`, one at other sizes (suite, --quick, --tokens,
+      --dropout), or
       eval without train of a row the earlier run did not train.
   """
   path = os.path.join(out, "comparison.json")
@@ -402,8 +403,8 @@ def _earlier(out: str, prev: dict | None, spec: dict,
   if sizes(prev["spec"]) != sizes(spec):
     differ = sorted(k for k in sizes(spec) if prev["spec"].get(k) != spec[k])
     raise ValueError(f"{path} holds a run of suite {prev['spec']['suite']} at other sizes "
-                     f"({', '.join(differ)}); add rows with the same --suite, --quick and "
-                     f"--tokens, or give another --out")
+                     f"({', '.join(differ)}); add rows with the same --suite, --quick, --tokens "
+                     f"and --dropout, or give another --out")
   new = [r for r in spec["rows"] if r not in prev["spec"]["rows"]]
   if new and "eval" in kinds and "train" not in kinds:
     raise ValueError(f"--stages {','.join(kinds)} evaluates the checkpoints of an earlier run, "
@@ -427,10 +428,10 @@ def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list
     rows: see `suite_spec`; None in an earlier run's `out`: that run's rows.
     stages: stage kinds to run (`STAGE_KINDS`; default all). In a new `out` they run alone
       (e.g. train and eval without MQAR, or MQAR only), except eval without train, which needs
-      an earlier run's checkpoints. In an earlier run's `out` (same suite, --quick and
-      --tokens) this call's stages of this call's rows replace that run's, and its new rows
-      join it: e.g. rerun the MQAR stages with more time without training again, or add a row
-      to a comparison trained one row at a time. The report covers every row.
+      an earlier run's checkpoints. In an earlier run's `out` (same suite, --quick, --tokens
+      and --dropout) this call's stages of this call's rows replace that run's, and its new
+      rows join it: e.g. rerun the MQAR stages with more time without training again, or add a
+      row to a comparison trained one row at a time. The report covers every row.
     args: the command's arguments, recorded in the JSON.
     log: progress printer.
 
