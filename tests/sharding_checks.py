@@ -261,12 +261,15 @@ def check_selective(op="diag", dtype="float32"):
 
 def check_train_meshes(*meshes):
   """One training run per mesh (3 steps) vs the single-device run: losses and parameters."""
-  _train_meshes(meshes, dropout=0.0)
+  _result(**_train_meshes(meshes, dropout=0.0))
 
 
 def check_train_meshes_dropout(*meshes):
-  """As check_train_meshes with model.dropout 0.2: the masks do not depend on the mesh."""
-  _train_meshes(meshes, dropout=0.2)
+  """As check_train_meshes with model.dropout 0.2 (the masks do not depend on the mesh), plus
+  the single-device losses without dropout (the masks are on)."""
+  out = _train_meshes(meshes, dropout=0.2)
+  out["no_dropout_reference_losses"] = _train_meshes((), dropout=0.0)["reference_losses"]
+  _result(**out)
 
 
 def _train_meshes(meshes, dropout):
@@ -297,7 +300,8 @@ def _train_meshes(meshes, dropout):
                      params=_max_tree_diff(jax.device_get(state.params), ref_params),
                      losses=losses, specs=sharded, sequence_parallel_calls=len(calls))
   out["reference_losses"] = ref_losses
-  _result(**out)
+  sharded_scan.sequence_parallel_causal_diag = orig
+  return out
 
 
 def reduced_1b_config(mesh=(1, 1, 1, 1)):
@@ -516,7 +520,8 @@ def check_train_variant_meshes(overrides, *meshes):
                      params=_max_tree_diff(jax.device_get(state.params), ref_params), losses=losses,
                      chunkwise_sequence_parallel_calls=len(calls))
   out["reference_losses"] = ref_losses
-  _result(**out)
+  sharded_scan.sequence_parallel_causal_diag = orig
+  return out
 
 
 CHECKS = {name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_")}

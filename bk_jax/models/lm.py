@@ -129,10 +129,8 @@ class LanguageModel(nnx.Module):
     layers = jax.tree.map(lambda a: jnp.broadcast_to(a, (self.n_layers,) + a.shape), one)
     return ModelCache(layers=layers, pos=jnp.zeros((), jnp.int32))
 
-  def _drop(self, x: jax.Array, key: jax.Array | None) -> jax.Array:
-    """Inverted dropout of x with probability `self.dropout` (x itself without a key)."""
-    if key is None or self.dropout == 0.0:
-      return x
+  def _drop(self, x: jax.Array, key: jax.Array) -> jax.Array:
+    """Inverted dropout of x with probability `self.dropout`."""
     keep = jax.random.bernoulli(key, 1.0 - self.dropout, x.shape)
     return jnp.where(keep, x / (1.0 - self.dropout), 0).astype(x.dtype)
 
@@ -211,7 +209,10 @@ class LanguageModel(nnx.Module):
     keys = None
     if dropout_key is not None and self.dropout > 0:
       keys = jax.random.split(dropout_key, self.n_layers + 1)
-    x = constrain(self._drop(self.embed(tokens), None if keys is None else keys[-1]), _BLD)
+    x = self.embed(tokens)
+    if keys is not None:
+      x = self._drop(x, keys[-1])
+    x = constrain(x, _BLD)
     carries = None if cache is None else cache.layers
     x, new_carries, aux = self._run_blocks(x, carries, pos, self.position_bias(pos, n),
                                            None if keys is None else keys[:-1])
