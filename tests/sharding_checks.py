@@ -520,8 +520,8 @@ def check_train_variant_meshes(overrides, *meshes):
                      params=_max_tree_diff(jax.device_get(state.params), ref_params), losses=losses,
                      chunkwise_sequence_parallel_calls=len(calls))
   out["reference_losses"] = ref_losses
-  sharded_scan.sequence_parallel_causal_diag = orig
-  return out
+  chunkwise.sequence_parallel_chunkwise = orig
+  _result(**out)
 
 
 CHECKS = {name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_")}
