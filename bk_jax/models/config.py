@@ -142,8 +142,8 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.mamba2.expand = 2  # d_inner = expand * d_model
   c.mamba2.headdim = 64  # P: values per head; H = d_inner / P heads (P must divide d_inner)
   c.mamba2.ngroups = 1  # groups of heads sharing B_t and C_t (must divide H)
-  # tokens per matmul chunk of the SSD kernel (ops/chunkwise.py); 0: "auto" (16 on the CPU, 64
-  # on accelerators: chunkwise.resolve_chunk)
+  # tokens per matmul chunk of the SSD kernel (ops/chunkwise.py); 0: mamba2.SSD_CHUNK (64, the
+  # fastest at this state size on the CPU and on accelerators)
   c.mamba2.chunk = 0
   c.transformer = ml_collections.ConfigDict()
   c.transformer.n_heads = 4

@@ -29,9 +29,8 @@ from bk_jax.models.config import (ATTENTIONS, BK_DECAYS, BK_INITS, BK_MIX_METHOD
                                   BK_STEPS, BK_WRITES, DTYPES, MAMBA_SCAN_METHODS, REMAT_POLICIES,
                                   RESOLVENT_METHODS, ROUTERS, resolve_mix_method)
 from bk_jax.models.mamba import MambaBlock
-from bk_jax.models.mamba2 import Mamba2Block
+from bk_jax.models.mamba2 import SSD_CHUNK, Mamba2Block
 from bk_jax.models.transformer import TransformerBlock, attention_implementation
-from bk_jax.ops.chunkwise import resolve_chunk
 from bk_jax.ops.linear_scan import resolve_scan_method
 from bk_jax.ops.resolvent import resolve_method
 from bk_jax.runtime.errors import ConfigError
@@ -328,8 +327,8 @@ def _check_mamba2(cfg: Any) -> None:
   need(m.chunk >= 0, f"mamba2.chunk must be >= 0 (0: auto), got {m.chunk}")
 
 
-def _mamba2_chunk(cfg: Any) -> int | str:
-  return cfg.mamba2.chunk or "auto"
+def _mamba2_chunk(cfg: Any) -> int:
+  return cfg.mamba2.chunk or SSD_CHUNK
 
 
 def _make_mamba2(cfg: Any, rngs: nnx.Rngs, dtype, param_dtype) -> Mamba2Block:
@@ -344,7 +343,7 @@ register(ModelKind(
     make_block=_make_mamba2,
     check=_check_mamba2,
     paths=lambda cfg, platform, batch, seq_len: {
-        "ssd_chunk": str(resolve_chunk(_mamba2_chunk(cfg), platform))},
+        "ssd_chunk": str(_mamba2_chunk(cfg))},
     arch_fields=("mamba2.d_state", "mamba2.d_conv", "mamba2.expand", "mamba2.headdim",
                  "mamba2.ngroups"),
     runtime_fields=("mamba2.chunk",)))

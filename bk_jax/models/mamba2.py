@@ -43,6 +43,11 @@ DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 1e-1, 1e-4
 A_INIT_RANGE = (1.0, 16.0)
 #: eps of the gated RMS norm (reference)
 NORM_EPS = 1e-5
+#: Tokens per matmul chunk of the SSD kernel when `mamba2.chunk` is 0, on every platform: at
+#: the block's state (d_state 128 x headdim 64) 64 is the CPU's fastest (scripts/bench_chunkwise.py
+#: --real --key-dim 128 --value-dim 64: forward+backward 1.8x faster than at 16, the chunk of
+#: ResNet-BK's 8 x 8 states on the CPU) and feeds a GPU's matrix units.
+SSD_CHUNK = 64
 
 
 class Mamba2Carry(NamedTuple):
@@ -51,7 +56,7 @@ class Mamba2Carry(NamedTuple):
   ssm: jax.Array  # (B, H, d_state, headdim) float32 (float64 under float64): the SSD state
 
 
-def ssd(x, dt, a, b, c, d_skip, state, *, chunk: int | str = "auto"):
+def ssd(x, dt, a, b, c, d_skip, state, *, chunk: int = SSD_CHUNK):
   """The SSD layer: y_t = h_t^T C_t + D x_t for h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T.
 
   Args:
@@ -62,7 +67,7 @@ def ssd(x, dt, a, b, c, d_skip, state, *, chunk: int | str = "auto"):
       group h // (H / G), as the reference groups its heads.
     d_skip: (H,) skip weights D.
     state: (B, H, S, P) h before position 0, or None (zeros).
-    chunk: tokens per matmul chunk of `ops.chunkwise` ("auto": by platform).
+    chunk: tokens per matmul chunk of `ops.chunkwise`.
 
   Returns:
     (y (B, N, H, P), h at the last position (B, H, S, P)), in the dtype of the inputs.
@@ -101,12 +106,12 @@ class Mamba2Block(nnx.Module):
   Args (constructor):
     d_model: residual width; d_state: SSM state per head and value (S); d_conv: conv width;
     expand: d_inner = expand * d_model; headdim: values per head (P; H = d_inner / P heads);
-    ngroups: groups of heads sharing B and C; chunk: tokens per matmul chunk of the SSD kernel
-    ("auto" or a positive int); n_layers: the depth (out_proj's init scale).
+    ngroups: groups of heads sharing B and C; chunk: tokens per matmul chunk of the SSD kernel;
+    n_layers: the depth (out_proj's init scale).
   """
 
   def __init__(self, d_model: int, *, d_state: int, d_conv: int, expand: int, headdim: int,
-               ngroups: int, chunk: int | str, n_layers: int, rngs: nnx.Rngs,
+               ngroups: int, chunk: int, n_layers: int, rngs: nnx.Rngs,
                dtype=jnp.float32, param_dtype=jnp.float32):
     d_inner = expand * d_model
     if d_inner % headdim or (d_inner // headdim) % ngroups:

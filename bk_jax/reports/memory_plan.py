@@ -34,7 +34,6 @@ from flax import nnx
 
 from bk_jax.data import batch_size_for
 from bk_jax.models import build_model, count_params
-from bk_jax.ops.chunkwise import resolve_chunk
 from bk_jax.ops.resolvent import resolve_method
 from bk_jax.sharding import batch_sharding, make_mesh, state_shardings
 from bk_jax.runtime.errors import ConfigError
@@ -152,8 +151,7 @@ def plan(config: ml_collections.ConfigDict, mesh_shape: tuple[int, int, int, int
     mesh_shape: (data, fsdp, tensor, sequence); needs that many JAX devices.
     seq_len: tokens per sequence; default the longest length the config trains.
     device_memory_gb: memory per device (GB = 1e9 bytes) the plan must fit in.
-    target_platform: resolves model.resolvent_method "auto" (and Mamba-2's SSD chunk length)
-      for the platform the plan is for.
+    target_platform: resolves model.resolvent_method "auto" for the platform the plan is for.
     peak_tflops: dense peak of the target device (for the MFU estimate).
     hbm_tbps: memory bandwidth of the target device (for the roofline time).
     config_name: label for the report.
@@ -191,8 +189,6 @@ def plan(config: ml_collections.ConfigDict, mesh_shape: tuple[int, int, int, int
     raise ConfigError(f"N={n} is not divisible by mesh sequence={mesh_shape[3]}")
   if cfg.model.kind == "resnet_bk":
     cfg.model.resolvent_method = resolve_method(cfg.model.resolvent_method, target_platform)
-  if cfg.model.kind == "mamba2":  # the SSD kernel's chunk length on the target, not on the host
-    cfg.model.mamba2.chunk = resolve_chunk(cfg.model.mamba2.chunk or "auto", target_platform)
 
   t0 = time.perf_counter()
   compiled, abstract, abatch = _compile_step(cfg, mesh, batch, n)
