@@ -11,6 +11,7 @@ on equal tokens: validation loss, loss by position in long documents, passkey re
   python scripts/compare_models.py --suite cpu --rows mamba --stages train,eval  # add a row
   python scripts/compare_models.py --suite cpu --rows resnet_bk:green_keyed --stages train,eval \\
       --dropout 0 --out /tmp/cpu_no_dropout           # the CPU suite without its dropout
+  python scripts/compare_models.py --suite cpu --rows mamba --stages train,eval --resume  # after a kill
 
 Writes comparison.json (provenance-stamped), comparison.md, comparison.png, and passkey.png and
 mqar.png where some row has those cells, under --out (default results/quality/compare_models/<suite>[_quick]/). Stages, sizes and what each
@@ -49,6 +50,10 @@ def parser() -> argparse.ArgumentParser:
                        "an earlier run's --out (same suite, --quick, --tokens) they replace that "
                        "run's stages of these rows and new rows join it (eval without train "
                        "needs that run's checkpoints)")
+  ap.add_argument("--resume", action="store_true",
+                  help="stages that train continue from their run's latest checkpoint in --out "
+                       "(a stage stopped by its budget, or the command killed) instead of "
+                       "starting over")
   ap.add_argument("--out", default=None)
   return ap
 
@@ -61,7 +66,7 @@ def main(argv=None) -> dict:
     return compare_models.run_compare(out, suite=args.suite, quick=args.quick,
                                       rows=[r for r in args.rows.split(",") if r] or None,
                                       tokens=args.tokens, budget_scale=args.budget_scale,
-                                      dropout=args.dropout,
+                                      dropout=args.dropout, resume=args.resume,
                                       stages=[s for s in args.stages.split(",") if s] or None,
                                       args=vars(args))
   except ValueError as e:  # a bad row, stage or earlier run: found before anything runs

@@ -152,6 +152,30 @@ def test_spent_budgets_skip_every_cell_and_the_report_says_so(tmp_path, monkeypa
     compare_models.run_compare(str(tmp_path / "new"), quick=True, stages=["plot"])
 
 
+def test_resume_continues_a_stopped_training_stage(tmp_path, monkeypatch):
+  """--resume: a train stage stopped partway (its budget; a kill leaves the periodic checkpoint
+  the same way) goes on from its checkpoint to the losses of a run that was never stopped."""
+  monkeypatch.setenv("BK_JAX_CACHE", str(tmp_path / "cache"))
+  tokens, out = 6 * 2 * 128, str(tmp_path / "o")  # 6 steps of the quick suite's 2 x 128
+  spec = compare_models.suite_spec("gpu", quick=True, rows=["resnet_bk"], tokens=tokens)
+  stopped = runs.train(compare_models.train_config(spec, out, "resnet_bk"), budget_s=1e-3)
+  assert stopped["stopped_by_budget"] and 1 <= stopped["total_steps"] < 6
+  assert stopped["start_step"] == 0 and stopped["steps_run"] == stopped["total_steps"]
+  call = dict(quick=True, rows=["resnet_bk"], tokens=tokens, stages=["train"], log=lambda *_: None)
+  (resumed,) = compare_models.run_compare(out, resume=True, **call)["rows"]
+  assert resumed["start_step"] == stopped["total_steps"] and resumed["steps"] == 6
+  assert not resumed["stopped_by_budget"] and resumed["tokens"] == tokens
+  assert f"resnet_bk from step {stopped['total_steps']}" in (tmp_path / "o" / "comparison.md").read_text()
+  (whole,) = compare_models.run_compare(str(tmp_path / "whole"), **call)["rows"]
+  assert whole["start_step"] == 0 and whole["curve_steps"] == resumed["curve_steps"]
+  assert resumed["curve_loss"] == pytest.approx(whole["curve_loss"], rel=1e-6, abs=0)
+  # without --resume the stage starts over
+  (again,) = compare_models.run_compare(out, **call)["rows"]
+  assert again["start_step"] == 0 and again["steps"] == 6
+  assert "Resumed from" not in (tmp_path / "o" / "comparison.md").read_text()
+  assert _script().parser().parse_args(["--resume"]).resume
+
+
 def _quick(tmp_path, rows):
   _script().main(["--quick", "--out", str(tmp_path / "o")] + (["--rows", ",".join(rows)]
                                                               if rows else []))

@@ -243,14 +243,15 @@ def _stage_train(spec: dict, emit: Emitter, deadline: float, out: str, row: str)
   with emit.cell(cell, deadline) as go:
     if go:
       # stop cleanly (checkpoint saved) a little before the stage is killed
-      res = runs.train(c, budget_s=max(1.0, deadline - time.monotonic() - 5.0))
+      res = runs.train(c, budget_s=max(1.0, deadline - time.monotonic() - 5.0),
+                       resume=spec["resume"])
       fig = runs.length_figures(res, n)
       steps = int(res["total_steps"])
       emit.row(dict(cell, params=int(res["n_params"]), n_layers=int(c.model.n_layers),
                     planned_steps=int(c.train.steps_per_length), steps=steps, batch=b, seq_len=n,
-                    tokens=steps * b * n, wall_s=res["wall_s"],
+                    tokens=steps * b * n, wall_s=res["wall_s"], start_step=res["start_step"],
                     tokens_per_s=runs.steady_tokens_per_s(res, b * n),
-                    tokens_per_s_wall=steps * b * n / res["wall_s"],
+                    tokens_per_s_wall=res["steps_run"] * b * n / res["wall_s"],
                     stopped_by_budget=res["stopped_by_budget"], run_status=fig["status"],
                     final_train_loss=fig["final_train_loss"], curve_steps=fig["curve_steps"],
                     curve_loss=fig["curve_loss"],
@@ -316,11 +317,11 @@ def _stage_mqar(spec: dict, emit: Emitter, deadline: float, out: str, row: str) 
     if go:
       # the evaluation keeps its share of the stage budget; training stops cleanly before it
       budget = max(1.0, (deadline - time.monotonic()) * (1.0 - q["eval_share"]))
-      res = runs.train(c, budget_s=budget)
+      res = runs.train(c, budget_s=budget, resume=spec["resume"])
       fig = runs.length_figures(res, int(c.train.seq_len))
       emit.row(dict(base, cell="mqar_train", params=int(res["n_params"]),
                     n_layers=int(c.model.n_layers), steps=int(res["total_steps"]),
-                    planned_steps=q["steps"], wall_s=res["wall_s"],
+                    planned_steps=q["steps"], wall_s=res["wall_s"], start_step=res["start_step"],
                     stopped_by_budget=res["stopped_by_budget"],
                     final_train_loss=fig["final_train_loss"]))
   with emit.cell(dict(base, cell="mqar"), deadline) as go:
@@ -367,7 +368,7 @@ STAGE_KINDS = ("train", "eval", "mqar")
 
 
 #: the spec's entries that say what a call runs; the others are the sizes every row shares
-_CALL_KEYS = ("rows", "groups", "budgets")
+_CALL_KEYS = ("rows", "groups", "budgets", "resume")
 
 
 def _load_earlier(out: str) -> dict | None:
@@ -419,7 +420,8 @@ def _earlier(out: str, prev: dict | None, spec: dict,
 
 def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list[str] | None = None,
                 tokens: int = 0, budget_scale: float = 1.0, stages: list[str] | None = None,
-                dropout: float | None = None, args: dict | None = None, log=print) -> dict:
+                dropout: float | None = None, resume: bool = False, args: dict | None = None,
+                log=print) -> dict:
   """Runs the suite and writes comparison.json/.md/.png, passkey.png and mqar.png under `out`.
 
   Args:
@@ -432,6 +434,10 @@ def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list
       and --dropout) this call's stages of this call's rows replace that run's, and its new
       rows join it: e.g. rerun the MQAR stages with more time without training again, or add a
       row to a comparison trained one row at a time. The report covers every row.
+    resume: the stages that train (train, mqar) continue from their run's latest checkpoint in
+      `out` (a stage stopped by its budget or killed with the command: the periodic
+      checkpoints, every 500 steps) instead of starting over; the trainer refuses a checkpoint
+      of another model. A resumed row's train s and wall-clock tokens/s count this call's steps.
     args: the command's arguments, recorded in the JSON.
     log: progress printer.
 
@@ -452,6 +458,7 @@ def run_compare(out: str, *, suite: str = "gpu", quick: bool = False, rows: list
     rows = earlier["spec"]["rows"]
   spec = suite_spec(suite, quick=quick, rows=rows, tokens=tokens, budget_scale=budget_scale,
                     dropout=dropout)
+  spec["resume"] = bool(resume)
   report_spec, kept_stages, kept_rows = spec, [], []
   # eval reads the train stage's checkpoints, MQAR trains its own model: only eval without
   # train needs an earlier run; any other call runs alone in a new `out`, and in an earlier

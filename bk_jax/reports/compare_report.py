@@ -143,6 +143,11 @@ def markdown(payload: dict) -> str:
   parts.append(md(["model", "params", "layers", "tokens", "tokens/s", "train s",
                    "val loss (nats/token)", "val ppl", f"passkey <= {n} (%)", "MQAR mean (%)"],
                   main))
+  resumed = [f"{m['row']} from step {tr['start_step']:,}" for m in ms
+             for tr in [_ok(m, "train") or {}] if tr.get("start_step")]
+  if resumed:
+    parts.append(f"Resumed from a checkpoint (--resume): {'; '.join(resumed)}; train s counts "
+                 f"the resumed part.")
   parts.append("Implementation that ran:\n\n" + md(
       ["model", "training", "streaming evaluation"],
       [[m["row"], _paths((_ok(m, "train") or {}).get("paths")),

@@ -134,19 +134,36 @@ def match_params(c: ml_collections.ConfigDict, target: int) -> int:
 PROGRESS_EVERY_S = 60.0  # a report's training run prints one progress line to stderr this often
 
 
-def train(c: ml_collections.ConfigDict, *, budget_s: float | None = None, fresh: bool = True) -> dict:
+def train(c: ml_collections.ConfigDict, *, budget_s: float | None = None,
+          resume: bool = False) -> dict:
   """Trains c (a `loop.Trainer`); with budget_s, SIGTERM is raised once the wall clock passes it (the loop saves,
   stops cleanly and marks the results `interrupted`). Adds wall_s and budget fields. The report
   configs keep the loop's console quiet, so a line "<run>: step S, T s, loss L" (the latest
   logged training loss) goes to stderr every PROGRESS_EVERY_S seconds: long report runs show
   that they are alive and whether they learn; each restore by the divergence monitor prints one
-  line as it happens."""
+  line as it happens.
+
+  Args:
+    c: the run's config (its save_dir is the run's directory).
+    budget_s: wall-clock seconds after which the run stops cleanly (checkpoint saved).
+    resume: continue from the latest checkpoint in save_dir (a run stopped by its budget or a
+      signal, or killed: the periodic checkpoints), where one exists; False: start over (save_dir
+      is removed first).
+
+  Returns:
+    The trainer's results plus wall_s and steps_run (this call's), start_step (the step this
+    call resumed from: 0 for a fresh run), budget_s and stopped_by_budget.
+  """
   from bk_jax.train import loop
 
-  if fresh and os.path.isdir(c.save_dir):
+  if resume:
+    c = copy.deepcopy(c)
+    c.checkpoint.resume = True
+  elif os.path.isdir(c.save_dir):
     shutil.rmtree(c.save_dir)
   t0 = time.perf_counter()
   fired, last_print, told = [], [t0], [0]  # told: restores printed so far
+  ran = []  # the steps this call ran (the first one tells where a resumed run started)
   can_signal = threading.current_thread() is threading.main_thread()
   name = os.path.basename(os.path.normpath(c.save_dir))
 
@@ -161,6 +178,9 @@ def train(c: ml_collections.ConfigDict, *, budget_s: float | None = None, fresh:
 
   def on_step(step: int) -> None:
     now = time.perf_counter()
+    if not ran and step > 1:
+      print(f"  {name}: resumed at step {step - 1}", file=sys.stderr, flush=True)
+    ran.append(step)
     tell_recoveries()
     if now - last_print[0] >= PROGRESS_EVERY_S:
       last_print[0] = now
@@ -175,6 +195,8 @@ def train(c: ml_collections.ConfigDict, *, budget_s: float | None = None, fresh:
   res = trainer.run()
   tell_recoveries()
   res["wall_s"] = time.perf_counter() - t0
+  res["steps_run"] = len(ran)
+  res["start_step"] = ran[0] - 1 if ran else int(res["total_steps"])
   res["budget_s"] = budget_s
   res["stopped_by_budget"] = bool(fired)
   return res
