@@ -48,7 +48,7 @@ def test_auto_is_the_default_and_resolves_by_platform():
       "mamba_scan"] == "sequential"
   assert execution_paths(cfg("resnet_bk"))["resolvent_method"] == (
       "scan" if jax.default_backend() == "cpu" else "associative")
-  # Mamba-2 names the chunk length its SSD kernel runs (0 = "auto": 16 on the CPU, 64 elsewhere)
+  # Mamba-2 names the chunk length its SSD kernel runs (0 = mamba2.SSD_CHUNK, 64 everywhere)
   assert c.mamba2.chunk == 0
   assert execution_paths(cfg("mamba2"), "cpu") == {"dtype": "float32", "ssd_chunk": "64"}
   assert execution_paths(cfg("mamba2"), "gpu")["ssd_chunk"] == "64"

@@ -324,7 +324,7 @@ def _check_mamba2(cfg: Any) -> None:
        f"mamba2.headdim ({m.headdim}) must divide d_inner = expand * d_model ({d_inner})")
   need((d_inner // m.headdim) % m.ngroups == 0,
        f"mamba2.ngroups ({m.ngroups}) must divide the {d_inner // m.headdim} heads")
-  need(m.chunk >= 0, f"mamba2.chunk must be >= 0 (0: auto), got {m.chunk}")
+  need(m.chunk >= 0, f"mamba2.chunk must be >= 0 (0: {SSD_CHUNK}), got {m.chunk}")
 
 
 def _mamba2_chunk(cfg: Any) -> int:
