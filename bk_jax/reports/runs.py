@@ -163,7 +163,7 @@ def train(c: ml_collections.ConfigDict, *, budget_s: float | None = None,
     shutil.rmtree(c.save_dir)
   t0 = time.perf_counter()
   fired, last_print, told = [], [t0], [0]  # told: restores printed so far
-  ran = []  # the steps this call ran (the first one tells where a resumed run started)
+  ran = [0, 0]  # the first step this call ran (where a resumed run started) and how many
   can_signal = threading.current_thread() is threading.main_thread()
   name = os.path.basename(os.path.normpath(c.save_dir))
 
@@ -178,9 +178,11 @@ def train(c: ml_collections.ConfigDict, *, budget_s: float | None = None,
 
   def on_step(step: int) -> None:
     now = time.perf_counter()
-    if not ran and step > 1:
-      print(f"  {name}: resumed at step {step - 1}", file=sys.stderr, flush=True)
-    ran.append(step)
+    if not ran[1]:
+      ran[0] = step
+      if step > 1:
+        print(f"  {name}: resumed at step {step - 1}", file=sys.stderr, flush=True)
+    ran[1] += 1
     tell_recoveries()
     if now - last_print[0] >= PROGRESS_EVERY_S:
       last_print[0] = now
@@ -195,8 +197,8 @@ def train(c: ml_collections.ConfigDict, *, budget_s: float | None = None,
   res = trainer.run()
   tell_recoveries()
   res["wall_s"] = time.perf_counter() - t0
-  res["steps_run"] = len(ran)
-  res["start_step"] = ran[0] - 1 if ran else int(res["total_steps"])
+  res["steps_run"] = ran[1]
+  res["start_step"] = ran[0] - 1 if ran[1] else int(res["total_steps"])
   res["budget_s"] = budget_s
   res["stopped_by_budget"] = bool(fired)
   return res
